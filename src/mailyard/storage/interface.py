@@ -1,0 +1,303 @@
+"""The storage seam: the only storage module protocol and server code imports.
+
+Two backends implement it: SQLite + files (the embedded default, ``storage.sqlite``)
+and, later, PostgreSQL (``storage.postgres``). Both must pass the contract suite in
+``tests/storage_contract``.
+
+Durability contract (RFC 5321 §6.1, DESIGN.md "Nothing lost"):
+
+* ``BlobStore.commit`` returns only once the bytes and their directory entry are
+  on stable storage (fsync of the file, rename, fsync of the directory, or an
+  equivalent batched fdatasync of an append-only segment).
+* ``Store.deliver`` / ``Store.append`` return only once the index records are
+  committed durably (SQLite WAL with ``synchronous=FULL``). Concurrent calls are
+  funnelled through one writer that commits them in one transaction (group
+  commit) so the fsync cost is shared under load.
+* UIDs are never reused; ``uidvalidity`` of a mailbox never changes while it exists.
+
+Mailbox names use "/" as the hierarchy delimiter and are stored as UTF-8;
+INBOX is case-insensitive (RFC 9051 §5.1) and always stored as "INBOX".
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+from mailyard.storage.models import (
+    Account,
+    Alias,
+    BlobRef,
+    Change,
+    Delivered,
+    DeliveryTarget,
+    Domain,
+    FlagUpdate,
+    Mailbox,
+    MailboxStatus,
+    MessageRef,
+    QueueEntry,
+    QueueRecipient,
+    SearchableText,
+)
+
+
+class StorageError(Exception):
+    """Base class of the errors the store raises on purpose."""
+
+
+class NotFound(StorageError):
+    pass
+
+
+class AlreadyExists(StorageError):
+    pass
+
+
+class QuotaExceeded(StorageError):
+    def __init__(self, account_id: int, needed: int, limit: int) -> None:
+        super().__init__(f"quota exceeded for account {account_id}: {needed} > {limit}")
+        self.account_id = account_id
+        self.needed = needed
+        self.limit = limit
+
+
+class InsufficientStorage(StorageError):
+    """The disk is (nearly) full: ENOSPC or free space under the threshold."""
+
+
+class Spool(Protocol):
+    """A message being received (DATA/BDAT/APPEND), before it is durable.
+
+    ``write`` keeps at most a small bounded buffer in memory and spills to a
+    temporary file beyond it, so a 50 MB message costs the same memory as a
+    5 KB one. Nothing written here is durable until ``BlobStore.commit``.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def read_all(self) -> bytes:
+        """The whole spooled content (for DKIM verification; callers check size first)."""
+        ...
+
+    def chunks(self, size: int = 65536) -> Iterable[bytes]:
+        """Iterate over the spooled content in bounded chunks."""
+        ...
+
+    def abort(self) -> None:
+        """Discard the spool and any temporary file. Idempotent."""
+        ...
+
+
+class BlobStore(Protocol):
+    def new_spool(self) -> Spool: ...
+
+    async def commit(self, spool: Spool, *, prefix: bytes = b"") -> BlobRef:
+        """Make ``prefix + spool`` a durable immutable blob; the spool is consumed."""
+        ...
+
+    async def put(self, data: bytes) -> BlobRef:
+        """Store a small in-memory message durably (DSNs, tests)."""
+        ...
+
+    async def read(self, blob_id: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stream(self, blob_id: str, *, offset: int = 0, length: int | None = None,
+               chunk: int = 65536) -> AsyncIterator[bytes]: ...
+
+    def path(self, blob_id: str) -> str | None:
+        """A local file path holding exactly the blob, when the backend has one (sendfile)."""
+        ...
+
+
+class ChangeSubscription(Protocol):
+    async def get(self) -> Change:
+        """Wait for the next change of the subscribed account."""
+        ...
+
+    def get_nowait(self) -> Change | None: ...
+
+    def close(self) -> None: ...
+
+
+FlagMode = Literal["set", "add", "remove"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    blobs: BlobStore
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- domains, accounts, aliases ------------------------------------------------
+    async def add_domain(self, name: str) -> Domain: ...
+
+    async def remove_domain(self, name: str) -> None: ...
+
+    async def list_domains(self) -> list[Domain]: ...
+
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def add_account(self, address: str, password_hash: str, *,
+                          quota_bytes: int | None = None) -> Account:
+        """Create the account and its default mailboxes (models.DEFAULT_MAILBOXES)."""
+        ...
+
+    async def remove_account(self, address: str) -> None: ...
+
+    async def set_password(self, address: str, password_hash: str) -> None: ...
+
+    async def set_quota(self, address: str, quota_bytes: int | None) -> None: ...
+
+    async def get_account(self, address: str) -> Account | None: ...
+
+    async def get_account_by_id(self, account_id: int) -> Account | None: ...
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]: ...
+
+    async def account_usage(self, account_id: int) -> int:
+        """Octets stored across all the account's mailboxes (QUOTA RES-STORAGE)."""
+        ...
+
+    async def add_alias(self, source: str, targets: Sequence[str]) -> Alias: ...
+
+    async def remove_alias(self, source: str) -> None: ...
+
+    async def get_alias(self, source: str) -> Alias | None: ...
+
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
+
+    # -- DKIM keys -----------------------------------------------------------------
+    async def add_dkim_key(self, domain: str, selector: str, algorithm: str,
+                           private_pem: str, *, active: bool = True) -> None: ...
+
+    async def list_dkim_keys(self, domain: str | None = None) -> list[tuple[str, str, str, str, bool]]:
+        """(domain, selector, algorithm, private_pem, active) rows."""
+        ...
+
+    async def set_dkim_active(self, domain: str, selector: str, active: bool) -> None: ...
+
+    # -- delivery --------------------------------------------------------------------
+    async def deliver(self, blob: BlobRef, targets: Sequence[DeliveryTarget], *,
+                      queue: QueueEntry | None = None,
+                      internaldate: float | None = None,
+                      text: SearchableText | None = None) -> list[Delivered]:
+        """Deliver one blob to every target and enqueue ``queue``, in one durable transaction.
+
+        Quota is not checked here (callers check at RCPT time with ``account_usage``);
+        a target mailbox that does not exist falls back to INBOX.
+        """
+        ...
+
+    # -- mailboxes -----------------------------------------------------------------
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+
+    async def create_mailbox(self, account_id: int, name: str, *,
+                             special_use: str | None = None) -> Mailbox: ...
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None: ...
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Renaming INBOX moves its messages to the new name and leaves INBOX empty."""
+        ...
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # -- messages ------------------------------------------------------------------
+    async def list_messages(self, mailbox_id: int) -> list[MessageRef]:
+        """All messages of the mailbox in ascending UID order."""
+        ...
+
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRef]: ...
+
+    async def changed_since(self, mailbox_id: int, modseq: int) -> list[MessageRef]:
+        """Messages whose modseq is greater than ``modseq`` (CONDSTORE/QRESYNC)."""
+        ...
+
+    async def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        """UIDs expunged with a modseq greater than ``modseq`` (QRESYNC VANISHED)."""
+        ...
+
+    async def append(self, mailbox_id: int, blob: BlobRef, *, flags: Iterable[str] = (),
+                     internaldate: float | None = None,
+                     text: SearchableText | None = None) -> Delivered:
+        """Raises QuotaExceeded when the account would go over its quota."""
+        ...
+
+    async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Iterable[str],
+                          mode: FlagMode, *, unchanged_since: int | None = None
+                          ) -> tuple[list[FlagUpdate], list[int]]:
+        """Change flags; returns (updates actually made, uids that failed UNCHANGEDSINCE)."""
+        ...
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove messages flagged \\Deleted (restricted to ``uids`` when given)."""
+        ...
+
+    async def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+                   ) -> list[tuple[int, int]]:
+        """Copy; returns (source uid, new uid) pairs. Raises QuotaExceeded."""
+        ...
+
+    async def move(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+                   ) -> list[tuple[int, int]]: ...
+
+    async def search_text(self, mailbox_id: int, query: str, *,
+                          field: Literal["body", "text", "headers"] = "text") -> set[int]:
+        """UIDs whose indexed text contains ``query`` (case-insensitive substring)."""
+        ...
+
+    async def cache_get(self, blob_id: str, kind: str) -> str | None:
+        """Per-blob cached parse results (envelope, bodystructure, ...)."""
+        ...
+
+    async def cache_put(self, blob_id: str, kind: str, value: str) -> None: ...
+
+    # -- POP3 maildrop lock ----------------------------------------------------------
+    async def lock_maildrop(self, account_id: int) -> bool:
+        """Take the account's exclusive POP3 lock; False when another session holds it."""
+        ...
+
+    async def unlock_maildrop(self, account_id: int) -> None: ...
+
+    # -- change feed -----------------------------------------------------------------
+    def subscribe(self, account_id: int) -> ChangeSubscription: ...
+
+    # -- outbound queue --------------------------------------------------------------
+    async def queue_add(self, entry: QueueEntry) -> None: ...
+
+    async def queue_get(self, entry_id: str) -> QueueEntry | None: ...
+
+    async def queue_list(self) -> list[QueueEntry]: ...
+
+    async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
+        """Entries with pending recipients whose next attempt is due, oldest first."""
+        ...
+
+    async def queue_update(self, entry_id: str, *, recipients: Sequence[QueueRecipient],
+                           next_attempt: float, attempts: int, last_error: str = "") -> None:
+        """Persist the outcome (and the next attempt time) durably before returning."""
+        ...
+
+    async def queue_delete(self, entry_id: str) -> None:
+        """Remove an entry and release its blob reference."""
+        ...
+
+    async def queue_retry_now(self, entry_id: str | None, now: float) -> int:
+        """Make one entry (or all when None) due now; returns how many."""
+        ...
+
+    # -- authentication results (for DMARC aggregate reports, later) ------------------
+    async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
+                                 spf: str, dkim: str, dmarc: str, disposition: str) -> None: ...
