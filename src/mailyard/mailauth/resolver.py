@@ -1,0 +1,120 @@
+"""The DNS seam: everything that needs DNS takes a :class:`Resolver`.
+
+Production uses :class:`DnsResolver` (dnspython's async resolver, nameservers
+configurable for tests and split-horizon). Tests use
+``mailyard.testing.dns.FakeResolver`` built from plain maps.
+
+Results are values; the three outcomes SPF/DMARC/MX routing must tell apart are:
+- an answer (possibly empty list when the name exists without that type: NODATA),
+- :class:`NXDomain` (the name does not exist),
+- :class:`TempError` (SERVFAIL, timeout, network: retry later; never a 5xx).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class DNSError(Exception):
+    pass
+
+
+class NXDomain(DNSError):
+    """The name does not exist (RCODE 3)."""
+
+
+class TempError(DNSError):
+    """SERVFAIL, timeout or network failure: a temporary condition."""
+
+
+class Resolver(Protocol):
+    async def txt(self, name: str) -> list[str]:
+        """TXT strings of ``name``; each record's character-strings joined (RFC 7208 §3.3)."""
+        ...
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        """(preference, exchange) pairs; exchange without the trailing dot, "" for the null MX."""
+        ...
+
+    async def a(self, name: str) -> list[str]: ...
+
+    async def aaaa(self, name: str) -> list[str]: ...
+
+    async def ptr(self, ip: str) -> list[str]:
+        """Reverse names of ``ip``, without the trailing dot."""
+        ...
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """"127.0.0.1:5353" -> ("127.0.0.1", 5353); "[::1]:53" and a bare address work too."""
+    spec = spec.strip()
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else 53
+        return host, port
+    if spec.count(":") == 1:
+        host, _, port_s = spec.partition(":")
+        return host, int(port_s)
+    return spec, 53
+
+
+class DnsResolver:
+    """dnspython-backed resolver with its own cache."""
+
+    def __init__(self, nameservers: list[str] | None = None, *, timeout: float = 5.0) -> None:
+        import dns.asyncresolver
+        import dns.resolver
+
+        if nameservers:
+            res = dns.asyncresolver.Resolver(configure=False)
+            # dnspython takes one port for all nameservers; use the first one's.
+            parsed = [parse_nameserver(n) for n in nameservers]
+            res.nameservers = [h for h, _ in parsed]
+            res.port = parsed[0][1]
+        else:
+            res = dns.asyncresolver.Resolver()
+        res.lifetime = timeout
+        res.timeout = timeout
+        res.cache = dns.resolver.LRUCache(10000)
+        self._res = res
+
+    async def _query(self, name: str, rdtype: str) -> list:  # type: ignore[type-arg]
+        import dns.exception
+        import dns.resolver
+
+        try:
+            answer = await self._res.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise NXDomain(name) from None
+        except dns.resolver.NoAnswer:
+            return []
+        except (dns.resolver.NoNameservers, dns.exception.Timeout, OSError) as e:
+            raise TempError(f"{name}/{rdtype}: {e.__class__.__name__}") from None
+        except dns.exception.DNSException as e:
+            raise TempError(f"{name}/{rdtype}: {e}") from None
+        return list(answer)
+
+    async def txt(self, name: str) -> list[str]:
+        out = []
+        for r in await self._query(name, "TXT"):
+            out.append(b"".join(r.strings).decode("utf-8", "replace"))
+        return out
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        out = []
+        for r in await self._query(name, "MX"):
+            host = r.exchange.to_text(omit_final_dot=True)
+            out.append((int(r.preference), "" if host in ("", ".") else host.lower()))
+        return out
+
+    async def a(self, name: str) -> list[str]:
+        return [r.address for r in await self._query(name, "A")]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [r.address for r in await self._query(name, "AAAA")]
+
+    async def ptr(self, ip: str) -> list[str]:
+        import dns.reversename
+
+        rev = dns.reversename.from_address(ip).to_text()
+        return [r.target.to_text(omit_final_dot=True) for r in await self._query(rev, "PTR")]
