@@ -1,0 +1,235 @@
+"""``mailyard serve``: every listener, the queue runner and the HTTP endpoint in one process.
+
+Signals: SIGTERM/SIGINT stop accepting, let in-flight transactions finish (a grace
+period), close the store and exit 0. SIGHUP reloads the config file's TLS
+certificate and key (users, domains and aliases live in the store and are read
+fresh on every lookup, so they need no reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailyard.config import Config, ConfigError, parse_hostport
+from mailyard.mailauth.resolver import DnsResolver, Resolver
+from mailyard.policy.auth import Authenticator
+from mailyard.policy.recipients import RecipientResolver
+from mailyard.server.context import ServerContext
+from mailyard.server.listeners import ConnectionGroup, ConnectionLimits, Listener
+from mailyard.server.tls import server_context
+from mailyard.storage.interface import Store
+
+log = logging.getLogger("mailyard")
+
+GRACE_SECONDS = 20.0
+
+
+def open_store(config: Config) -> Store:
+    from mailyard.storage.sqlite import SQLiteStore
+
+    return SQLiteStore(config.data_dir)  # type: ignore[return-value]
+
+
+def load_tls(config: Config) -> ssl.SSLContext | None:
+    cert, key = config.path(config.tls.cert), config.path(config.tls.key)
+    if not cert.exists() or not key.exists():
+        log.warning("no TLS certificate at %s: TLS listeners and STARTTLS are off", cert)
+        return None
+    try:
+        return server_context(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"tls: cannot load {cert} / {key}: {e}") from None
+
+
+@dataclass
+class App:
+    config: Config
+    store: Store | None = None
+    resolver: Resolver | None = None
+    ctx: ServerContext | None = None
+    listeners: list[Listener] = field(default_factory=list)
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    queue_runner: Any = None
+    http_runner: Any = None
+    http_port: tuple[str, int] | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        cfg = self.config
+        tls = load_tls(cfg)
+        if self.store is None:
+            self.store = open_store(cfg)
+        await self.store.open()
+        if self.resolver is None:
+            self.resolver = DnsResolver(cfg.dns.nameservers or None, timeout=cfg.dns.timeout)
+        self.ctx = ServerContext(
+            config=cfg,
+            store=self.store,
+            tls=tls,
+            auth=Authenticator(self.store, base_delay=cfg.auth.failure_delay,
+                               max_delay=cfg.auth.max_failure_delay),
+            recipients=RecipientResolver(self.store),
+            resolver=self.resolver,
+        )
+        await self._start_queue()
+        limits = ConnectionLimits(max_connections=cfg.limits.max_connections,
+                                  max_per_ip=cfg.limits.max_connections_per_ip)
+        group = ConnectionGroup()
+        for name, handler, implicit in self._handlers():
+            spec = getattr(cfg.listen, name)
+            if not spec:
+                continue
+            if implicit and tls is None:
+                log.warning("%s: no TLS certificate, listener not started", name)
+                continue
+            host, port = parse_hostport(spec, key=f"listen.{name}")
+            lst = Listener(name=name, host=host, port=port, handler=handler, limits=limits,
+                           ssl_context=tls if implicit else None, group=group)
+            try:
+                await lst.start()
+            except OSError as e:
+                raise ConfigError(f"listen.{name}: cannot listen on {spec}: {e.strerror or e}") from None
+            self.listeners.append(lst)
+        if cfg.listen.http:
+            await self._start_http()
+
+    def _handlers(self) -> list[tuple[str, Callable[..., Awaitable[None]], bool]]:
+        from mailyard.server.smtp import handle_smtp
+
+        assert self.ctx is not None
+        ctx = self.ctx
+        out: list[tuple[str, Callable[..., Awaitable[None]], bool]] = [
+            ("smtp", functools.partial(handle_smtp, ctx=ctx, mode="mx", implicit_tls=False), False),
+            ("submission", functools.partial(handle_smtp, ctx=ctx, mode="submission",
+                                             implicit_tls=False), False),
+            ("submissions", functools.partial(handle_smtp, ctx=ctx, mode="submission",
+                                              implicit_tls=True), True),
+        ]
+        try:
+            from mailyard.server.pop3 import handle_pop3
+        except ImportError:
+            pass
+        else:
+            out += [
+                ("pop3", functools.partial(handle_pop3, ctx=ctx, implicit_tls=False), False),
+                ("pop3s", functools.partial(handle_pop3, ctx=ctx, implicit_tls=True), True),
+            ]
+        try:
+            from mailyard.server.imap import handle_imap  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            pass
+        else:
+            out += [
+                ("imap", functools.partial(handle_imap, ctx=ctx, implicit_tls=False), False),
+                ("imaps", functools.partial(handle_imap, ctx=ctx, implicit_tls=True), True),
+            ]
+        return out
+
+    async def _start_queue(self) -> None:
+        try:
+            from mailyard.server.outbound import start_queue_runner  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            return
+        assert self.ctx is not None
+        self.queue_runner = await start_queue_runner(self.ctx)
+        if self.queue_runner is not None:
+            self.background.append(asyncio.create_task(self.queue_runner.run()))
+            self.ctx.wake_queue = self.queue_runner.wake
+
+    async def _start_http(self) -> None:
+        try:
+            from mailyard.web.app import start_http  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            return
+        assert self.ctx is not None
+        host, port = parse_hostport(self.config.listen.http, key="listen.http")
+        self.http_runner, bound = await start_http(self.ctx, host, port)
+        self.http_port = (host, bound)
+
+    def reload(self) -> None:
+        """SIGHUP: reload TLS material (in place, so STARTTLS picks it up at once)."""
+        if self.ctx is None:
+            return
+        try:
+            from mailyard.config import load_config
+
+            new = load_config(self.config.data_dir)
+            tls = load_tls(new)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running config: %s", e)
+            return
+        if tls is not None and self.ctx.tls is not None:
+            cert, key = new.path(new.tls.cert), new.path(new.tls.key)
+            self.ctx.tls.load_cert_chain(str(cert), str(key))
+        elif tls is not None:
+            self.ctx.tls = tls
+        log.info("reloaded configuration and certificates")
+
+    async def stop(self) -> None:
+        for lst in self.listeners:
+            lst.stop_accepting()
+        if self.queue_runner is not None:
+            with contextlib.suppress(Exception):
+                await self.queue_runner.stop()
+        await asyncio.gather(*(lst.drain(GRACE_SECONDS) for lst in self.listeners))
+        for t in self.background:
+            t.cancel()
+        for t in self.background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.http_runner is not None:
+            with contextlib.suppress(Exception):
+                await self.http_runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
+
+    def write_runtime(self) -> None:
+        """Write DIR/run/listeners.json with the bound addresses (port 0 becomes real)."""
+        import json
+        import os
+        from pathlib import Path
+
+        run_dir = Path(self.config.data_dir) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        info = {lst.name: {"host": lst.host, "port": lst.port} for lst in self.listeners}
+        if self.http_port is not None:
+            info["http"] = {"host": self.http_port[0], "port": self.http_port[1]}
+        info["pid"] = os.getpid()  # type: ignore[assignment]
+        tmp = run_dir / "listeners.json.tmp"
+        tmp.write_text(json.dumps(info), encoding="utf-8")
+        os.replace(tmp, run_dir / "listeners.json")
+
+    def describe(self) -> list[str]:
+        return [f"{lst.name:<12} {lst.address}" for lst in self.listeners]
+
+
+async def serve(config: Config, *, ready: Callable[[App], None] | None = None) -> int:
+    app = App(config)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    app.write_runtime()
+    if ready is not None:
+        ready(app)
+    await app.stopping.wait()
+    log.info("shutting down: finishing in-flight sessions")
+    await app.stop()
+    return 0
+
+
+def run(config: Config, *, ready: Callable[[App], None] | None = None) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(config, ready=ready))
+    return uvloop.run(serve(config, ready=ready))

@@ -1,0 +1,115 @@
+"""The HTTP listener: MTA-STS policy, mail client autoconfig, health and metrics.
+
+- ``/.well-known/mta-sts.txt`` (RFC 8461 §3.2), served for ``mta-sts.<domain>`` hosts:
+  mode enforce, our MX host name, max_age one week.
+- ``/mail/config-v1.1.xml`` and ``/.well-known/autoconfig/mail/config-v1.1.xml``
+  (Thunderbird autoconfig) for ``autoconfig.<domain>``.
+- ``/healthz`` and ``/metrics`` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from aiohttp import web
+
+from mailyard.config import parse_hostport
+from mailyard.server.context import ServerContext
+
+MTA_STS_MAX_AGE = 604800  # one week; RFC 8461 §3.2 allows up to 31557600
+
+
+def mta_sts_policy(mx_host: str, *, mode: str = "enforce", max_age: int = MTA_STS_MAX_AGE) -> str:
+    return f"version: STSv1\r\nmode: {mode}\r\nmx: {mx_host}\r\nmax_age: {max_age}\r\n"
+
+
+def _domain_from_host(request: web.Request, prefix: str) -> str:
+    host = (request.host or "").split(":")[0].lower().rstrip(".")
+    return host[len(prefix):] if host.startswith(prefix) else host
+
+
+def _port(ctx: ServerContext, name: str) -> int:
+    spec = getattr(ctx.config.listen, name)
+    return parse_hostport(spec, key=name)[1] if spec else 0
+
+
+def autoconfig_xml(ctx: ServerContext, domain: str) -> str:
+    h = html.escape(ctx.hostname)
+    d = html.escape(domain)
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<clientConfig version="1.1">',
+        f'  <emailProvider id="{d}">',
+        f"    <domain>{d}</domain>",
+        f"    <displayName>{d} mail</displayName>",
+    ]
+    for kind, name, sock in (("imap", "imaps", "SSL"), ("imap", "imap", "STARTTLS"),
+                             ("pop3", "pop3s", "SSL"), ("pop3", "pop3", "STARTTLS")):
+        if getattr(ctx.config.listen, name):
+            parts += [f'    <incomingServer type="{kind}">', f"      <hostname>{h}</hostname>",
+                      f"      <port>{_port(ctx, name)}</port>", f"      <socketType>{sock}</socketType>",
+                      "      <username>%EMAILADDRESS%</username>",
+                      "      <authentication>password-cleartext</authentication>",
+                      "    </incomingServer>"]
+    for name, sock in (("submissions", "SSL"), ("submission", "STARTTLS")):
+        if getattr(ctx.config.listen, name):
+            parts += ['    <outgoingServer type="smtp">', f"      <hostname>{h}</hostname>",
+                      f"      <port>{_port(ctx, name)}</port>", f"      <socketType>{sock}</socketType>",
+                      "      <username>%EMAILADDRESS%</username>",
+                      "      <authentication>password-cleartext</authentication>",
+                      "    </outgoingServer>"]
+    parts += ["  </emailProvider>", "</clientConfig>", ""]
+    return "\n".join(parts)
+
+
+def make_app(ctx: ServerContext) -> web.Application:
+    app = web.Application(client_max_size=1024)
+
+    async def mta_sts(request: web.Request) -> web.Response:
+        domain = _domain_from_host(request, "mta-sts.")
+        if await ctx.store.get_domain(domain) is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=mta_sts_policy(ctx.hostname), content_type="text/plain")
+
+    async def autoconfig(request: web.Request) -> web.Response:
+        domain = request.query.get("emailaddress", "").rpartition("@")[2] or \
+            _domain_from_host(request, "autoconfig.")
+        if await ctx.store.get_domain(domain.lower()) is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=autoconfig_xml(ctx, domain.lower()), content_type="text/xml")
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def metrics(_request: web.Request) -> web.Response:
+        entries = await ctx.store.queue_list()
+        pending = sum(1 for e in entries for r in e.recipients if r.state == "pending")
+        body = (
+            "# HELP mailyard_queue_entries Messages in the outbound queue.\n"
+            "# TYPE mailyard_queue_entries gauge\n"
+            f"mailyard_queue_entries {len(entries)}\n"
+            "# HELP mailyard_queue_recipients_pending Recipients waiting for delivery.\n"
+            "# TYPE mailyard_queue_recipients_pending gauge\n"
+            f"mailyard_queue_recipients_pending {pending}\n"
+        )
+        return web.Response(text=body, content_type="text/plain")
+
+    app.router.add_get("/.well-known/mta-sts.txt", mta_sts)
+    app.router.add_get("/mail/config-v1.1.xml", autoconfig)
+    app.router.add_get("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start_http(ctx: ServerContext, host: str, port: int) -> tuple[Any, int]:
+    runner = web.AppRunner(make_app(ctx), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server  # aiohttp exposes no public accessor for the bound port
+    bound = port
+    if server is not None and getattr(server, "sockets", None):
+        bound = server.sockets[0].getsockname()[1]
+    return runner, bound
