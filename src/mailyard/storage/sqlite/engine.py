@@ -1,0 +1,252 @@
+"""Threads that run SQLite for the event loop: one group-committing writer, a reader pool.
+
+Theory of operation
+-------------------
+SQLite allows one writer at a time and, in WAL mode with ``synchronous=FULL``,
+pays one fsync of the WAL per COMMIT. So every write goes through a single
+writer thread holding a single connection. The thread takes the first job
+waiting, then every other job already queued at that moment, and runs them all
+in ONE transaction, each inside its own SAVEPOINT: a job that raises is rolled
+back alone and fails alone, the others commit. Twenty concurrent deliveries
+therefore share one fsync. Under no load a batch is a single job, so latency
+is one commit, never a timer.
+
+A job is a plain function ``fn(tx) -> result`` run in the writer thread; ``tx``
+gives it the connection and collects *after-commit* work: changes to publish
+and blob ids whose reference count may have reached zero. Results are handed
+back to the event loop with ``call_soon_threadsafe`` only after COMMIT
+returned, so an awaited write is durable.
+
+Readers run in a small thread pool, one connection per thread (WAL readers
+never block the writer and see every committed transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailyard.storage.interface import InsufficientStorage, StorageError
+from mailyard.storage.models import Change
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _map_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return InsufficientStorage(str(exc))
+    if isinstance(exc, sqlite3.Error):
+        return StorageError(f"sqlite: {exc}")
+    return exc
+
+
+@dataclass
+class Tx:
+    """What a write job sees: the connection plus its after-commit work."""
+
+    conn: sqlite3.Connection
+    changes: list[Change] = field(default_factory=list)
+    maybe_dead_blobs: list[str] = field(default_factory=list)
+    release_pins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Job:
+    fn: Callable[[Tx], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+AfterCommit = Callable[[sqlite3.Connection, list[str], list[str]], None]
+Publish = Callable[[list[Change]], None]
+
+
+class Engine:
+    def __init__(self, path: Path, *, readers: int = 4, after_commit: AfterCommit,
+                 publish: Publish) -> None:
+        self.path = path
+        self._after_commit = after_commit
+        self._publish = publish
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._wconn = connect(path)
+        self._writer = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+        self._rlock = threading.Lock()
+        self._closed = False
+        self.batches = 0  # statistics: transactions committed
+        self.jobs_done = 0
+
+    @property
+    def writer_conn(self) -> sqlite3.Connection:
+        return self._wconn
+
+    def start(self) -> None:
+        self._writer.start()
+
+    # -- writes ----------------------------------------------------------------------
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        if self._closed:
+            raise StorageError("store closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, loop, fut))
+        return await fut
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                self._run_batch(batch)
+            except BaseException as exc:  # never let the writer die silently
+                log.exception("writer batch failed")
+                for job in batch:
+                    self._resolve(job, exc=_map_error(exc))
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        conn = self._wconn
+        outcomes: list[tuple[_Job, Tx, Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job in batch:
+                tx = Tx(conn)
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(tx)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, tx, None, _map_error(exc)))
+                    continue
+                conn.execute("RELEASE job")
+                outcomes.append((job, tx, result, None))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = _map_error(exc)
+            for _job, tx, _, _ in outcomes:
+                self._after_commit(conn, [], tx.release_pins)
+            for job in batch:
+                self._resolve(job, exc=err)
+            return
+        self.batches += 1
+        self.jobs_done += len(batch)
+        dead: list[str] = []
+        pins: list[str] = []
+        for _, tx, _, failure in outcomes:
+            pins.extend(tx.release_pins)
+            if failure is None:
+                dead.extend(tx.maybe_dead_blobs)
+        try:
+            self._after_commit(conn, dead, pins)
+        except Exception:
+            log.exception("after-commit cleanup failed")
+        # Publish per loop, in commit order, before waking the callers.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Tx, Any, BaseException | None]]] = {}
+        for o in outcomes:
+            by_loop.setdefault(o[0].loop, []).append(o)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(self._deliver_results, items)
+
+    def _deliver_results(self, items: list[tuple[_Job, Tx, Any, BaseException | None]]) -> None:
+        changes = [c for _, tx, _, exc in items if exc is None for c in tx.changes]
+        if changes:
+            try:
+                self._publish(changes)
+            except Exception:
+                log.exception("change publication failed")
+        for job, _, result, exc in items:
+            if job.future.done():
+                continue
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+
+    def _resolve(self, job: _Job, *, exc: BaseException) -> None:
+        def set_exc() -> None:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+        with contextlib.suppress(RuntimeError):
+            job.loop.call_soon_threadsafe(set_exc)
+
+    # -- reads -------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._rlock:
+                self._rconns.append(conn)
+        return conn
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StorageError("store closed")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            conn = self._reader()
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                raise _map_error(exc)
+
+        return await loop.run_in_executor(self._pool, run)
+
+    # -- shutdown ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Blocking: finish queued writes, stop threads, close connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        self._writer.join()
+        self._pool.shutdown(wait=True)
+        with self._rlock:
+            for c in self._rconns:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            self._rconns.clear()
+        with contextlib.suppress(sqlite3.Error):
+            self._wconn.close()

@@ -1,0 +1,950 @@
+"""The embedded default backend: SQLite metadata + content-addressed blob files.
+
+Layout of ``data_dir``::
+
+    mailyard.sqlite3(-wal,-shm)   metadata (WAL, synchronous=FULL)
+    blobs/                        FileBlobStore
+
+Every write is a job for the single writer thread (``engine.Engine``), which
+commits all jobs waiting at that moment in one transaction. Reads run in a
+thread pool on their own connections. The event loop never touches the disk.
+
+Decisions recorded here (see also ``names.py`` for normalisation):
+
+* UIDs: ``uidnext`` only grows; expunge never lowers it. A mailbox deleted and
+  created again is a new row with a new UIDVALIDITY (RFC 9051 §2.3.1.1), taken
+  from a store-wide counter that is at least the clock and strictly increasing.
+* MODSEQ (RFC 7162 §3.1.1): every change to a message (append, flag change,
+  expunge) takes ``highestmodseq + 1`` of its mailbox, one value per message.
+  A new mailbox starts at HIGHESTMODSEQ 1. Expunges are kept in ``expunged``
+  with their modseq for QRESYNC (RFC 7162 §3.2.10); the log is never trimmed.
+* DELETE of a mailbox that has children removes only that mailbox (RFC 9051
+  §6.3.4 allows it); the children stay. INBOX can never be deleted.
+* CREATE makes missing superiors (RFC 9051 §6.3.4 "SHOULD create any superior
+  hierarchical names"). RENAME moves children along ("a/x" -> "b/x"); RENAME of
+  INBOX moves its messages to a new mailbox and leaves INBOX empty, without
+  touching "INBOX/..." children (RFC 9051 §6.3.6).
+* \\Recent is not tracked (IMAP4rev2 removed it): ``MailboxStatus.recent`` is 0.
+* ``add_account`` creates the domain when missing. ``remove_domain`` refuses a
+  domain that still has accounts (deleting mail is ``remove_account``'s job).
+* Full-text rows are per blob (copies share them); a message delivered
+  without ``text`` is found by no text search except the empty string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from mailyard.storage import changes as changes_mod
+from mailyard.storage.blobs import FileBlobStore
+from mailyard.storage.interface import (
+    AlreadyExists,
+    BlobStore,
+    FlagMode,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+)
+from mailyard.storage.models import (
+    DEFAULT_MAILBOXES,
+    Account,
+    Alias,
+    BlobRef,
+    Change,
+    Delivered,
+    DeliveryTarget,
+    Domain,
+    FlagUpdate,
+    Mailbox,
+    MailboxStatus,
+    MessageRef,
+    QueueEntry,
+    QueueRecipient,
+    SearchableText,
+)
+from mailyard.storage.sqlite import names, queue_ops, schema
+from mailyard.storage.sqlite.engine import Engine, Tx
+
+DB_NAME = "mailyard.sqlite3"
+_MBOX_COLS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+_MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id"
+_CHUNK = 500  # bound on "IN (?, ...)" lists (SQLite's default variable limit is 32766)
+
+
+def _mailbox(row: tuple) -> Mailbox:
+    return Mailbox(id=row[0], account_id=row[1], name=row[2], uidvalidity=row[3],
+                   uidnext=row[4], highestmodseq=row[5], special_use=row[6],
+                   subscribed=bool(row[7]))
+
+
+def _message(row: tuple) -> MessageRef:
+    return MessageRef(mailbox_id=row[0], uid=row[1], modseq=row[2],
+                      flags=names.text_to_flags(row[3]), internaldate=row[4], savedate=row[5],
+                      size=row[6], blob_id=row[7], email_id="M" + row[7][:24])
+
+
+def _account(row: tuple) -> Account:
+    return Account(id=row[0], address=row[1], password_hash=row[2], quota_bytes=row[3],
+                   disabled=bool(row[4]))
+
+
+_ACCOUNT_COLS = "id, address, password_hash, quota_bytes, disabled"
+
+
+def _chunks(seq: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seq), _CHUNK):
+        yield seq[i : i + _CHUNK]
+
+
+class SQLiteStore:
+    """``Store`` on SQLite + files. Use ``await store.open()`` before anything else."""
+
+    def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time,
+                 readers: int = 4, fsync: bool = True, verify_blobs: bool = False,
+                 sweep_orphans: bool = True, change_queue_size: int = 1024) -> None:
+        self.data_dir = Path(data_dir)
+        self._clock = clock
+        self._readers = readers
+        self._fsync = fsync
+        self._verify_blobs = verify_blobs
+        self._sweep_orphans = sweep_orphans
+        self._files = FileBlobStore(self.data_dir / "blobs", fsync=fsync)
+        self.blobs: BlobStore = self._files
+        self.bus = changes_mod.ChangeBus(maxsize=change_queue_size)
+        self._engine: Engine | None = None
+        self._trigram = False
+        self._pop_locks: set[int] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / DB_NAME
+        engine = Engine(path, readers=self._readers, after_commit=self._after_commit,
+                        publish=self.bus.publish_many)
+        conn = engine.writer_conn
+        if not self._fsync:
+            conn.execute("PRAGMA synchronous=OFF")
+        schema.migrate(conn)
+        self._trigram = schema.fts_is_trigram(conn)
+        self._files.recover()
+        if self._verify_blobs:
+            self._files.scrub()
+        if self._sweep_orphans:
+            self._sweep(conn)
+        engine.start()
+        self._engine = engine
+
+    def _sweep(self, conn: sqlite3.Connection) -> None:
+        """Delete blob files no row references (a crash between blob commit and index commit)."""
+        for blob_id in list(self._files.iter_ids()):
+            if conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone() is None:
+                self._files.delete(blob_id)
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        self.bus.close()
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+        await asyncio.to_thread(self._files.close)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise StorageError("store is not open")
+        return self._engine
+
+    def _after_commit(self, conn: sqlite3.Connection, dead: list[str], pins: list[str]) -> None:
+        # Writer thread, after COMMIT. Pins first: the DB now holds the references.
+        for blob_id in pins:
+            self._files.release(blob_id)
+        for blob_id in dict.fromkeys(dead):
+            if conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone() is None:
+                self._files.delete(blob_id)
+
+    async def _write(self, fn: Callable[[Tx], Any]) -> Any:
+        return await self.engine.write(fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await self.engine.read(fn)
+
+    # -- shared transaction helpers (writer thread) ---------------------------------------
+    def _new_uidvalidity(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+        last = row[0] if row else 0
+        value = max(int(self._clock()), last + 1) & 0xFFFFFFFF or 1  # nz-number, 32 bits
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('uidvalidity', ?)", (value,))
+        return value
+
+    def _mailbox_row(self, conn: sqlite3.Connection, account_id: int, name: str) -> tuple | None:
+        return conn.execute(f"SELECT {_MBOX_COLS} FROM mailboxes WHERE account_id = ? AND name = ?",
+                            (account_id, names.mailbox(name))).fetchone()
+
+    def _mailbox_by_id(self, conn: sqlite3.Connection, mailbox_id: int) -> tuple:
+        row = conn.execute(f"SELECT {_MBOX_COLS} FROM mailboxes WHERE id = ?",
+                           (mailbox_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id}")
+        return row
+
+    def _insert_mailbox(self, tx: Tx, account_id: int, name: str,
+                        special_use: str | None) -> int:
+        cur = tx.conn.execute(
+            "INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, highestmodseq, "
+            "special_use, subscribed) VALUES (?, ?, ?, 1, 1, ?, 1)",
+            (account_id, name, self._new_uidvalidity(tx.conn), special_use),
+        )
+        mailbox_id = int(cur.lastrowid or 0)
+        tx.changes.append(Change(account_id=account_id, mailbox_id=mailbox_id, kind="mailbox"))
+        return mailbox_id
+
+    def _ref_blob(self, tx: Tx, blob_id: str, size: int) -> int:
+        """One more reference to a blob; returns its row id (the full-text key)."""
+        row = tx.conn.execute(
+            "INSERT INTO blobs (blob_id, size, refcount) VALUES (?, ?, 1) "
+            "ON CONFLICT(blob_id) DO UPDATE SET refcount = refcount + 1 RETURNING id, refcount",
+            (blob_id, size),
+        ).fetchone()
+        if row[1] == 1 and not self._files.exists(blob_id):
+            raise NotFound(f"blob {blob_id} is not stored")
+        return int(row[0])
+
+    def _unref_blob(self, tx: Tx, blob_id: str) -> None:
+        row = tx.conn.execute(
+            "UPDATE blobs SET refcount = refcount - 1 WHERE blob_id = ? RETURNING id, refcount",
+            (blob_id,),
+        ).fetchone()
+        if row is not None and row[1] <= 0:
+            tx.conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
+            tx.conn.execute("DELETE FROM msg_text WHERE rowid = ?", (row[0],))
+            tx.conn.execute("DELETE FROM blob_cache WHERE blob_id = ?", (blob_id,))
+            tx.maybe_dead_blobs.append(blob_id)
+
+    def _index_text(self, tx: Tx, rowid: int, text: SearchableText | None) -> None:
+        if text is None:
+            return
+        if tx.conn.execute("SELECT 1 FROM msg_text WHERE rowid = ?", (rowid,)).fetchone():
+            return
+        extra = "\n".join(text.extra.values())
+        tx.conn.execute("INSERT INTO msg_text (rowid, headers, body, extra) VALUES (?, ?, ?, ?)",
+                        (rowid, text.headers, text.body, extra))
+
+    def _add_message(self, tx: Tx, mailbox_id: int, account_id: int, blob_id: str, size: int,
+                     flags: str, internaldate: float, savedate: float,
+                     text: SearchableText | None = None) -> tuple[int, int]:
+        uid, modseq = tx.conn.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
+            "WHERE id = ? RETURNING uidnext - 1, highestmodseq", (mailbox_id,),
+        ).fetchone()
+        tx.conn.execute(
+            f"INSERT INTO messages ({_MSG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id),
+        )
+        rowid = self._ref_blob(tx, blob_id, size)
+        self._index_text(tx, rowid, text)
+        tx.conn.execute("UPDATE accounts SET usage = usage + ? WHERE id = ?", (size, account_id))
+        return uid, modseq
+
+    def _remove_messages(self, tx: Tx, mailbox_id: int, account_id: int,
+                         rows: Sequence[tuple[int, int, str]], *, log: bool = True) -> int:
+        """Delete (uid, size, blob_id) rows; log each expunge with its own modseq."""
+        modseq = 0
+        for uid, size, blob_id in rows:
+            tx.conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?",
+                            (mailbox_id, uid))
+            if log:
+                (modseq,) = tx.conn.execute(
+                    "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
+                    "RETURNING highestmodseq", (mailbox_id,)).fetchone()
+                tx.conn.execute("INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) "
+                                "VALUES (?, ?, ?)", (mailbox_id, uid, modseq))
+            self._unref_blob(tx, blob_id)
+            tx.conn.execute("UPDATE accounts SET usage = usage - ? WHERE id = ?",
+                            (size, account_id))
+        if log and rows:
+            tx.changes.append(Change(account_id=account_id, mailbox_id=mailbox_id, kind="expunge",
+                                     uids=tuple(r[0] for r in rows), modseq=modseq))
+        return modseq
+
+    def _check_quota(self, conn: sqlite3.Connection, account_id: int, extra: int) -> None:
+        row = conn.execute("SELECT usage, quota_bytes FROM accounts WHERE id = ?",
+                           (account_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"account {account_id}")
+        usage, quota = row
+        if quota is not None and usage + extra > quota:
+            raise QuotaExceeded(account_id, usage + extra, quota)
+
+    def _delete_mailbox_rows(self, tx: Tx, mailbox_id: int, account_id: int) -> None:
+        rows = tx.conn.execute("SELECT uid, size, blob_id FROM messages WHERE mailbox_id = ?",
+                               (mailbox_id,)).fetchall()
+        self._remove_messages(tx, mailbox_id, account_id, rows, log=False)
+        tx.conn.execute("DELETE FROM expunged WHERE mailbox_id = ?", (mailbox_id,))
+        tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+        tx.changes.append(Change(account_id=account_id, mailbox_id=mailbox_id, kind="mailbox"))
+
+    # -- domains -----------------------------------------------------------------------
+    async def add_domain(self, name: str) -> Domain:
+        name = names.domain(name)
+        now = self._clock()
+
+        def job(tx: Tx) -> Domain:
+            if tx.conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone():
+                raise AlreadyExists(f"domain {name}")
+            tx.conn.execute("INSERT INTO domains (name, created) VALUES (?, ?)", (name, now))
+            return Domain(name=name, created=now)
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def remove_domain(self, name: str) -> None:
+        name = names.domain(name)
+
+        def job(tx: Tx) -> None:
+            if tx.conn.execute("SELECT 1 FROM domains WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFound(f"domain {name}")
+            if tx.conn.execute("SELECT 1 FROM accounts WHERE domain = ? LIMIT 1",
+                               (name,)).fetchone():
+                raise StorageError(f"domain {name} still has accounts")
+            tx.conn.execute("DELETE FROM aliases WHERE domain = ?", (name,))
+            tx.conn.execute("DELETE FROM dkim_keys WHERE domain = ?", (name,))
+            tx.conn.execute("DELETE FROM domains WHERE name = ?", (name,))
+
+        await self._write(job)
+
+    async def list_domains(self) -> list[Domain]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT name, created FROM domains ORDER BY name").fetchall())
+        return [Domain(name=r[0], created=r[1]) for r in rows]
+
+    async def get_domain(self, name: str) -> Domain | None:
+        name = names.domain(name)
+        row = await self._read(lambda c: c.execute(
+            "SELECT name, created FROM domains WHERE name = ?", (name,)).fetchone())
+        return Domain(name=row[0], created=row[1]) if row else None
+
+    # -- accounts ----------------------------------------------------------------------
+    async def add_account(self, address: str, password_hash: str, *,
+                          quota_bytes: int | None = None) -> Account:
+        address = names.address(address)
+        dom = names.domain_of(address)
+        now = self._clock()
+
+        def job(tx: Tx) -> Account:
+            c = tx.conn
+            if c.execute("SELECT 1 FROM accounts WHERE address = ?", (address,)).fetchone():
+                raise AlreadyExists(f"account {address}")
+            c.execute("INSERT OR IGNORE INTO domains (name, created) VALUES (?, ?)", (dom, now))
+            cur = c.execute("INSERT INTO accounts (address, domain, password_hash, quota_bytes) "
+                            "VALUES (?, ?, ?, ?)", (address, dom, password_hash, quota_bytes))
+            account_id = int(cur.lastrowid or 0)
+            for name, special in DEFAULT_MAILBOXES:
+                self._insert_mailbox(tx, account_id, name, special)
+            return Account(id=account_id, address=address, password_hash=password_hash,
+                           quota_bytes=quota_bytes)
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def remove_account(self, address: str) -> None:
+        address = names.address(address)
+
+        def job(tx: Tx) -> int:
+            row = tx.conn.execute("SELECT id FROM accounts WHERE address = ?",
+                                  (address,)).fetchone()
+            if row is None:
+                raise NotFound(f"account {address}")
+            account_id = row[0]
+            for (mailbox_id,) in tx.conn.execute(
+                    "SELECT id FROM mailboxes WHERE account_id = ?", (account_id,)).fetchall():
+                self._delete_mailbox_rows(tx, mailbox_id, account_id)
+            tx.conn.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+            return int(account_id)
+
+        account_id = await self._write(job)
+        self._pop_locks.discard(account_id)
+
+    async def _update_account(self, address: str, sql: str, value: Any) -> None:
+        address = names.address(address)
+
+        def job(tx: Tx) -> None:
+            if tx.conn.execute(sql, (value, address)).rowcount == 0:
+                raise NotFound(f"account {address}")
+
+        await self._write(job)
+
+    async def set_password(self, address: str, password_hash: str) -> None:
+        await self._update_account(
+            address, "UPDATE accounts SET password_hash = ? WHERE address = ?", password_hash)
+
+    async def set_quota(self, address: str, quota_bytes: int | None) -> None:
+        await self._update_account(
+            address, "UPDATE accounts SET quota_bytes = ? WHERE address = ?", quota_bytes)
+
+    async def set_disabled(self, address: str, disabled: bool) -> None:
+        """Extra (not in the seam): disable or enable logins for an account."""
+        await self._update_account(
+            address, "UPDATE accounts SET disabled = ? WHERE address = ?", int(disabled))
+
+    async def get_account(self, address: str) -> Account | None:
+        try:
+            address = names.address(address)
+        except StorageError:
+            return None
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE address = ?", (address,)).fetchone())
+        return _account(row) if row else None
+
+    async def get_account_by_id(self, account_id: int) -> Account | None:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?", (account_id,)).fetchone())
+        return _account(row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        if domain is None:
+            rows = await self._read(lambda c: c.execute(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY address").fetchall())
+        else:
+            dom = names.domain(domain)
+            rows = await self._read(lambda c: c.execute(
+                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE domain = ? ORDER BY address",
+                (dom,)).fetchall())
+        return [_account(r) for r in rows]
+
+    async def account_usage(self, account_id: int) -> int:
+        row = await self._read(lambda c: c.execute(
+            "SELECT usage FROM accounts WHERE id = ?", (account_id,)).fetchone())
+        if row is None:
+            raise NotFound(f"account {account_id}")
+        return int(row[0])
+
+    # -- aliases -----------------------------------------------------------------------
+    async def add_alias(self, source: str, targets: Sequence[str]) -> Alias:
+        source = names.address(source)
+        tgts = tuple(names.address(t) for t in targets)
+        if not tgts:
+            raise StorageError("an alias needs at least one target")
+
+        def job(tx: Tx) -> Alias:
+            if tx.conn.execute("SELECT 1 FROM aliases WHERE source = ?", (source,)).fetchone():
+                raise AlreadyExists(f"alias {source}")
+            tx.conn.execute("INSERT INTO aliases (source, domain, targets) VALUES (?, ?, ?)",
+                            (source, names.domain_of(source), json.dumps(tgts)))
+            return Alias(source=source, targets=tgts)
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def remove_alias(self, source: str) -> None:
+        source = names.address(source)
+
+        def job(tx: Tx) -> None:
+            if tx.conn.execute("DELETE FROM aliases WHERE source = ?", (source,)).rowcount == 0:
+                raise NotFound(f"alias {source}")
+
+        await self._write(job)
+
+    async def get_alias(self, source: str) -> Alias | None:
+        try:
+            source = names.address(source)
+        except StorageError:
+            return None
+        row = await self._read(lambda c: c.execute(
+            "SELECT source, targets FROM aliases WHERE source = ?", (source,)).fetchone())
+        return Alias(source=row[0], targets=tuple(json.loads(row[1]))) if row else None
+
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]:
+        if domain is None:
+            rows = await self._read(lambda c: c.execute(
+                "SELECT source, targets FROM aliases ORDER BY source").fetchall())
+        else:
+            dom = names.domain(domain)
+            rows = await self._read(lambda c: c.execute(
+                "SELECT source, targets FROM aliases WHERE domain = ? ORDER BY source",
+                (dom,)).fetchall())
+        return [Alias(source=r[0], targets=tuple(json.loads(r[1]))) for r in rows]
+
+    # -- DKIM keys ---------------------------------------------------------------------
+    async def add_dkim_key(self, domain: str, selector: str, algorithm: str,
+                           private_pem: str, *, active: bool = True) -> None:
+        dom = names.domain(domain)
+
+        def job(tx: Tx) -> None:
+            try:
+                tx.conn.execute("INSERT INTO dkim_keys (domain, selector, algorithm, private_pem, "
+                                "active) VALUES (?, ?, ?, ?, ?)",
+                                (dom, selector, algorithm, private_pem, int(active)))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"dkim key {selector}._domainkey.{dom}")
+
+        await self._write(job)
+
+    async def list_dkim_keys(self, domain: str | None = None
+                             ) -> list[tuple[str, str, str, str, bool]]:
+        sql = "SELECT domain, selector, algorithm, private_pem, active FROM dkim_keys"
+        if domain is None:
+            rows = await self._read(lambda c: c.execute(
+                sql + " ORDER BY domain, selector").fetchall())
+        else:
+            dom = names.domain(domain)
+            rows = await self._read(lambda c: c.execute(
+                sql + " WHERE domain = ? ORDER BY selector", (dom,)).fetchall())
+        return [(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    async def set_dkim_active(self, domain: str, selector: str, active: bool) -> None:
+        dom = names.domain(domain)
+
+        def job(tx: Tx) -> None:
+            if tx.conn.execute("UPDATE dkim_keys SET active = ? WHERE domain = ? AND selector = ?",
+                               (int(active), dom, selector)).rowcount == 0:
+                raise NotFound(f"dkim key {selector}._domainkey.{dom}")
+
+        await self._write(job)
+
+    # -- delivery ----------------------------------------------------------------------
+    async def deliver(self, blob: BlobRef, targets: Sequence[DeliveryTarget], *,
+                      queue: QueueEntry | None = None, internaldate: float | None = None,
+                      text: SearchableText | None = None) -> list[Delivered]:
+        now = self._clock()
+        idate = now if internaldate is None else internaldate
+
+        def job(tx: Tx) -> list[Delivered]:
+            tx.release_pins.append(blob.blob_id)
+            out: list[Delivered] = []
+            appended: dict[int, tuple[int, list[int], int]] = {}
+            for t in targets:
+                row = (self._mailbox_row(tx.conn, t.account_id, t.mailbox)
+                       or self._mailbox_row(tx.conn, t.account_id, "INBOX"))
+                if row is None:
+                    raise NotFound(f"account {t.account_id} has no INBOX")
+                uid, modseq = self._add_message(
+                    tx, row[0], t.account_id, blob.blob_id, blob.size,
+                    names.flags_to_text(t.flags), idate, now, text)
+                out.append(Delivered(account_id=t.account_id, mailbox_id=row[0], uid=uid))
+                acc, uids, _ = appended.get(row[0], (t.account_id, [], 0))
+                uids.append(uid)
+                appended[row[0]] = (acc, uids, modseq)
+            if queue is not None:
+                if queue.blob.blob_id != blob.blob_id:
+                    tx.release_pins.append(queue.blob.blob_id)
+                queue_ops.insert(tx.conn, queue)
+                self._ref_blob(tx, queue.blob.blob_id, queue.blob.size)
+            for mailbox_id, (acc, uids, modseq) in appended.items():
+                tx.changes.append(Change(account_id=acc, mailbox_id=mailbox_id, kind="append",
+                                         uids=tuple(uids), modseq=modseq))
+            return out
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    # -- mailboxes ---------------------------------------------------------------------
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_MBOX_COLS} FROM mailboxes WHERE account_id = ? ORDER BY name",
+            (account_id,)).fetchall())
+        return [_mailbox(r) for r in rows]
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        row = await self._read(lambda c: self._mailbox_row(c, account_id, name))
+        return _mailbox(row) if row else None
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_MBOX_COLS} FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone())
+        return _mailbox(row) if row else None
+
+    async def create_mailbox(self, account_id: int, name: str, *,
+                             special_use: str | None = None) -> Mailbox:
+        name = names.mailbox(name)
+        parts = name.split(names.DELIMITER)
+        if any(p == "" for p in parts):
+            raise StorageError(f"bad mailbox name {name!r}")
+
+        def job(tx: Tx) -> Mailbox:
+            c = tx.conn
+            if c.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+                raise NotFound(f"account {account_id}")
+            if self._mailbox_row(c, account_id, name) is not None:
+                raise AlreadyExists(f"mailbox {name}")
+            for i in range(1, len(parts)):  # RFC 9051 §6.3.4: create missing superiors
+                sup = names.DELIMITER.join(parts[:i])
+                if self._mailbox_row(c, account_id, sup) is None:
+                    self._insert_mailbox(tx, account_id, sup, None)
+            mailbox_id = self._insert_mailbox(tx, account_id, name, special_use)
+            return _mailbox(self._mailbox_by_id(c, mailbox_id))
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        name = names.mailbox(name)
+        if name == "INBOX":
+            raise StorageError("INBOX cannot be deleted")
+
+        def job(tx: Tx) -> None:
+            row = self._mailbox_row(tx.conn, account_id, name)
+            if row is None:
+                raise NotFound(f"mailbox {name}")
+            self._delete_mailbox_rows(tx, row[0], account_id)
+
+        await self._write(job)
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        old, new = names.mailbox(old), names.mailbox(new)
+        if any(p == "" for p in new.split(names.DELIMITER)):
+            raise StorageError(f"bad mailbox name {new!r}")
+        if new == old:
+            raise AlreadyExists(f"mailbox {new}")
+        if old != "INBOX" and new.startswith(old + names.DELIMITER):
+            raise StorageError("cannot rename a mailbox into its own child")
+
+        def job(tx: Tx) -> None:
+            c = tx.conn
+            src = self._mailbox_row(c, account_id, old)
+            if src is None:
+                raise NotFound(f"mailbox {old}")
+            if self._mailbox_row(c, account_id, new) is not None:
+                raise AlreadyExists(f"mailbox {new}")
+            if old == "INBOX":
+                self._rename_inbox(tx, account_id, src, new)
+                return
+            prefix = old + names.DELIMITER
+            children = c.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id = ? AND substr(name, 1, ?) = ?",
+                (account_id, len(prefix), prefix)).fetchall()
+            moves = [(src[0], new)] + [(cid, new + cname[len(old):]) for cid, cname in children]
+            for _, target in moves[1:]:
+                if self._mailbox_row(c, account_id, target) is not None:
+                    raise AlreadyExists(f"mailbox {target}")
+            for mailbox_id, target in moves:
+                c.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (target, mailbox_id))
+                tx.changes.append(Change(account_id=account_id, mailbox_id=mailbox_id,
+                                         kind="mailbox"))
+
+        await self._write(job)
+
+    def _rename_inbox(self, tx: Tx, account_id: int, inbox: tuple, new: str) -> None:
+        # RFC 9051 §6.3.6: move all messages to a new mailbox; INBOX stays, empty.
+        parts = new.split(names.DELIMITER)
+        for i in range(1, len(parts)):
+            sup = names.DELIMITER.join(parts[:i])
+            if self._mailbox_row(tx.conn, account_id, sup) is None:
+                self._insert_mailbox(tx, account_id, sup, None)
+        dst = self._insert_mailbox(tx, account_id, new, None)
+        self._move_rows(tx, inbox[0], dst, account_id, account_id, None)
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        def job(tx: Tx) -> None:
+            row = self._mailbox_row(tx.conn, account_id, name)
+            if row is None:
+                raise NotFound(f"mailbox {name}")
+            tx.conn.execute("UPDATE mailboxes SET subscribed = ? WHERE id = ?",
+                            (int(subscribed), row[0]))
+            tx.changes.append(Change(account_id=account_id, mailbox_id=row[0], kind="mailbox"))
+
+        await self._write(job)
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        def q(c: sqlite3.Connection) -> MailboxStatus:
+            mb = self._mailbox_by_id(c, mailbox_id)
+            n, unseen, deleted, size = c.execute(
+                "SELECT count(*), "
+                "coalesce(sum(instr(flags, ' \\Seen ') = 0), 0), "
+                "coalesce(sum(instr(flags, ' \\Deleted ') > 0), 0), "
+                "coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?",
+                (mailbox_id,)).fetchone()
+            return MailboxStatus(messages=n, unseen=unseen, recent=0, uidnext=mb[4],
+                                 uidvalidity=mb[3], highestmodseq=mb[5], size=size,
+                                 deleted=deleted)
+
+        return await self._read(q)  # type: ignore[no-any-return]
+
+    # -- messages ----------------------------------------------------------------------
+    async def list_messages(self, mailbox_id: int) -> list[MessageRef]:
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid",
+            (mailbox_id,)).fetchall())
+        return [_message(r) for r in rows]
+
+    @staticmethod
+    def _select_uids(c: sqlite3.Connection, cols: str, mailbox_id: int,
+                     uids: Sequence[int]) -> list[tuple]:
+        wanted = sorted(set(uids))
+        rows: list[tuple] = []
+        for part in _chunks(wanted):
+            marks = ",".join("?" * len(part))
+            rows += c.execute(f"SELECT {cols} FROM messages WHERE mailbox_id = ? AND uid IN "
+                              f"({marks}) ORDER BY uid", (mailbox_id, *part)).fetchall()
+        return rows
+
+    async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRef]:
+        rows = await self._read(lambda c: self._select_uids(c, _MSG_COLS, mailbox_id, uids))
+        return [_message(r) for r in rows]
+
+    async def changed_since(self, mailbox_id: int, modseq: int) -> list[MessageRef]:
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, modseq)).fetchall())
+        return [_message(r) for r in rows]
+
+    async def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            (mailbox_id, modseq)).fetchall())
+        return [r[0] for r in rows]
+
+    async def append(self, mailbox_id: int, blob: BlobRef, *, flags: Iterable[str] = (),
+                     internaldate: float | None = None,
+                     text: SearchableText | None = None) -> Delivered:
+        now = self._clock()
+        idate = now if internaldate is None else internaldate
+        flag_text = names.flags_to_text(flags)
+
+        def job(tx: Tx) -> Delivered:
+            tx.release_pins.append(blob.blob_id)
+            mb = self._mailbox_by_id(tx.conn, mailbox_id)
+            account_id = mb[1]
+            self._check_quota(tx.conn, account_id, blob.size)
+            uid, modseq = self._add_message(tx, mailbox_id, account_id, blob.blob_id, blob.size,
+                                            flag_text, idate, now, text)
+            tx.changes.append(Change(account_id=account_id, mailbox_id=mailbox_id, kind="append",
+                                     uids=(uid,), modseq=modseq))
+            return Delivered(account_id=account_id, mailbox_id=mailbox_id, uid=uid)
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def store_flags(self, mailbox_id: int, uids: Sequence[int], flags: Iterable[str],
+                          mode: FlagMode, *, unchanged_since: int | None = None
+                          ) -> tuple[list[FlagUpdate], list[int]]:
+        given = list(flags)
+        if mode not in ("set", "add", "remove"):
+            raise StorageError(f"bad flag mode {mode!r}")
+
+        def job(tx: Tx) -> tuple[list[FlagUpdate], list[int]]:
+            mb = self._mailbox_by_id(tx.conn, mailbox_id)
+            rows = self._select_uids(tx.conn, "uid, modseq, flags", mailbox_id, uids)
+            updates: list[FlagUpdate] = []
+            failed: list[int] = []
+            modseq = mb[5]
+            for uid, old_modseq, old_text in rows:
+                # RFC 7162 §3.1.3: UNCHANGEDSINCE fails messages modified after it.
+                if unchanged_since is not None and old_modseq > unchanged_since:
+                    failed.append(uid)
+                    continue
+                old = names.text_to_flags(old_text)
+                new = names.apply_flags(old, given, mode)
+                if new == old:
+                    continue
+                modseq += 1
+                tx.conn.execute("UPDATE messages SET flags = ?, modseq = ? "
+                                "WHERE mailbox_id = ? AND uid = ?",
+                                (names.flags_to_text(new), modseq, mailbox_id, uid))
+                updates.append(FlagUpdate(uid=uid, flags=new, modseq=modseq))
+            if updates:
+                tx.conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?",
+                                (modseq, mailbox_id))
+                tx.changes.append(Change(account_id=mb[1], mailbox_id=mailbox_id, kind="flags",
+                                         uids=tuple(u.uid for u in updates), modseq=modseq))
+            return updates, failed
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        def job(tx: Tx) -> list[int]:
+            mb = self._mailbox_by_id(tx.conn, mailbox_id)
+            cols = "uid, size, blob_id, flags"
+            if uids is None:
+                rows = tx.conn.execute(f"SELECT {cols} FROM messages WHERE mailbox_id = ? "
+                                       "ORDER BY uid", (mailbox_id,)).fetchall()
+            else:
+                rows = self._select_uids(tx.conn, cols, mailbox_id, uids)
+            gone = [(r[0], r[1], r[2]) for r in rows if " \\Deleted " in r[3]]
+            self._remove_messages(tx, mailbox_id, mb[1], gone)
+            return [g[0] for g in gone]
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    def _move_rows(self, tx: Tx, src: int, dst: int, src_account: int, dst_account: int,
+                   uids: Sequence[int] | None, *, remove: bool = True) -> list[tuple[int, int]]:
+        cols = "uid, modseq, flags, internaldate, savedate, size, blob_id"
+        if uids is None:
+            rows = tx.conn.execute(f"SELECT {cols} FROM messages WHERE mailbox_id = ? "
+                                   "ORDER BY uid", (src,)).fetchall()
+        else:
+            rows = self._select_uids(tx.conn, cols, src, uids)
+        if not rows:
+            return []
+        if not (remove and src_account == dst_account):  # a move within an account is free
+            self._check_quota(tx.conn, dst_account, sum(r[5] for r in rows))
+        now = self._clock()
+        pairs: list[tuple[int, int]] = []
+        modseq = 0
+        for uid, _, flags, idate, _, size, blob_id in rows:
+            new_uid, modseq = self._add_message(tx, dst, dst_account, blob_id, size, flags,
+                                                idate, now)
+            pairs.append((uid, new_uid))
+        tx.changes.append(Change(account_id=dst_account, mailbox_id=dst, kind="append",
+                                 uids=tuple(p[1] for p in pairs), modseq=modseq))
+        if remove:
+            self._remove_messages(tx, src, src_account, [(r[0], r[5], r[6]) for r in rows])
+        return pairs
+
+    async def copy(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+                   ) -> list[tuple[int, int]]:
+        return await self._copy_or_move(src_mailbox_id, uids, dst_mailbox_id, remove=False)
+
+    async def move(self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+                   ) -> list[tuple[int, int]]:
+        return await self._copy_or_move(src_mailbox_id, uids, dst_mailbox_id, remove=True)
+
+    async def _copy_or_move(self, src: int, uids: Sequence[int], dst: int, *,
+                            remove: bool) -> list[tuple[int, int]]:
+        def job(tx: Tx) -> list[tuple[int, int]]:
+            s = self._mailbox_by_id(tx.conn, src)
+            d = self._mailbox_by_id(tx.conn, dst)
+            if remove and src == dst:
+                raise StorageError("cannot move a message to its own mailbox")
+            return self._move_rows(tx, src, dst, s[1], d[1], list(uids), remove=remove)
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    async def search_text(self, mailbox_id: int, query: str, *,
+                          field: Literal["body", "text", "headers"] = "text") -> set[int]:
+        cols = {"body": ("body",), "headers": ("headers",),
+                "text": ("headers", "body", "extra")}.get(field)
+        if cols is None:
+            raise StorageError(f"bad search field {field!r}")
+        if query == "":
+            rows = await self._read(lambda c: c.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ?", (mailbox_id,)).fetchall())
+            return {r[0] for r in rows}
+        if self._trigram and len(query) >= 3:
+            # Trigram FTS5: a quoted phrase is an indexed, case-insensitive substring match.
+            phrase = '"' + query.replace('"', '""') + '"'
+            match = ("{" + " ".join(cols) + "} : " + phrase)
+            sql = ("SELECT m.uid FROM messages m JOIN blobs b ON b.blob_id = m.blob_id "
+                   "WHERE m.mailbox_id = ? AND b.id IN "
+                   "(SELECT rowid FROM msg_text WHERE msg_text MATCH ?)")
+            rows = await self._read(lambda c: c.execute(sql, (mailbox_id, match)).fetchall())
+            return {r[0] for r in rows}
+        # Short queries (or no trigram tokenizer): scan this mailbox's texts.
+        needle = query.casefold()
+
+        def scan(c: sqlite3.Connection) -> set[int]:
+            found: set[int] = set()
+            for uid, *texts in c.execute(
+                    "SELECT m.uid, t.headers, t.body, t.extra FROM messages m "
+                    "JOIN blobs b ON b.blob_id = m.blob_id JOIN msg_text t ON t.rowid = b.id "
+                    "WHERE m.mailbox_id = ?", (mailbox_id,)):
+                named = dict(zip(("headers", "body", "extra"), texts, strict=True))
+                if any(needle in (named[col] or "").casefold() for col in cols):
+                    found.add(uid)
+            return found
+
+        return await self._read(scan)  # type: ignore[no-any-return]
+
+    async def cache_get(self, blob_id: str, kind: str) -> str | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT value FROM blob_cache WHERE blob_id = ? AND kind = ?",
+            (blob_id, kind)).fetchone())
+        return row[0] if row else None
+
+    async def cache_put(self, blob_id: str, kind: str, value: str) -> None:
+        def job(tx: Tx) -> None:
+            # Only for stored blobs: the row goes when the blob's last reference does.
+            if tx.conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
+                tx.conn.execute("INSERT OR REPLACE INTO blob_cache (blob_id, kind, value) "
+                                "VALUES (?, ?, ?)", (blob_id, kind, value))
+
+        await self._write(job)
+
+    # -- POP3 maildrop lock (RFC 1939 §8: exclusive access) -------------------------------
+    async def lock_maildrop(self, account_id: int) -> bool:
+        if account_id in self._pop_locks:
+            return False
+        self._pop_locks.add(account_id)
+        return True
+
+    async def unlock_maildrop(self, account_id: int) -> None:
+        self._pop_locks.discard(account_id)
+
+    # -- change feed -------------------------------------------------------------------
+    def subscribe(self, account_id: int) -> changes_mod.Subscription:
+        return self.bus.subscribe(account_id)
+
+    # -- outbound queue ----------------------------------------------------------------
+    async def queue_add(self, entry: QueueEntry) -> None:
+        def job(tx: Tx) -> None:
+            tx.release_pins.append(entry.blob.blob_id)
+            if tx.conn.execute("SELECT 1 FROM queue WHERE id = ?", (entry.id,)).fetchone():
+                raise AlreadyExists(f"queue entry {entry.id}")
+            queue_ops.insert(tx.conn, entry)
+            self._ref_blob(tx, entry.blob.blob_id, entry.blob.size)
+
+        await self._write(job)
+
+    async def queue_get(self, entry_id: str) -> QueueEntry | None:
+        return await self._read(lambda c: queue_ops.get(c, entry_id))  # type: ignore[no-any-return]
+
+    async def queue_list(self) -> list[QueueEntry]:
+        return await self._read(queue_ops.list_all)  # type: ignore[no-any-return]
+
+    async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]:
+        return await self._read(lambda c: queue_ops.due(c, now, limit))  # type: ignore[no-any-return]
+
+    async def queue_update(self, entry_id: str, *, recipients: Sequence[QueueRecipient],
+                           next_attempt: float, attempts: int, last_error: str = "") -> None:
+        def job(tx: Tx) -> None:
+            if not queue_ops.update(tx.conn, entry_id, recipients, next_attempt, attempts,
+                                    last_error):
+                raise NotFound(f"queue entry {entry_id}")
+
+        await self._write(job)
+
+    async def queue_delete(self, entry_id: str) -> None:
+        """Idempotent: deleting an entry that is gone is not an error."""
+
+        def job(tx: Tx) -> None:
+            row = tx.conn.execute("SELECT blob_id FROM queue WHERE id = ?",
+                                  (entry_id,)).fetchone()
+            if row is None:
+                return
+            tx.conn.execute("DELETE FROM queue_recipients WHERE entry_id = ?", (entry_id,))
+            tx.conn.execute("DELETE FROM queue WHERE id = ?", (entry_id,))
+            self._unref_blob(tx, row[0])
+
+        await self._write(job)
+
+    async def queue_retry_now(self, entry_id: str | None, now: float) -> int:
+        def job(tx: Tx) -> int:
+            if entry_id is None:
+                cur = tx.conn.execute("UPDATE queue SET next_attempt = ? WHERE pending > 0",
+                                      (now,))
+            else:
+                cur = tx.conn.execute("UPDATE queue SET next_attempt = ? "
+                                      "WHERE id = ? AND pending > 0", (now, entry_id))
+            return int(cur.rowcount)
+
+        return await self._write(job)  # type: ignore[no-any-return]
+
+    # -- authentication results ----------------------------------------------------------
+    async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
+                                 spf: str, dkim: str, dmarc: str, disposition: str) -> None:
+        def job(tx: Tx) -> None:
+            tx.conn.execute(
+                "INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, dmarc, "
+                "disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (when, source_ip, header_from, spf, dkim, dmarc, disposition))
+
+        await self._write(job)
+
+    async def list_auth_results(self, since: float = 0.0) -> list[tuple]:
+        """Extra (not in the seam): (when, ip, header_from, spf, dkim, dmarc, disposition)."""
+        return await self._read(lambda c: c.execute(  # type: ignore[no-any-return]
+            "SELECT at, source_ip, header_from, spf, dkim, dmarc, disposition FROM auth_results "
+            "WHERE at >= ? ORDER BY at, id", (since,)).fetchall())
