@@ -1,0 +1,111 @@
+"""Issue 2: the admin CLI, config validation, signals and crash durability."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.harness import PASSWORD, Server, client_tls, mailyard, make_server
+
+
+def test_init_prints_dns_records_and_writes_files(tmp_path: Path) -> None:
+    out = mailyard(tmp_path / "d", "init", "--domain", "Example.TEST", "--dev").stdout
+    assert (tmp_path / "d" / "mailyard.toml").exists()
+    assert (tmp_path / "d" / "tls" / "cert.pem").exists()
+    assert "example.test" in out
+    assert " MX " in out and "v=spf1" in out and "v=DKIM1" in out and "v=DMARC1" in out
+    cfg = (tmp_path / "d" / "mailyard.toml").read_text()
+    assert '"127.0.0.1:2525"' in cfg and '"127.0.0.1:2587"' in cfg and '"127.0.0.1:2995"' in cfg
+
+
+def test_user_domain_alias_commands(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    mailyard(d, "init", "--domain", "example.test", "--dev")
+    mailyard(d, "domain", "add", "other.test")
+    assert mailyard(d, "domain", "list").stdout.split() == ["example.test", "other.test"]
+    mailyard(d, "user", "add", "Carol@Other.test", "--password-stdin", stdin="pw-carol\n")
+    assert "carol@other.test" in mailyard(d, "user", "list").stdout
+    # no password on the command line, and no prompt without a terminal
+    r = mailyard(d, "user", "add", "dave@other.test", check=False, stdin="")
+    assert r.returncode != 0 and "password" in r.stderr.lower()
+    mailyard(d, "user", "passwd", "carol@other.test", "--password-stdin", stdin="new-pass\n")
+    r = mailyard(d, "user", "add", "x@unknown.test", "--password-stdin", stdin="pw-pw\n", check=False)
+    assert r.returncode == 2 and "not a local domain" in r.stderr
+    mailyard(d, "alias", "add", "list@other.test", "carol@other.test", "someone@remote.example")
+    mailyard(d, "alias", "add", "@other.test", "carol@other.test")
+    out = mailyard(d, "alias", "list").stdout
+    assert "list@other.test" in out and "@other.test" in out
+    mailyard(d, "alias", "remove", "list@other.test")
+    assert "list@other.test" not in mailyard(d, "alias", "list").stdout
+    mailyard(d, "user", "remove", "carol@other.test")
+    assert "carol@other.test" not in mailyard(d, "user", "list").stdout
+    r = mailyard(d, "user", "remove", "carol@other.test", check=False)
+    assert r.returncode == 2 and r.stderr.startswith("mailyard: ")
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    mailyard(d, "init", "--domain", "example.test", "--dev")
+    cfg = d / "mailyard.toml"
+    cfg.write_text(cfg.read_text() + "\n[limits]\nmax_recipientz = 5\n")
+    r = mailyard(d, "serve", check=False)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    # (TOML duplicate table or unknown key: either way the key or table is named)
+    assert "limits" in r.stderr
+    cfg.write_text(cfg.read_text().replace("\n[limits]\nmax_recipientz = 5\n", "")
+                   .replace('smtp = "127.0.0.1:2525"', 'smtp = "127.0.0.1:99999"'))
+    r = mailyard(d, "serve", check=False)
+    assert r.returncode == 2 and "listen.smtp" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    with smtplib.SMTP(*server.addr("submission"), timeout=10) as s:
+        s.starttls(context=client_tls())
+        s.login("alice@example.test", PASSWORD)
+    assert server.stop(signal.SIGTERM) == 0
+
+
+def test_kill9_after_250_keeps_the_message(server: Server) -> None:
+    msgs = []
+    with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+        for i in range(20):
+            body = f"Subject: n{i}\r\n\r\nbody {i}\r\n".encode()
+            s.sendmail("x@remote.example", ["bob@example.test"], body)
+            msgs.append(body)
+    server.kill9()
+    server.start()
+    import poplib
+
+    p = poplib.POP3(*server.addr("pop3"), timeout=10)
+    p.stls(client_tls())
+    p.user("bob@example.test")
+    p.pass_(PASSWORD)
+    assert p.stat()[0] == 20
+    got = [b"\r\n".join(p.retr(i)[1]) + b"\r\n" for i in range(1, 21)]
+    p.quit()
+    for body, stored in zip(msgs, got, strict=True):
+        assert stored.endswith(body)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    srv = make_server(tmp_path, users=())
+    cfg = srv.data / "mailyard.toml"
+    text = cfg.read_text().replace('smtp = "127.0.0.1:0"', f'smtp = "127.0.0.1:{port}"')
+    cfg.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "mailyard.cli.main", "--data", str(srv.data), "serve"],
+                       capture_output=True, text=True, timeout=60)
+    blocker.close()
+    assert r.returncode == 2
+    assert "listen.smtp" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,119 @@
+"""Issue 2: submit over 587 (STARTTLS + AUTH) or 465, read back over POP3, byte for byte."""
+
+from __future__ import annotations
+
+import poplib
+import smtplib
+
+from tests.integration.harness import PASSWORD, Server, client_tls
+
+MESSAGE = (
+    b"From: Alice <alice@example.test>\r\n"
+    b"To: Bob <bob@example.test>\r\n"
+    b"Subject: hello\r\n"
+    b"Message-ID: <journey-1@example.test>\r\n"
+    b"\r\n"
+    b"Hi Bob,\r\n"
+    b".a line that starts with a dot\r\n"
+    b"..two dots\r\n"
+    b"bye\r\n"
+)
+
+
+def _pop_all(server: Server, user: str) -> list[bytes]:
+    host, port = server.addr("pop3")
+    p = poplib.POP3(host, port, timeout=10)
+    p.stls(client_tls())
+    p.user(user)
+    p.pass_(PASSWORD)
+    count, _size = p.stat()
+    out = []
+    for i in range(1, count + 1):
+        _resp, lines, _octets = p.retr(i)
+        out.append(b"\r\n".join(lines) + b"\r\n")
+    p.quit()
+    return out
+
+
+def _body_of(stored: bytes) -> bytes:
+    """The submitted message is the tail of what is stored (trace headers are prepended)."""
+    return stored[stored.index(b"From: Alice"):]
+
+
+def test_submission_starttls_auth_then_pop3_byte_for_byte(server: Server) -> None:
+    host, port = server.addr("submission")
+    with smtplib.SMTP(host, port, timeout=10) as s:
+        s.ehlo("client.example.net")
+        assert s.has_extn("starttls")
+        assert not s.has_extn("auth"), "AUTH must not be offered before TLS"
+        s.starttls(context=client_tls())
+        s.ehlo("client.example.net")
+        assert "PLAIN" in s.esmtp_features["auth"].upper()
+        s.login("alice@example.test", PASSWORD)
+        refused = s.sendmail("alice@example.test", ["bob@example.test"], MESSAGE)
+        assert refused == {}
+    msgs = _pop_all(server, "bob@example.test")
+    assert len(msgs) == 1
+    stored = msgs[0]
+    assert _body_of(stored) == MESSAGE
+    head = stored[: stored.index(b"From: Alice")]
+    assert head.startswith(b"Return-Path: <alice@example.test>\r\n")
+    assert b"Received: from client.example.net" in head
+    assert b"with ESMTPSA" in head
+    assert b"DKIM-Signature:" in head
+
+
+def test_submissions_implicit_tls(server: Server) -> None:
+    host, port = server.addr("submissions")
+    with smtplib.SMTP_SSL(host, port, timeout=10, context=client_tls()) as s:
+        s.login("alice@example.test", PASSWORD)
+        s.sendmail("alice@example.test", ["bob@example.test"], MESSAGE)
+    assert len(_pop_all(server, "bob@example.test")) == 1
+
+
+def test_mx_receives_for_local_user(server: Server) -> None:
+    host, port = server.addr("smtp")
+    with smtplib.SMTP(host, port, timeout=10) as s:
+        s.ehlo("mx.remote.example")
+        assert not s.has_extn("auth"), "no AUTH on port 25"
+        s.sendmail("someone@remote.example", ["bob@example.test"], MESSAGE)
+    msgs = _pop_all(server, "bob@example.test")
+    assert len(msgs) == 1
+    assert _body_of(msgs[0]) == MESSAGE
+    assert b"Authentication-Results: " in msgs[0]
+
+
+def test_pop3_delete_and_keep(server: Server) -> None:
+    host, port = server.addr("submission")
+    with smtplib.SMTP(host, port, timeout=10) as s:
+        s.starttls(context=client_tls())
+        s.login("alice@example.test", PASSWORD)
+        for _ in range(3):
+            s.sendmail("alice@example.test", ["bob@example.test"], MESSAGE)
+    # leave on server: RETR without DELE, twice
+    assert len(_pop_all(server, "bob@example.test")) == 3
+    assert len(_pop_all(server, "bob@example.test")) == 3
+    # download and delete
+    h, p_ = server.addr("pop3")
+    p = poplib.POP3(h, p_, timeout=10)
+    p.stls(client_tls())
+    p.user("bob@example.test")
+    p.pass_(PASSWORD)
+    uidls = p.uidl()[1]
+    sizes = [int(x.split()[1]) for x in p.list()[1]]
+    for i in (1, 2):
+        _r, lines, octets = p.retr(i)
+        assert sum(len(line) + 2 for line in lines) == sizes[i - 1]
+        p.dele(i)
+    p.quit()
+    left = _pop_all(server, "bob@example.test")
+    assert len(left) == 1
+    # UIDLs stable across a restart
+    server.stop()
+    server.start()
+    p = poplib.POP3(h, server.ports["pop3"], timeout=10)
+    p.stls(client_tls())
+    p.user("bob@example.test")
+    p.pass_(PASSWORD)
+    assert p.uidl()[1] == [b"1 " + uidls[2].split()[1]]
+    p.quit()
