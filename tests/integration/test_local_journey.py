@@ -102,7 +102,7 @@ def test_pop3_delete_and_keep(server: Server) -> None:
     uidls = p.uidl()[1]
     sizes = [int(x.split()[1]) for x in p.list()[1]]
     for i in (1, 2):
-        _r, lines, octets = p.retr(i)
+        _r, lines, _octets = p.retr(i)
         assert sum(len(line) + 2 for line in lines) == sizes[i - 1]
         p.dele(i)
     p.quit()

@@ -6,10 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.integration.harness import PASSWORD, Server
-
 
 
 def _tool(name: str) -> str:
