@@ -1,0 +1,162 @@
+"""DATA transparency (RFC 5321 §4.5.2) as small streaming state machines.
+
+:class:`DotUnstuffer` turns the bytes that follow a ``354`` into message
+content, one piece at a time, and says where the message ends.
+
+The one and only end of data is ``<CRLF>.<CRLF>`` (RFC 5321 §4.1.1.4). We
+start as if we had just seen a CRLF, so that a message whose first line is
+``.`` is the empty message and a first line starting with ``..`` is
+unstuffed, with no special case for the start.
+
+SMTP smuggling (CVE-2023-51766, CVE-2023-51764, CVE-2023-51765, SEC Consult
+2023-12): a receiver that also ends data on ``<LF>.<LF>``, ``<CR>.<CR>``,
+``<LF>.<CRLF>``, ``<CR>.<CRLF>`` or ``<CRLF>.<LF>``... lets one message carry a
+second, forged one. Here a line ends only at CRLF; a CR not followed by LF
+and an LF not preceded by CR are *bare* and never end a line, so none of
+those sequences can end the message. We also remember that a bare CR or LF
+was seen so that the server rejects the whole message after the real end
+(RFC 5321 §2.3.8 forbids them in content).
+
+What others do: Postfix (``smtpd_forbid_bare_newline``) and Exim 4.97.1
+reject such messages; Sendmail normalises them. What we do: reject.
+
+Long lines: RFC 5321 §4.5.3.1.6 limits a text line to 1000 octets, but we are
+liberal in what we accept: a longer line is passed through unchanged (a
+later stage may wrap or refuse it). Memory stays bounded because we never
+hold back more than two octets.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["BareLineEndingDetector", "DotUnstuffer", "dot_stuff"]
+
+_CR = 0x0D
+_LF = 0x0A
+_DOT = 0x2E
+_EOL_RE = re.compile(rb"[\r\n]")
+
+
+class DotUnstuffer:
+    """Streaming un-dot-stuffer.
+
+    ``feed(data)`` returns ``(content, consumed)``: the canonical CRLF content
+    decoded so far and how many bytes of ``data`` were used. Bytes not
+    consumed (at most two: a trailing CR, or ``.``/``.CR`` at the start of a
+    line) must be offered again together with the next data. Once the end of
+    data is found ``done`` is true and ``consumed`` points just past the
+    terminating ``.CRLF``; whatever follows belongs to the next command.
+
+    After a bare CR or LF, ``bare_line_ending`` is true and no more content is
+    returned (the message will be rejected), but the end of data is still
+    searched for with the same strict rule.
+    """
+
+    __slots__ = ("_line_start", "bare_line_ending", "done")
+
+    def __init__(self) -> None:
+        # Start as if we just came from a CRLF: "." alone on the first line
+        # ends an empty message, ".." on the first line is unstuffed.
+        self._line_start = True
+        self.bare_line_ending = False
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, int]:
+        if self.done:
+            return b"", 0
+        out: list[bytes] = []
+        n = len(data)
+        i = 0
+        while i < n:
+            if self._line_start:
+                if data[i] == _DOT:
+                    if i + 1 >= n:
+                        break  # need the next octet to decide
+                    if data[i + 1] == _CR:
+                        if i + 2 >= n:
+                            break
+                        if data[i + 2] == _LF:
+                            # <CRLF>.<CRLF>: the end of data (RFC 5321 §4.1.1.4).
+                            self.done = True
+                            i += 3
+                            break
+                    # RFC 5321 §4.5.2: a leading period is deleted.
+                    i += 1
+                self._line_start = False
+                continue
+            m = _EOL_RE.search(data, i)
+            if m is None:
+                self._emit(out, data[i:])
+                i = n
+                break
+            j = m.start()
+            if data[j] == _LF:
+                # Bare LF: not a line ending.
+                self._emit(out, data[i:j])
+                self.bare_line_ending = True
+                i = j + 1
+                continue
+            # CR: look at the next octet.
+            if j + 1 >= n:
+                self._emit(out, data[i:j])
+                i = j  # hold back the CR
+                break
+            if data[j + 1] == _LF:
+                self._emit(out, data[i : j + 2])
+                i = j + 2
+                self._line_start = True
+            else:
+                # Bare CR: not a line ending either.
+                self._emit(out, data[i:j])
+                self.bare_line_ending = True
+                i = j + 1
+        return b"".join(out), i
+
+    def _emit(self, out: list[bytes], piece: bytes) -> None:
+        if piece and not self.bare_line_ending:
+            out.append(piece)
+
+
+class BareLineEndingDetector:
+    """Finds bare CR or LF in a byte stream split anywhere (used for BDAT,
+    whose content is not dot-stuffed, RFC 3030 §2)."""
+
+    __slots__ = ("_prev_cr", "found")
+
+    def __init__(self) -> None:
+        self._prev_cr = False
+        self.found = False
+
+    def feed(self, data: bytes) -> None:
+        if self.found or not data:
+            return
+        if self._prev_cr and data[0] != _LF:
+            self.found = True
+            return
+        start = 1 if self._prev_cr else 0
+        # Every LF (except a first one completing a CR from the last piece)
+        # must be preceded by CR, and every CR (except a last one) followed by LF.
+        if data.count(b"\n", start) != data.count(b"\r\n", start) or data[start:].count(
+            b"\r"
+        ) != data.count(b"\r\n", start) + (1 if data.endswith(b"\r") else 0):
+            self.found = True
+            return
+        self._prev_cr = data.endswith(b"\r")
+
+    def finish(self) -> bool:
+        """End of content: a trailing lone CR is bare too. Returns ``found``."""
+        if self._prev_cr:
+            self.found = True
+        return self.found
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """Wire form of ``content`` for DATA: leading dots doubled, a CRLF added
+    if missing, and the ``.CRLF`` terminator appended (RFC 5321 §4.5.2)."""
+    if content and not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed + b".\r\n"
