@@ -284,8 +284,8 @@ def cmd_user(args: argparse.Namespace) -> int:
             if await store.get_account(addr) is not None:
                 raise CLIError(f"user {addr} exists")
             pw = _read_password(args)
-            quota = _parse_size(args.quota) if args.quota else None
-            await store.add_account(addr, hash_password(pw), quota_bytes=quota)
+            quota_bytes = _parse_size(args.quota) if args.quota else None
+            await store.add_account(addr, hash_password(pw), quota_bytes=quota_bytes)
             print(f"added {addr}")
             return
         if await store.get_account(addr) is None:

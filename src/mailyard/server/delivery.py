@@ -1,0 +1,213 @@
+"""What happens to a message once its last octet arrived: authenticate or sign, then
+store it durably for local recipients and queue it for remote ones — in one transaction.
+
+Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local senders).
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailyard.policy.addresses import AddressError, split_address
+from mailyard.protocol.smtp.replies import Reply
+from mailyard.server.context import ServerContext
+from mailyard.storage.interface import InsufficientStorage, Spool
+from mailyard.storage.models import (
+    Account,
+    DeliveryTarget,
+    QueueEntry,
+    QueueRecipient,
+    SearchableText,
+)
+
+# Messages larger than this are not read into memory for DKIM/DMARC: they are accepted
+# with dkim=none (what rspamd and Stalwart also do with a size cap on verification).
+MAX_VERIFY_SIZE = 16 * 1024 * 1024
+MAX_INDEX_SIZE = 4 * 1024 * 1024
+
+
+@dataclass
+class Submission:
+    mode: str  # "mx" | "submission"
+    session_id: str
+    remote_ip: str
+    remote_host: str
+    helo: str
+    tls: bool
+    account: Account | None
+    sender: str
+    mail: Any  # the core's MailFrom event (params: SMTPUTF8, BODY, RET, ENVID)
+    local_rcpts: list[tuple[str, list[int]]] = field(default_factory=list)
+    remote_rcpts: list[Any] = field(default_factory=list)
+    spf: Any = None
+
+
+def _r(code: int, enhanced: str, text: str) -> Reply:
+    return Reply.make(code, text, enhanced)
+
+
+def _protocol(sub: Submission) -> str:
+    """RFC 3848 / RFC 6531 §3.7.3 "with" keywords."""
+    utf8 = bool(getattr(sub.mail, "smtputf8", False))
+    base = "UTF8SMTP" if utf8 else "ESMTP"
+    if sub.tls:
+        base += "S"
+    if sub.account is not None:
+        base += "A"
+    return base
+
+
+def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
+    from mailyard.server.smtp import received_header
+
+    rcpts = [a for a, _ in sub.local_rcpts] + [r.address for r in sub.remote_rcpts]
+    return received_header(helo=sub.helo, remote_ip=sub.remote_ip, hostname=ctx.hostname,
+                           protocol=_protocol(sub), session_id=sub.session_id,
+                           for_rcpt=rcpts[0] if len(rcpts) == 1 else None, now=now)
+
+
+def _return_path(sender: str) -> bytes:
+    return f"Return-Path: <{sender}>\r\n".encode()
+
+
+def searchable(content: bytes) -> SearchableText | None:
+    try:
+        from mailyard.message.text import searchable_text  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        return searchable_text(content)  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+async def _copy_spool(ctx: ServerContext, spool: Spool) -> Spool:
+    other = ctx.store.blobs.new_spool()
+    for chunk in spool.chunks():
+        other.write(chunk)
+    return other
+
+
+async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
+                        ) -> tuple[bytes, str, Reply | None]:
+    """MX mode: SPF/DKIM/DMARC. Returns (header bytes to prepend, mailbox, refusal)."""
+    try:
+        from mailyard.mailauth import pipeline  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # pragma: no cover - while mailauth is not in the tree
+        return b"", "INBOX", None
+    content = b"" if spool.size > MAX_VERIFY_SIZE else spool.read_all()
+    verdict = await pipeline.authenticate_message(
+        content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
+        resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
+    header = verdict.header
+    if not header.endswith("\r\n"):
+        header += "\r\n"
+    if verdict.action == "reject":
+        return b"", "", _r(550, "5.7.1", verdict.reply_text or "Rejected by DMARC policy")
+    if verdict.action == "tempfail":
+        return b"", "", _r(451, "4.7.5", verdict.reply_text or "Temporary authentication failure")
+    mailbox = "Junk" if verdict.action == "junk" else "INBOX"
+    return header.encode("utf-8"), mailbox, None
+
+
+async def _sign(ctx: ServerContext, sub: Submission, spool: Spool) -> bytes:
+    """Submission: DKIM-sign with every active key of the sender's domain."""
+    try:
+        from mailyard.mailauth import dkim as dkim_mod
+    except ImportError:  # pragma: no cover
+        return b""
+    if not sub.sender or spool.size > MAX_VERIFY_SIZE:
+        return b""
+    try:
+        _, domain = split_address(sub.sender)
+    except AddressError:
+        return b""
+    keys = [k for k in await ctx.store.list_dkim_keys(domain) if k[4]]
+    if not keys:
+        return b""
+    content = spool.read_all()
+    out = b""
+    for _domain, selector, algorithm, pem, _active in keys:
+        try:
+            out += dkim_mod.sign_message(content, domain=domain, selector=selector,
+                                         private_pem=pem, algorithm=algorithm)
+        except Exception:
+            ctx.log.exception("DKIM signing failed for %s/%s", domain, selector)
+    return out
+
+
+def _queue_recipient(rcpt: Any) -> QueueRecipient:
+    notify = getattr(rcpt, "notify", None)
+    orcpt = getattr(rcpt, "orcpt", None)
+    return QueueRecipient(
+        address=rcpt.address,
+        notify=",".join(notify) if isinstance(notify, tuple) else notify,
+        orcpt=";".join(orcpt) if isinstance(orcpt, tuple) else orcpt,
+    )
+
+
+async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> Reply:
+    now = ctx.clock()
+    try:
+        received = _received(ctx, sub, now)
+        mailbox = "INBOX"
+        auth_header = b""
+        if sub.mode == "mx":
+            auth_header, mailbox, refusal = await _authenticate(ctx, sub, spool)
+            if refusal is not None:
+                return refusal
+        else:
+            auth_header = await _sign(ctx, sub, spool)
+        account_ids: list[int] = []
+        for _addr, ids in sub.local_rcpts:
+            for i in ids:
+                if i not in account_ids:
+                    account_ids.append(i)
+        text = None
+        if account_ids and spool.size <= MAX_INDEX_SIZE:
+            text = searchable(spool.read_all())
+        queue_blob = None
+        if sub.remote_rcpts:
+            # The queued copy carries no Return-Path (RFC 5321 §4.4: added at final delivery).
+            src = await _copy_spool(ctx, spool) if account_ids else spool
+            queue_blob = await ctx.store.blobs.commit(src, prefix=auth_header + received)
+        local_blob = None
+        if account_ids:
+            prefix = _return_path(sub.sender) + auth_header + received
+            local_blob = await ctx.store.blobs.commit(spool, prefix=prefix)
+        entry = None
+        if queue_blob is not None:
+            mail = sub.mail
+            entry = QueueEntry(
+                id=secrets.token_hex(8),
+                sender=sub.sender,
+                blob=queue_blob,
+                recipients=tuple(_queue_recipient(r) for r in sub.remote_rcpts),
+                created=now,
+                next_attempt=now,
+                ret=getattr(mail, "ret", None),
+                envid=getattr(mail, "envid", None),
+                smtputf8=bool(getattr(mail, "smtputf8", False)),
+                body_8bit=(getattr(mail, "body", None) or "").upper() == "8BITMIME",
+            )
+        targets = [DeliveryTarget(account_id=i, mailbox=mailbox) for i in account_ids]
+        if local_blob is not None:
+            await ctx.store.deliver(local_blob, targets, queue=entry, internaldate=now, text=text)
+        elif entry is not None:
+            await ctx.store.queue_add(entry)
+        if entry is not None:
+            ctx.wake_queue()
+    except InsufficientStorage:
+        return _r(452, "4.3.1", "Insufficient system storage")
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _r(452, "4.3.1", "Insufficient system storage")
+        ctx.log.exception("delivery failed")
+        return _r(451, "4.3.0", "Local error in processing, try again later")
+    except Exception:
+        ctx.log.exception("delivery failed")
+        return _r(451, "4.3.0", "Local error in processing, try again later")
+    return _r(250, "2.0.0", f"Ok: queued as {sub.session_id}")

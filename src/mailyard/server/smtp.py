@@ -1,0 +1,362 @@
+"""The asyncio adapter for the sans-IO SMTP core: MX (port 25) and submission (587/465).
+
+The core (``protocol.smtp.server``) parses, keeps the state table and answers
+everything that needs no outside knowledge. This module answers the events
+that do — who may send, who may receive, and what happens to a message once its
+last octet arrived — and moves bytes between the socket and the core.
+
+Decisions (each cites where it is decided):
+- MX mode accepts RCPT only for local domains; unknown users get 550 5.1.1 and
+  everything else 554 5.7.1 (never an open relay; RFC 5321 §3.6.2, §7.1).
+- Submission requires AUTH (RFC 6409 §4.3) and the sender must be the user's own
+  address, a sub-address of it, or an alias that reaches it (553 5.7.1).
+- No 250 until the blob and its index record are durable (RFC 5321 §6.1): the
+  blob store fsyncs file and directory, the store commits with synchronous=FULL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mailyard.policy.addresses import AddressError, base_address, canonical_address, split_address
+from mailyard.policy.recipients import Verdict
+from mailyard.protocol.smtp import server as core
+from mailyard.protocol.smtp.replies import Reply
+from mailyard.server.context import ServerContext
+from mailyard.server.delivery import Submission, accept_message
+from mailyard.storage.interface import Spool
+from mailyard.storage.models import Account
+
+READ_CHUNK = 64 * 1024
+
+
+def R(code: int, enhanced: str | None, text: str) -> Reply:
+    return Reply.make(code, text, enhanced)
+
+
+@dataclass
+class Transaction:
+    sender: str = ""  # canonical envelope sender, "" for <>
+    raw_sender: str = ""
+    mail: Any = None  # the core's MailFrom event
+    local_rcpts: list[tuple[str, list[int]]] = field(default_factory=list)
+    remote_rcpts: list[Any] = field(default_factory=list)  # RcptTo events for the queue
+    spool: Spool | None = None
+    spf: Any = None  # mailauth SPF result from MAIL FROM time (MX mode)
+
+    def discard(self) -> None:
+        if self.spool is not None:
+            self.spool.abort()
+            self.spool = None
+
+
+class SMTPSession:
+    def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, *, mode: Literal["mx", "submission"],
+                 implicit_tls: bool) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.writer = writer
+        self.mode = mode
+        self.tls_active = implicit_tls
+        peer = writer.get_extra_info("peername") or ("0.0.0.0", 0)
+        self.remote_ip: str = peer[0]
+        self.helo = ""
+        self.account: Account | None = None
+        self.txn = Transaction()
+        self.session_id = secrets.token_hex(6)
+        limits = ctx.config.limits
+        allow_plain = ctx.allow_plaintext_auth(self.remote_ip)
+        self.settings = core.ServerSettings(
+            hostname=ctx.hostname,
+            mode=mode,
+            max_message_size=limits.max_message_size,
+            max_recipients=limits.max_recipients,
+            tls_available=ctx.tls is not None,
+            auth_mechanisms=("PLAIN", "LOGIN"),
+            auth_requires_tls=not allow_plain,
+            auth_required=(mode == "submission"),
+            allow_auth=(mode == "submission"),
+        )
+        self.conn = core.SMTPServerConnection(self.settings, tls_active=implicit_tls)
+
+    # -- I/O helpers --------------------------------------------------------------------
+    async def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
+
+    async def read_more(self) -> bool:
+        limits = self.ctx.config.limits
+        timeout = limits.data_timeout if self.txn.spool is not None else limits.command_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(READ_CHUNK)
+        except TimeoutError:
+            self.writer.write(R(421, "4.4.2", f"{self.ctx.hostname} timeout, closing").to_bytes())
+            with contextlib.suppress(Exception):
+                await self.writer.drain()
+            return False
+        if not data:
+            self.conn.receive_eof()
+            return True
+        self.conn.receive_data(data)
+        return True
+
+    # -- main loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        self.writer.write(self.conn.greeting())
+        await self.writer.drain()
+        try:
+            await self._loop()
+        finally:
+            self.txn.discard()
+
+    async def _loop(self) -> None:
+        while True:
+            ev = self.conn.next_event()
+            if ev is core.NEED_DATA:
+                await self.flush()
+                if not await self.read_more():
+                    return
+                continue
+            if ev is core.PAUSED:  # pragma: no cover - we always answer before asking again
+                raise RuntimeError("SMTP core paused without an outstanding decision")
+            if isinstance(ev, core.ConnectionClosed):
+                await self.flush()
+                return
+            if isinstance(ev, core.Quit):
+                await self.flush()
+                return
+            if isinstance(ev, core.StartTLS):
+                await self.flush()
+                if not await self._start_tls():
+                    return
+                continue
+            reply = await self.dispatch(ev)
+            if getattr(ev, "needs_decision", False):
+                self.conn.respond(reply)  # None: the core's default acceptance
+
+    async def _start_tls(self) -> bool:
+        if self.ctx.tls is None:
+            return False
+        try:
+            async with asyncio.timeout(30):
+                await self.writer.start_tls(self.ctx.tls)
+        except (TimeoutError, OSError, ConnectionError) as e:
+            self.ctx.log.info("smtp %s: STARTTLS failed: %s", self.remote_ip, e)
+            return False
+        self.tls_active = True
+        self.helo = ""
+        self.txn.discard()
+        self.txn = Transaction()
+        self.conn.tls_started()
+        return True
+
+    async def dispatch(self, ev: Any) -> Reply | None:
+        if isinstance(ev, core.Hello):
+            self.helo = ev.name
+            self.txn.discard()
+            self.txn = Transaction()
+            return None
+        if isinstance(ev, core.AuthCredentials):
+            return await self.on_auth(ev)
+        if isinstance(ev, core.MailFrom):
+            return await self.on_mail(ev)
+        if isinstance(ev, core.RcptTo):
+            return await self.on_rcpt(ev)
+        if isinstance(ev, core.MessageData):
+            if self.txn.spool is None:
+                self.txn.spool = self.ctx.store.blobs.new_spool()
+            self.txn.spool.write(ev.chunk)
+            return None
+        if isinstance(ev, core.MessageAborted):
+            self.txn.discard()
+            self.txn.local_rcpts.clear()
+            self.txn.remote_rcpts.clear()
+            return None
+        if isinstance(ev, core.MessageComplete):
+            return await self.on_message()
+        return None
+
+    # -- AUTH ------------------------------------------------------------------------------
+    async def on_auth(self, ev: Any) -> Reply:
+        account = await self.ctx.auth.authenticate(ev.authcid, ev.password,
+                                                   remote_ip=self.remote_ip, authzid=ev.authzid)
+        if account is None:
+            return R(535, "5.7.8", "Authentication credentials invalid")
+        self.account = account
+        self.ctx.log.info("smtp %s: authenticated %s", self.remote_ip, account.address)
+        return R(235, "2.7.0", "Authentication successful")
+
+    # -- MAIL ------------------------------------------------------------------------------
+    def _disk_low(self) -> bool:
+        try:
+            free = shutil.disk_usage(self.ctx.config.data_dir).free
+        except OSError:
+            return False
+        return free < self.ctx.config.limits.min_free_bytes
+
+    async def on_mail(self, ev: Any) -> Reply:
+        self.txn.discard()
+        self.txn = Transaction()
+        if self._disk_low():
+            return R(452, "4.3.1", "Insufficient system storage")
+        raw = ev.address
+        sender = ""
+        if raw:
+            try:
+                sender = canonical_address(raw)
+            except AddressError:
+                return R(553, "5.1.7", "Invalid sender address")
+        if self.mode == "submission":
+            if self.account is None:
+                return R(530, "5.7.0", "Authentication required")
+            if not sender or not await self._may_send_as(sender):
+                return R(553, "5.7.1", f"Sender address not owned by {self.account.address}")
+        else:
+            spf = await self._check_spf(sender)
+            if spf is not None and getattr(spf, "result", "") == "temperror":
+                return R(451, "4.7.24", "SPF DNS lookup failed, try again later")
+            self.txn.spf = spf
+        self.txn.sender = sender
+        self.txn.raw_sender = raw
+        self.txn.mail = ev
+        return R(250, "2.1.0", "Sender OK")
+
+    async def _may_send_as(self, sender: str) -> bool:
+        assert self.account is not None
+        own = self.account.address
+        if sender == own or base_address(sender) == own:
+            return True
+        # An alias (not a catch-all) whose expansion reaches this account.
+        for candidate in {sender, base_address(sender)}:
+            alias = await self.ctx.store.get_alias(candidate)
+            if alias is None:
+                continue
+            res = await self.ctx.recipients.resolve(candidate)
+            if self.account.id in res.account_ids:
+                return True
+        return False
+
+    async def _check_spf(self, sender: str) -> Any:
+        try:
+            from mailyard.mailauth import pipeline  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:  # pragma: no cover - while mailauth is not in the tree
+            return None
+        try:
+            return await pipeline.authenticate_envelope(self.remote_ip, self.helo, sender,
+                                                        resolver=self.ctx.resolver)
+        except Exception:
+            self.ctx.log.exception("SPF check failed")
+            return None
+
+    # -- RCPT ------------------------------------------------------------------------------
+    async def on_rcpt(self, ev: Any) -> Reply:
+        raw = ev.address
+        if self.mode == "mx" and "@" not in raw and raw.lower() == "postmaster":
+            raw = f"postmaster@{self.ctx.hostname}"
+        try:
+            addr = canonical_address(raw)
+        except AddressError:
+            return R(553, "5.1.3", "Invalid recipient address")
+        res = await self.ctx.recipients.resolve(addr)
+        if res.verdict is Verdict.LOCAL:
+            for account_id in res.account_ids:
+                if not await self._has_room(account_id):
+                    return R(452, "4.2.2", "Mailbox full")
+            if res.account_ids:
+                self.txn.local_rcpts.append((addr, list(res.account_ids)))
+            for fwd in res.remote:
+                self.txn.remote_rcpts.append(_Forward(fwd))
+            return R(250, "2.1.5", "Recipient OK")
+        if res.verdict is Verdict.UNKNOWN_USER:
+            return R(550, "5.1.1", "No such user here")
+        if self.mode == "submission" and res.verdict is Verdict.NOT_LOCAL:
+            if _is_routable(addr):
+                self.txn.remote_rcpts.append(ev)
+                return R(250, "2.1.5", "Recipient OK")
+            return R(553, "5.1.3", "Invalid recipient address")
+        return R(554, "5.7.1", "Relay access denied")
+
+    async def _has_room(self, account_id: int) -> bool:
+        account = await self.ctx.store.get_account_by_id(account_id)
+        if account is None or account.quota_bytes is None:
+            return True
+        usage = await self.ctx.store.account_usage(account_id)
+        return usage < account.quota_bytes
+
+    # -- end of DATA ---------------------------------------------------------------------
+    async def on_message(self) -> Reply:
+        txn = self.txn
+        spool = txn.spool or self.ctx.store.blobs.new_spool()
+        txn.spool = None
+        sub = Submission(
+            mode=self.mode,
+            session_id=self.session_id,
+            remote_ip=self.remote_ip,
+            remote_host=self.helo,
+            helo=self.helo,
+            tls=self.tls_active,
+            account=self.account,
+            sender=txn.sender,
+            mail=txn.mail,
+            local_rcpts=list(txn.local_rcpts),
+            remote_rcpts=list(txn.remote_rcpts),
+            spf=txn.spf,
+        )
+        self.txn = Transaction()
+        try:
+            return await accept_message(self.ctx, sub, spool)
+        finally:
+            spool.abort()
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """A forwarding target from an alias, shaped like a RcptTo event for the queue."""
+
+    address: str
+    notify: str | None = None
+    orcpt: str | None = None
+
+
+def _is_routable(addr: str) -> bool:
+    try:
+        _, domain = split_address(addr)
+    except AddressError:
+        return False
+    if domain.startswith("["):
+        return True
+    return "." in domain
+
+
+async def handle_smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      ctx: ServerContext, *, mode: Literal["mx", "submission"],
+                      implicit_tls: bool) -> None:
+    session = SMTPSession(ctx, reader, writer, mode=mode, implicit_tls=implicit_tls)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    await session.run()
+
+
+def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str,
+                    session_id: str, for_rcpt: str | None, now: float) -> bytes:
+    """RFC 5321 §4.4 trace line; every part comes from validated input (no CR/LF)."""
+    ip = f"IPv6:{remote_ip}" if ":" in remote_ip else remote_ip
+    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {session_id}"
+    if for_rcpt:
+        parts += f"\r\n\tfor <{for_rcpt}>"
+    date = email.utils.formatdate(now, localtime=False)
+    return f"Received: {parts};\r\n\t{date}\r\n".encode()
+
