@@ -1,0 +1,236 @@
+"""SQLite-backend specifics: group commit, job isolation, schema, blob files, change bus."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailyard.storage import open_store
+from mailyard.storage.blobs import SPOOL_MEMORY_LIMIT, FileBlobStore
+from mailyard.storage.changes import ChangeBus, SubscriptionClosed
+from mailyard.storage.interface import NotFound, StorageError, Store
+from mailyard.storage.models import Change, DeliveryTarget
+from mailyard.storage.sqlite import SQLiteStore
+from mailyard.storage.sqlite.schema import MIGRATIONS
+
+
+def test_group_commit_shares_transactions(tmp_path: Path) -> None:
+    async def main() -> tuple[int, int]:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        refs = [await s.blobs.put(b"msg %d\r\n" % i) for i in range(100)]
+        before = s.engine.batches, s.engine.jobs_done
+        await asyncio.gather(*(s.deliver(r, [DeliveryTarget(acc.id)]) for r in refs))
+        after = s.engine.batches, s.engine.jobs_done
+        await s.close()
+        return after[0] - before[0], after[1] - before[1]
+
+    batches, jobs = asyncio.run(main())
+    assert jobs == 100
+    assert batches < jobs / 2  # concurrent jobs shared transactions (and fsyncs)
+
+
+def test_failing_job_does_not_spoil_its_batch(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        good = [await s.blobs.put(b"good %d" % i) for i in range(10)]
+        bad = await s.blobs.put(b"bad")
+        results = await asyncio.gather(
+            *(s.deliver(r, [DeliveryTarget(acc.id)]) for r in good[:5]),
+            s.deliver(bad, [DeliveryTarget(acc.id), DeliveryTarget(10**6)]),
+            *(s.deliver(r, [DeliveryTarget(acc.id)]) for r in good[5:]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[5], NotFound)
+        inbox = await s.get_mailbox(acc.id, "INBOX")
+        assert inbox is not None
+        msgs = await s.list_messages(inbox.id)
+        assert len(msgs) == 10 and {m.blob_id for m in msgs} == {r.blob_id for r in good}
+        assert [m.uid for m in msgs] == sorted(m.uid for m in msgs)
+        await s.close()
+
+    asyncio.run(main())
+
+
+def test_schema_version_and_pragmas(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        await s.close()
+        s2 = SQLiteStore(tmp_path)  # reopen: migrations are not re-run
+        await s2.open()
+        await s2.close()
+
+    asyncio.run(main())
+    db = sqlite3.connect(tmp_path / "mailyard.sqlite3")
+    try:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"messages", "mailboxes", "expunged", "queue", "blobs", "msg_text"} <= tables
+    finally:
+        db.close()
+
+
+def test_open_store_factory(tmp_path: Path) -> None:
+    assert isinstance(open_store(tmp_path / "a"), SQLiteStore)
+    assert isinstance(open_store(f"sqlite://{tmp_path / 'b'}"), SQLiteStore)
+    assert isinstance(open_store(tmp_path / "c"), Store)
+    with pytest.raises(StorageError):
+        open_store("ftp://example.org/x")
+
+
+def test_store_refuses_use_before_open_and_after_close(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        with pytest.raises(StorageError):
+            await s.list_domains()
+        await s.open()
+        await s.close()
+        with pytest.raises(StorageError):
+            await s.list_domains()
+
+    asyncio.run(main())
+
+
+def test_orphan_blob_files_are_swept_on_open(tmp_path: Path) -> None:
+    async def main() -> str:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        ref = await s.blobs.put(b"never delivered")  # crash before the index commit
+        await s.close()
+        return ref.blob_id
+
+    blob_id = asyncio.run(main())
+    assert (tmp_path / "blobs" / blob_id[:2] / blob_id[2:4] / blob_id).exists()
+
+    async def reopen() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        assert s.blobs.path(blob_id) is None
+        await s.close()
+
+    asyncio.run(reopen())
+
+
+# -- FileBlobStore -----------------------------------------------------------------------
+
+def test_spool_spills_past_the_memory_limit(tmp_path: Path) -> None:
+    bs = FileBlobStore(tmp_path)
+    try:
+        spool = bs.new_spool()
+        spool.write(b"a" * SPOOL_MEMORY_LIMIT)
+        assert not spool.spilled
+        spool.write(b"b")
+        assert spool.spilled and len(list((tmp_path / "tmp").iterdir())) == 1
+        ref = asyncio.run(bs.commit(spool))  # no prefix: the spill file itself is renamed
+        assert ref.size == SPOOL_MEMORY_LIMIT + 1
+        assert list((tmp_path / "tmp").iterdir()) == []
+        data = asyncio.run(bs.read(ref.blob_id))
+        assert hashlib.sha256(data).hexdigest() == ref.blob_id
+        spool2 = bs.new_spool()
+        spool2.write(b"x" * (SPOOL_MEMORY_LIMIT + 10))
+        spool2.abort()
+        assert list((tmp_path / "tmp").iterdir()) == []
+        with pytest.raises(StorageError):
+            spool2.write(b"more")
+    finally:
+        bs.close()
+
+
+def test_recover_and_scrub(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bs = FileBlobStore(tmp_path)
+    try:
+        good = asyncio.run(bs.put(b"good"))
+        bad = asyncio.run(bs.put(b"will rot"))
+        (tmp_path / "tmp" / "blob-leftover").write_bytes(b"partial")
+        assert bs.recover() == 1
+        assert list((tmp_path / "tmp").iterdir()) == []
+        path = bs.path(bad.blob_id)
+        assert path is not None
+        Path(path).write_bytes(b"bit rot")
+        with caplog.at_level(logging.ERROR):
+            assert bs.scrub() == [bad.blob_id]
+        assert bad.blob_id in caplog.text
+        assert (tmp_path / "quarantine" / bad.blob_id).exists()
+        assert bs.path(bad.blob_id) is None and bs.path(good.blob_id) is not None
+    finally:
+        bs.close()
+
+
+def test_pinned_blob_is_not_deleted(tmp_path: Path) -> None:
+    bs = FileBlobStore(tmp_path)
+    try:
+        ref = asyncio.run(bs.put(b"pinned"))
+        assert bs.pinned(ref.blob_id)
+        assert not bs.delete(ref.blob_id)
+        bs.release(ref.blob_id)
+        assert bs.delete(ref.blob_id)
+        assert bs.path(ref.blob_id) is None
+    finally:
+        bs.close()
+
+
+def test_many_concurrent_commits(tmp_path: Path) -> None:
+    bs = FileBlobStore(tmp_path)
+
+    async def main() -> None:
+        datas = [os.urandom(5000) for _ in range(100)] + [b"same"] * 20
+        refs = await asyncio.gather(*(bs.put(d) for d in datas))
+        for d, r in zip(datas, refs, strict=True):
+            assert await bs.read(r.blob_id) == d
+        assert len({r.blob_id for r in refs}) == 101
+
+    try:
+        asyncio.run(main())
+    finally:
+        bs.close()
+
+
+# -- ChangeBus -----------------------------------------------------------------------------
+
+def test_bus_overflow_sets_resync() -> None:
+    async def main() -> None:
+        bus = ChangeBus(maxsize=3)
+        sub = bus.subscribe(1)
+        for i in range(5):
+            bus.publish(Change(account_id=1, mailbox_id=7, kind="append", uids=(i,), modseq=i))
+        assert sub.resync_needed
+        first = await sub.get()
+        assert first.kind == "resync"
+        rest = [sub.get_nowait() for _ in range(sub.pending())]
+        assert [c.uids for c in rest if c] == [(3,), (4,)]  # changes after the overflow
+        sub.clear_resync()
+        assert not sub.resync_needed
+        assert sub.pending() == 0
+
+    asyncio.run(main())
+
+
+def test_bus_wakes_waiter_and_close_unblocks() -> None:
+    async def main() -> None:
+        bus = ChangeBus()
+        sub = bus.subscribe(1)
+        waiter = asyncio.create_task(sub.get())
+        await asyncio.sleep(0)
+        bus.publish(Change(account_id=2, mailbox_id=1, kind="flags"))
+        bus.publish(Change(account_id=1, mailbox_id=1, kind="flags"))
+        got = await asyncio.wait_for(waiter, 5)
+        assert got.account_id == 1
+        waiter = asyncio.create_task(sub.get())
+        await asyncio.sleep(0)
+        sub.close()
+        with pytest.raises(SubscriptionClosed):
+            await asyncio.wait_for(waiter, 5)
+        assert bus.subscribers(1) == 0
+
+    asyncio.run(main())
