@@ -92,13 +92,16 @@ class Server:
 
 
 def make_server(tmp: Path, *, domain: str = "example.test", users: tuple[str, ...] = ("alice", "bob"),
-                extra_config: str = "", auth_delay: float = 0.05) -> Server:
+                extra_config: str = "", auth_delay: float = 0.05,
+                nameserver: str | None = None) -> Server:
     data = tmp / "data"
-    mailyard(data, "init", "--domain", domain, "--dev")
+    ns = ["--nameserver", nameserver] if nameserver else []
+    mailyard(data, "init", "--domain", domain, "--dev", *ns)
     cfg = data / "mailyard.toml"
     text = cfg.read_text()
     text = re.sub(r'(?m)^(\w+) = "127\.0\.0\.1:\d+"$', r'\1 = "127.0.0.1:0"', text)
     text = text.replace("[queue]\n", "[queue]\nretry_initial = 1.0\n")
+    text = text.replace("[dns]\n", "[dns]\ntimeout = 2.0\n")
     text += f"\n[auth]\nfailure_delay = {auth_delay}\nmax_failure_delay = {auth_delay * 4}\n"
     text += extra_config
     cfg.write_text(text)

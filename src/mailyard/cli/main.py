@@ -100,7 +100,7 @@ def _dkim_selector() -> str:
 
 async def _print_records(store: Any, cfg: Config, domain: str) -> None:
     from mailyard.dnstool.records import records_for
-    from mailyard.mailauth.dkim import public_txt_from_private
+    from mailyard.mailauth.keys import public_txt_from_private
 
     selectors = []
     for d, sel, alg, pem, active in await store.list_dkim_keys(domain):
@@ -341,7 +341,7 @@ def cmd_dkim(args: argparse.Namespace) -> int:
     cfg = _config(args)
 
     async def go(store: Any) -> None:
-        from mailyard.mailauth.dkim import public_txt_from_private
+        from mailyard.mailauth.keys import public_txt_from_private
 
         if args.action == "list":
             for d, sel, alg, _pem, active in await store.list_dkim_keys(args.domain):

@@ -35,6 +35,7 @@ from mailyard.storage.interface import Spool
 from mailyard.storage.models import Account
 
 READ_CHUNK = 64 * 1024
+MIN_DATA_RATE = 1024  # octets per second a DATA sender must sustain beyond data_timeout
 
 
 def R(code: int, enhanced: str | None, text: str) -> Reply:
@@ -94,11 +95,25 @@ class SMTPSession:
             self.writer.write(out)
             await self.writer.drain()
 
+    def _arm_deadline(self) -> None:
+        """Commands must complete within command_timeout, however slowly bytes trickle in."""
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.ctx.config.limits.command_timeout
+
+    def _current_deadline(self) -> float:
+        if self.txn.spool is None:
+            return self.deadline
+        # In DATA/BDAT: data_timeout for the message, extended only while the peer keeps up
+        # a minimum rate (MIN_DATA_RATE octets/s), so a 10 B/s sender is cut off.
+        return self.data_started + self.ctx.config.limits.data_timeout + \
+            self.txn.spool.size / MIN_DATA_RATE
+
     async def read_more(self) -> bool:
-        limits = self.ctx.config.limits
-        timeout = limits.data_timeout if self.txn.spool is not None else limits.command_timeout
+        remaining = self._current_deadline() - asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(timeout):
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
                 data = await self.reader.read(READ_CHUNK)
         except TimeoutError:
             self.writer.write(R(421, "4.4.2", f"{self.ctx.hostname} timeout, closing").to_bytes())
@@ -113,6 +128,8 @@ class SMTPSession:
 
     # -- main loop ----------------------------------------------------------------------
     async def run(self) -> None:
+        self._arm_deadline()
+        self.data_started = 0.0
         self.writer.write(self.conn.greeting())
         await self.writer.drain()
         try:
@@ -141,6 +158,8 @@ class SMTPSession:
                 if not await self._start_tls():
                     return
                 continue
+            if not isinstance(ev, core.MessageData):
+                self._arm_deadline()
             reply = await self.dispatch(ev)
             if getattr(ev, "needs_decision", False):
                 self.conn.respond(reply)  # None: the core's default acceptance
@@ -176,6 +195,7 @@ class SMTPSession:
         if isinstance(ev, core.MessageData):
             if self.txn.spool is None:
                 self.txn.spool = self.ctx.store.blobs.new_spool()
+                self.data_started = asyncio.get_running_loop().time()
             self.txn.spool.write(ev.chunk)
             return None
         if isinstance(ev, core.MessageAborted):

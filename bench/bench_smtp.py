@@ -1,0 +1,185 @@
+"""SMTP acceptance: mailyard against aiosmtpd (fsync per message), in one run.
+
+    python3 bench/bench_smtp.py [--messages 2000] [--sessions 20] [--size 5120]
+
+Both servers receive the same load from Postfix's ``smtp-source`` (installed by
+scripts/test.sh; ``apt-get install postfix``): N messages of S bytes over C
+concurrent sessions, several messages per session. mailyard runs its real MX
+listener with durable delivery (blob fsync + directory fsync + SQLite FULL
+commit, shared through group commit) and DNS answered by a local server. The
+baseline is aiosmtpd with a handler that writes each message to its own file and
+fsyncs it. Also printed: the server's peak RSS, and the memory per idle connection
+with 1,000 idle connections open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from mailyard.testing.dnsserver import DNSServer  # noqa: E402
+
+AIOSMTPD_SERVER = textwrap.dedent('''
+    import asyncio, os, sys, itertools
+    from aiosmtpd.controller import Controller
+    outdir = sys.argv[1]
+    counter = itertools.count()
+    class Handler:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+        async def handle_DATA(self, server, session, envelope):
+            path = os.path.join(outdir, f"{os.getpid()}-{next(counter)}.eml")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, envelope.original_content)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return "250 Message accepted for delivery"
+    c = Controller(Handler(), hostname="127.0.0.1", port=int(sys.argv[2]))
+    c.start()
+    print("ready", flush=True)
+    try:
+        asyncio.get_event_loop().run_forever()
+    except KeyboardInterrupt:
+        pass
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> float:
+    exe = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    if not os.path.exists(exe):
+        sys.exit("smtp-source not found: apt-get install postfix")
+    # -m: messages in total; -s: concurrent sessions; -d: several messages per session
+    cmd = [exe, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+           "-f", "sender@remote.example", "-t", "bob@example.test", "-M", "bench.example",
+           f"127.0.0.1:{port}"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def start_mailyard(tmp: Path, nameserver: str) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    data = tmp / "mailyard"
+    mailyard = [sys.executable, "-m", "mailyard.cli.main", "--data", str(data)]
+    subprocess.run([*mailyard, "init", "--domain", "example.test", "--dev",
+                    "--nameserver", nameserver], check=True, stdout=subprocess.DEVNULL)
+    cfg = data / "mailyard.toml"
+    text = re.sub(r'(?m)^(\w+) = "127\.0\.0\.1:\d+"$', r'\1 = "127.0.0.1:0"', cfg.read_text())
+    text = text.replace("[limits]\n", "[limits]\nmax_connections_per_ip = 5000\n", 1)
+    cfg.write_text(text)
+    subprocess.run([*mailyard, "user", "add", "bob@example.test", "--password-stdin"],
+                   input=b"bench-password\n", check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([*mailyard, "serve"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    runtime = data / "run" / "listeners.json"
+    for _ in range(300):
+        if runtime.exists():
+            info = json.loads(runtime.read_text())
+            return proc, {k: v["port"] for k, v in info.items() if isinstance(v, dict)}
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("mailyard did not start")
+
+
+def idle_connections(port: int, n: int, pid: int) -> float:
+    before = rss_kb(pid)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        socks.append(s)
+    for s in socks:
+        s.recv(512)  # the greeting: the session is fully set up
+    time.sleep(0.5)
+    after = rss_kb(pid)
+    for s in socks:
+        s.close()
+    return (after - before) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=5120)
+    ap.add_argument("--idle", type=int, default=1000)
+    args = ap.parse_args()
+
+    zone = {
+        "remote.example": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
+        "_dmarc.remote.example": {"TXT": ["v=DMARC1; p=none"]},
+    }
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmpd, DNSServer(zone) as dns:
+        tmp = Path(tmpd)
+        # -- baseline: aiosmtpd, fsync per message -----------------------------------------
+        outdir = tmp / "aiosmtpd-out"
+        outdir.mkdir()
+        port = free_port()
+        base = subprocess.Popen([sys.executable, "-c", AIOSMTPD_SERVER, str(outdir), str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert base.stdout is not None
+        base.stdout.readline()
+        t_base = smtp_source(port, messages=args.messages, sessions=args.sessions, size=args.size)
+        base_peak = rss_kb(base.pid, "VmHWM")
+        base_idle = idle_connections(port, min(args.idle, 500), base.pid)
+        base.terminate()
+        base.wait()
+        got_base = len(os.listdir(outdir))
+
+        # -- mailyard ---------------------------------------------------------------------
+        proc, ports = start_mailyard(tmp, dns.nameserver)
+        try:
+            t_my = smtp_source(ports["smtp"], messages=args.messages, sessions=args.sessions,
+                               size=args.size)
+            peak = rss_kb(proc.pid, "VmHWM")
+            idle = idle_connections(ports["smtp"], args.idle, proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        import sqlite3
+
+        db = sqlite3.connect(tmp / "mailyard" / "mailyard.sqlite3")
+        got_my = db.execute("select count(*) from messages").fetchone()[0]
+        db.close()
+
+    rate_base = args.messages / t_base
+    rate_my = args.messages / t_my
+    print(f"SMTP acceptance: {args.messages} messages x {args.size} B over {args.sessions} sessions")
+    print(f"  aiosmtpd (fsync/msg) : {rate_base:8.0f} msg/s  ({got_base} stored)  "
+          f"peak RSS {base_peak / 1024:.1f} MiB, {base_idle:.1f} KiB per idle connection")
+    print(f"  mailyard (durable)   : {rate_my:8.0f} msg/s  ({got_my} stored)  "
+          f"peak RSS {peak / 1024:.1f} MiB, {idle:.1f} KiB per idle connection "
+          f"({args.idle} idle)")
+    print(f"  ratio mailyard/aiosmtpd: {rate_my / rate_base:.2f}x  (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
