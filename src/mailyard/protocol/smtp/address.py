@@ -49,7 +49,7 @@ MAX_LOCAL = 64
 MAX_DOMAIN = 255
 MAX_PATH = 256
 
-_ATEXT_ASCII = "A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_ATEXT_ASCII = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"  # hyphen escaped: classes get extended
 _ATOM_ASCII = re.compile(rf"[{_ATEXT_ASCII}]+")
 _DOT_STRING_ASCII = re.compile(rf"[{_ATEXT_ASCII}]+(?:\.[{_ATEXT_ASCII}]+)*")
 # UTF8-non-ascii: anything >= U+0080 except C1 controls.

@@ -489,9 +489,14 @@ class SMTPServerConnection:
         idx = buf.find(b"\n", 0, MAX_LINE_READ)
         if idx < 0:
             if len(buf) >= MAX_LINE_READ:
-                # Too long: answer now, drop the rest of the line as it comes.
-                buf.clear()
-                self._discarding_line = True
+                # Too long: answer now, drop the line up to its LF (which may
+                # already be here, or come later: then drop as it comes).
+                end = buf.find(b"\n", MAX_LINE_READ)
+                if end < 0:
+                    buf.clear()
+                    self._discarding_line = True
+                else:
+                    del buf[: end + 1]
                 return _TOO_LONG
             return None
         line = bytes(buf[:idx])
@@ -533,7 +538,10 @@ class SMTPServerConnection:
             default = R.HELO_FIRST if self.state is State.GREETED else R.NEED_MAIL
             reply = SEQUENCE_ERRORS[self.state].get(verb, default)
             if verb == "BDAT":
-                self._cmd_bdat(arg, reject=reply)
+                # The chunk is read and thrown away, then ``reply`` is sent.
+                syntax = self._cmd_bdat(arg, reject=reply)
+                if syntax is not None:
+                    self._error(syntax)
             else:
                 self._error(reply)
             return
