@@ -81,10 +81,12 @@ def test_dkimpy_verifies_our_signatures() -> None:
         sig = sign_message(
             msg, domain="example.com", selector="s1", private_pem=priv, algorithm=alg
         )
-        seen = []
+        seen: list[bytes] = []
 
-        def dnsfunc(name: bytes, timeout: float = 5, _t: str = pub_txt) -> bytes:
-            seen.append(name)
+        def dnsfunc(
+            name: bytes, timeout: float = 5, _t: str = pub_txt, _seen: list[bytes] = seen
+        ) -> bytes:
+            _seen.append(name)
             return _t.encode()
 
         assert dkimpy.verify(sig + msg, dnsfunc=dnsfunc), alg
