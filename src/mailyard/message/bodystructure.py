@@ -1,0 +1,96 @@
+"""BODY and BODYSTRUCTURE (RFC 9051 §7.5.2, grammar §9 ``body``).
+
+Built from the MIME tree (mime.py) as nested lists for
+``protocol.imap.response.serialize``. Type, subtype, parameter names and the
+encoding are upper case (as in the RFC's examples); parameter values are as
+written. Sizes are exact body octets; ``lines`` counts text lines: the number
+of LF octets, plus one when a non-empty body does not end with LF (what
+others do: Dovecot counts the same way; the RFC does not say).
+
+Extension data (BODYSTRUCTURE only, RFC 9051 §7.5.2):
+single part: md5, disposition, language, location;
+multipart: parameters, disposition, language, location.
+
+The tree depth is bounded by mime.py's ``max_depth``, so building the lists
+by recursion here is bounded too (at most ~2 * 32 frames).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailyard.message.envelope import envelope
+from mailyard.message.mime import Part, parse_mime
+from mailyard.message.parse import parse_disposition
+
+
+def count_lines(body: bytes) -> int:
+    n = body.count(b"\n")
+    if body and not body.endswith(b"\n"):
+        n += 1
+    return n
+
+
+def _params(params: list[tuple[str, bytes]]) -> list[Any] | None:
+    if not params:
+        return None
+    flat: list[Any] = []
+    for k, v in params:
+        flat += [k.upper().encode("ascii", "replace"), v]
+    return flat
+
+
+def _nval(v: bytes | None) -> bytes | None:
+    return v if v else None
+
+
+def _ext_common(p: Part) -> list[Any]:
+    disp = parse_disposition(p.header_value("Content-Disposition"))
+    disp_v: Any = None if disp is None else [disp[0].encode(), _params(disp[1])]
+    lang = p.header_value("Content-Language")
+    lang_v: Any = None
+    if lang:
+        langs = [x.strip() for x in lang.split(b",") if x.strip()]
+        lang_v = langs[0] if len(langs) == 1 else (langs or None)
+    return [disp_v, lang_v, _nval(p.header_value("Content-Location"))]
+
+
+def _structure(p: Part, ext: bool) -> list[Any]:
+    if p.is_multipart:
+        out: list[Any] = [_structure(c, ext) for c in p.children]
+        out.append(p.subtype.encode())
+        if ext:
+            out.append(_params(p.params))
+            out += _ext_common(p)
+        return out
+    maintype, subtype, params = p.maintype, p.subtype, p.params
+    if p.truncated:
+        # too deep / too many parts / multipart without boundary: opaque bytes
+        maintype, subtype = "APPLICATION", "OCTET-STREAM"
+        params = [(k, v) for k, v in params if k.lower() != "boundary"]
+    enc = p.header_value("Content-Transfer-Encoding")
+    fields: list[Any] = [
+        maintype.encode(), subtype.encode(), _params(params),
+        _nval(p.header_value("Content-ID")), _nval(p.header_value("Content-Description")),
+        enc.upper() if enc else b"7BIT", p.body_size,
+    ]
+    if p.message is not None:
+        fields.append(envelope(p.message.fields))
+        fields.append(_structure(p.message, ext))
+        fields.append(count_lines(p.body))
+    elif maintype == "TEXT":
+        fields.append(count_lines(p.body))
+    if ext:
+        fields.append(_nval(p.header_value("Content-MD5")))
+        fields += _ext_common(p)
+    return fields
+
+
+def bodystructure(msg: bytes | Part, *, extensible: bool = True) -> list[Any]:
+    """BODYSTRUCTURE (``extensible``) or BODY of a whole message."""
+    root = msg if isinstance(msg, Part) else parse_mime(msg)
+    return _structure(root, extensible)
+
+
+def body(msg: bytes | Part) -> list[Any]:
+    return bodystructure(msg, extensible=False)

@@ -1,0 +1,104 @@
+"""Decoded text for search (RFC 9051 §6.4.4 BODY/TEXT) and PREVIEW (RFC 8970).
+
+:func:`searchable_text` gives the decoded header values and the decoded text
+of every text/* part (HTML reduced to its text), bounded to ``max_chars``
+per field so a huge message costs bounded memory. It feeds
+``storage.models.SearchableText`` at delivery and the search evaluator.
+
+:func:`preview` follows RFC 8970 §3.1: the text of the first text/plain (or,
+failing that, text/html) part, whitespace collapsed, at most 256 characters
+(RFC 8970 §3.1 "MUST NOT exceed 256 characters"); we cut at 200 on a word
+boundary as the RFC's examples suggest.
+"""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+
+from mailyard.message.mime import Part, parse_mime
+from mailyard.message.parse import decode_header
+from mailyard.message.sections import UnknownCTE, decode_cte
+
+MAX_TEXT_CHARS = 1_000_000
+PREVIEW_CHARS = 200
+
+_TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+_WS_RE = re.compile(r"\s+")
+
+
+def part_text(p: Part) -> str | None:
+    """Decoded text of one text/* leaf, or None for other parts."""
+    if p.maintype != "TEXT" or p.is_multipart or p.truncated:
+        return None
+    try:
+        raw = decode_cte(p.body, p.header_value("Content-Transfer-Encoding"))
+    except UnknownCTE:
+        raw = p.body
+    cs = (p.param("charset") or b"utf-8").decode("ascii", "replace").strip() or "utf-8"
+    try:
+        codecs.lookup(cs)
+    except LookupError:
+        cs = "utf-8"
+    text = raw.decode(cs, "replace")
+    if p.subtype == "HTML":
+        text = html.unescape(_TAG_RE.sub(" ", text))
+    return text
+
+
+def _bounded_join(pieces: list[str], limit: int) -> str:
+    out = "\n".join(pieces)
+    return out[:limit]
+
+
+def headers_text(p: Part) -> str:
+    return "\n".join(f"{f.name}: {decode_header(f.value)}" for f in p.fields)
+
+
+def body_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS) -> str:
+    root = msg if isinstance(msg, Part) else parse_mime(msg)
+    pieces: list[str] = []
+    total = 0
+    for p in root.walk():
+        t = part_text(p)
+        if t:
+            pieces.append(t)
+            total += len(t)
+            if total >= max_chars:
+                break
+    return _bounded_join(pieces, max_chars)
+
+
+def searchable_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS
+                    ) -> tuple[str, str]:
+    """(decoded headers, decoded body text); headers of encapsulated messages
+    count as body text, as they are part of the top-level body."""
+    root = msg if isinstance(msg, Part) else parse_mime(msg)
+    return headers_text(root)[:max_chars], body_text(root, max_chars=max_chars)
+
+
+def preview(msg: bytes | Part, *, max_chars: int = PREVIEW_CHARS) -> str:
+    root = msg if isinstance(msg, Part) else parse_mime(msg)
+    html_part: Part | None = None
+    chosen: Part | None = None
+    for p in root.walk():
+        if p is not root and p.maintype == "MESSAGE":
+            break  # RFC 8970 §3.1: do not look into attached messages
+        disp = p.header_value("Content-Disposition")
+        if disp and disp.strip().lower().startswith(b"attachment"):
+            continue
+        if p.maintype == "TEXT" and p.subtype == "PLAIN" and not p.is_multipart:
+            chosen = p
+            break
+        if p.maintype == "TEXT" and p.subtype == "HTML" and html_part is None:
+            html_part = p
+    chosen = chosen or html_part
+    if chosen is None:
+        return ""
+    text = _WS_RE.sub(" ", part_text(chosen) or "").strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    space = cut.rfind(" ")
+    return cut[:space] if space > max_chars // 2 else cut
