@@ -1,0 +1,516 @@
+"""Delivery of queued messages to one destination domain over SMTP (asyncio).
+
+The courier is the I/O half of outbound delivery: it resolves the route
+(:mod:`routing`), applies the MTA-STS policy (:mod:`mtasts`), connects, and
+drives the sans-IO pieces of :mod:`mailyard.protocol.smtp.client`. It never
+touches the queue tables: it returns one :class:`RecipientResult` per
+recipient and the runner persists them.
+
+Decisions, with their sources:
+
+* MX hosts in order; next MX on connect failure, a 4xx/5xx greeting
+  (RFC 5321 §3.1, §5.1) or a failed TLS handshake.
+* EHLO, falling back to HELO when EHLO is refused (RFC 5321 §3.2).
+* STARTTLS whenever offered (RFC 3207). The certificate is verified (chain and
+  MX host name) only when TLS is required: MTA-STS ``enforce`` (RFC 8461 §4.2)
+  or ``queue.require_tls``. Otherwise any certificate is accepted
+  (opportunistic TLS, RFC 7435). When STARTTLS fails on every MX, and nothing
+  requires TLS, the failed hosts are tried once more in plaintext.
+  Bytes the server sent ahead of its STARTTLS 220 are a protocol error
+  (the CVE-2011-0411 class of injection).
+* PIPELINING: MAIL and all RCPTs in one write (RFC 2920 §3.1).
+* SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531; a message
+  that needs it to a peer without it bounces 5.6.7, §3.2), BDAT when CHUNKING
+  is offered (RFC 3030), DSN parameters relayed when DSN is offered (RFC 3461 §4).
+* Per-recipient results: 2xx delivered, 4xx deferred, 5xx bounced; a message
+  level 4xx/5xx (MAIL, DATA, the final reply) applies to every recipient still
+  pending. A connection lost or a timeout after the final dot is a deferral:
+  the peer may have kept the message (a duplicate), but we must not lose it.
+* The body is streamed from the blob store; a read failure mid-body drops the
+  connection without the terminator so no truncated message is ever accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import random
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailyard.config import QueueConfig
+from mailyard.mailauth.resolver import Resolver
+from mailyard.protocol.smtp.client import (
+    HELO_CAPABILITIES,
+    BodyEncoder,
+    Capabilities,
+    ReplyParser,
+    ServerReply,
+    SMTPProtocolError,
+    cmd_bdat,
+    cmd_data,
+    cmd_ehlo,
+    cmd_helo,
+    cmd_mail,
+    cmd_quit,
+    cmd_rcpt,
+    cmd_rset,
+    cmd_starttls,
+    needs_smtputf8,
+    parse_ehlo,
+)
+from mailyard.queue.mtasts import MTASTS, Policy
+from mailyard.queue.routing import MXHost, RoutingError, resolve_mx
+from mailyard.server.tls import client_context
+from mailyard.storage.interface import BlobStore
+from mailyard.storage.models import QueueEntry, QueueRecipient
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK = 65536
+
+
+class Outcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    address: str
+    outcome: Outcome
+    status: str  # RFC 3463 enhanced status, e.g. "5.1.1"
+    diagnostic: str  # the remote reply ("550 5.1.1 ...") or our own explanation
+    remote_mta: str = ""  # MX host name that answered, "" when none did
+    from_remote: bool = False  # diagnostic is an SMTP reply (DSN "smtp;" type)
+
+
+Job = tuple[QueueEntry, Sequence[QueueRecipient]]
+
+
+class _HostFailure(Exception):
+    """This host cannot be used now; try the next one."""
+
+    def __init__(self, status: str, text: str, *, tls: bool = False) -> None:
+        super().__init__(f"{status} {text}")
+        self.status = status
+        self.text = text
+        self.tls = tls
+
+
+class _ConnectionLost(Exception):
+    """The connection broke mid-session; results of the current job are already set."""
+
+
+class _TLSMode(enum.Enum):
+    OPPORTUNISTIC = "opportunistic"  # STARTTLS if offered, any certificate; failure -> next MX
+    REQUIRED = "required"  # STARTTLS must succeed with a verified certificate
+    PLAIN = "plain"  # do not STARTTLS (second pass after TLS failures)
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.parser = ReplyParser()
+        self.tls = False
+
+    async def reply(self, limit: float) -> ServerReply:
+        while True:
+            r = self.parser.next_reply()
+            if r is not None:
+                return r
+            async with asyncio.timeout(limit):
+                data = await self.reader.read(_READ_CHUNK)
+            if not data:
+                raise ConnectionError("connection closed by peer")
+            self.parser.feed(data)
+
+    async def send(self, data: bytes, limit: float) -> None:
+        self.writer.write(data)
+        async with asyncio.timeout(limit):
+            await self.writer.drain()
+
+    async def command(self, data: bytes, limit: float) -> ServerReply:
+        await self.send(data, limit)
+        return await self.reply(limit)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+_NET_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, SMTPProtocolError)
+
+
+class Courier:
+    def __init__(self, blobs: BlobStore, resolver: Resolver, config: QueueConfig, *,
+                 hostname: str, mtasts: MTASTS | None = None, ca_file: str | None = None,
+                 rng: random.Random | None = None, command_timeout: float = 300.0,
+                 data_timeout: float = 600.0) -> None:
+        self._blobs = blobs
+        self._resolver = resolver
+        self._config = config
+        self._hostname = hostname
+        self._mtasts = mtasts
+        self._ca_file = ca_file or config.ca_file or None
+        self._rng = rng or random.Random()
+        # RFC 5321 §4.5.3.2: 5 minutes per command, 10 minutes for the final reply.
+        self.command_timeout = command_timeout
+        self.data_timeout = data_timeout
+        self._verify_ctx: ssl.SSLContext | None = None
+        self._any_ctx: ssl.SSLContext | None = None
+
+    # -- TLS contexts (built once, reused) ---------------------------------------------------
+    def _tls_context(self, verify: bool) -> ssl.SSLContext:
+        if verify:
+            if self._verify_ctx is None:
+                self._verify_ctx = client_context(ca_file=self._ca_file, verify=True)
+            return self._verify_ctx
+        if self._any_ctx is None:
+            ctx = client_context(verify=False)
+            # Opportunistic TLS (RFC 7435): take what the server offers, TLS 1.0+ included,
+            # since the alternative is plaintext.
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            self._any_ctx = ctx
+        return self._any_ctx
+
+    # -- the public entry point -----------------------------------------------------------------
+    async def deliver(self, domain: str, jobs: Sequence[Job]) -> dict[str, list[RecipientResult]]:
+        """Deliver every job (entry, its pending recipients for ``domain``) and report."""
+        results: dict[str, list[RecipientResult]] = {e.id: [] for e, _ in jobs}
+
+        def fail_all(todo: Sequence[Job], outcome: Outcome, status: str, text: str) -> None:
+            for entry, rcpts in todo:
+                results[entry.id].extend(
+                    RecipientResult(r.address, outcome, status, text) for r in rcpts)
+
+        try:
+            hosts = await resolve_mx(domain, self._resolver, rng=self._rng)
+        except RoutingError as e:
+            fail_all(jobs, Outcome.BOUNCED if e.permanent else Outcome.DEFERRED, e.status, e.text)
+            return results
+
+        policy: Policy | None = None
+        if self._mtasts is not None and not domain.startswith("["):
+            policy = await self._mtasts.policy_for(domain)
+        if policy is not None and policy.mode in ("enforce", "testing"):
+            matching = [h for h in hosts if policy.matches(h.name)]
+            if len(matching) != len(hosts):
+                bad = [h.name for h in hosts if h not in matching]
+                log.warning("MTA-STS %s for %s: MX %s not in policy", policy.mode, domain, bad)
+            if policy.enforce:
+                hosts = matching
+        tls_required = self._config.require_tls or (policy is not None and policy.enforce)
+        if not hosts:
+            fail_all(jobs, Outcome.DEFERRED, "4.7.5",
+                     f"no MX host of {domain} matches its MTA-STS policy")
+            return results
+
+        todo = list(jobs)
+        last = _HostFailure("4.4.1", f"no MX host of {domain} could be reached")
+        tls_failed: list[MXHost] = []
+        mode = _TLSMode.REQUIRED if tls_required else _TLSMode.OPPORTUNISTIC
+        for host in hosts:
+            if not todo:
+                break
+            try:
+                await self._host(host, mode, todo, results)
+            except _HostFailure as e:
+                log.info("delivery to %s via %s failed: %s", domain, host.name, e)
+                last = e
+                if e.tls:
+                    tls_failed.append(host)
+        if todo and tls_failed and not tls_required:
+            # Every usable host failed STARTTLS: plaintext beats not delivering,
+            # as long as nothing asked for TLS (RFC 7435 §3).
+            for host in tls_failed:
+                if not todo:
+                    break
+                try:
+                    await self._host(host, _TLSMode.PLAIN, todo, results)
+                except _HostFailure as e:
+                    last = e
+        if todo:
+            fail_all(todo, Outcome.DEFERRED, last.status, last.text)
+        return results
+
+    # -- one MX host ------------------------------------------------------------------------------
+    async def _host(self, host: MXHost, mode: _TLSMode, todo: list[Job],
+                    results: dict[str, list[RecipientResult]]) -> None:
+        """Try the host's addresses in turn; deliver what can be delivered; pop done jobs."""
+        last: _HostFailure | None = None
+        for addr in host.addresses:
+            try:
+                conn = await self._connect(addr)
+            except _HostFailure as e:
+                last = e
+                continue
+            try:
+                await self._session(conn, host, mode, todo, results)
+                return
+            finally:
+                conn.abort()
+        raise last or _HostFailure("4.4.1", f"{host.name}: no address")
+
+    async def _connect(self, addr: str) -> _Conn:
+        port = self._config.outbound_port
+        try:
+            async with asyncio.timeout(self._config.connect_timeout):
+                reader, writer = await asyncio.open_connection(addr, port,
+                                                               limit=_READ_CHUNK * 2)
+        except TimeoutError:
+            raise _HostFailure("4.4.1", f"connect to {addr}:{port} timed out")
+        except OSError as e:
+            raise _HostFailure("4.4.1", f"connect to {addr}:{port}: {e.strerror or e}")
+        return _Conn(reader, writer)
+
+    async def _hello(self, conn: _Conn) -> Capabilities:
+        t = self.command_timeout
+        r = await conn.command(cmd_ehlo(self._hostname), t)
+        if r.is_success:
+            return parse_ehlo(r)
+        # RFC 5321 §3.2: a server that does not know EHLO gets HELO.
+        r = await conn.command(cmd_helo(self._hostname), t)
+        if not r.is_success:
+            raise _HostFailure(r.status(), f"HELO refused: {r.diagnostic()}")
+        return HELO_CAPABILITIES
+
+    async def _session(self, conn: _Conn, host: MXHost, mode: _TLSMode, todo: list[Job],
+                       results: dict[str, list[RecipientResult]]) -> None:
+        t = self.command_timeout
+        name = host.name
+        try:
+            greeting = await conn.reply(t)
+            if not greeting.is_success:
+                raise _HostFailure(greeting.status(), f"{name} greeted with {greeting.diagnostic()}")
+            caps = await self._hello(conn)
+            if mode is not _TLSMode.PLAIN and (caps.starttls or mode is _TLSMode.REQUIRED):
+                if not caps.starttls:
+                    raise _HostFailure("4.7.5", f"{name} does not offer STARTTLS and TLS is required",
+                                       tls=True)
+                caps = await self._starttls(conn, host, verify=mode is _TLSMode.REQUIRED)
+        except _HostFailure:
+            raise
+        except ssl.SSLError as e:
+            raise _HostFailure("4.7.5", f"TLS with {name} failed: {e.reason or e}", tls=True)
+        except _NET_ERRORS as e:
+            raise _HostFailure("4.4.2", f"{name}: {_describe(e)} before mail transaction")
+
+        first = True
+        while todo:
+            entry, rcpts = todo[0]
+            try:
+                if not first:
+                    r = await conn.command(cmd_rset(), t)
+                    if not r.is_success:
+                        return
+            except _NET_ERRORS:
+                return  # the remaining jobs go to the next host
+            first = False
+            todo.pop(0)
+            try:
+                results[entry.id].extend(await self._transaction(conn, host, caps, entry, rcpts))
+            except _ConnectionLost as e:
+                # Results of this job were set inside; the connection is gone.
+                results[entry.id].extend(e.args[0])
+                return
+        with contextlib.suppress(*_NET_ERRORS):
+            await conn.command(cmd_quit(), min(t, 10.0))
+
+    async def _starttls(self, conn: _Conn, host: MXHost, *, verify: bool) -> Capabilities:
+        t = self.command_timeout
+        r = await conn.command(cmd_starttls(), t)
+        if r.code != 220:
+            raise _HostFailure("4.7.5", f"{host.name} refused STARTTLS: {r.diagnostic()}",
+                               tls=True)
+        if conn.parser.buffered:
+            # Plaintext bytes after the 220 would be read as if they came over TLS.
+            raise _HostFailure("4.7.5", f"{host.name} sent data after STARTTLS 220", tls=True)
+        try:
+            is_ip = True
+            ipaddress.ip_address(host.name)
+        except ValueError:
+            is_ip = False
+        server_hostname = host.name if (verify or not is_ip) else None
+        try:
+            await conn.writer.start_tls(self._tls_context(verify), server_hostname=server_hostname,
+                                        ssl_handshake_timeout=t)
+        except (ssl.SSLError, ssl.CertificateError) as e:
+            raise _HostFailure("4.7.5", f"TLS handshake with {host.name} failed: "
+                               f"{getattr(e, 'verify_message', '') or e}", tls=True)
+        except (*_NET_ERRORS, ConnectionError) as e:
+            raise _HostFailure("4.7.5", f"TLS handshake with {host.name} failed: {_describe(e)}",
+                               tls=True)
+        conn.tls = True
+        # RFC 3207 §4.2: forget everything learnt before TLS and say EHLO again.
+        try:
+            return await self._hello(conn)
+        except _NET_ERRORS as e:
+            raise _HostFailure("4.7.5", f"{host.name}: {_describe(e)} after STARTTLS", tls=True)
+
+    # -- one mail transaction ------------------------------------------------------------------------
+    async def _transaction(self, conn: _Conn, host: MXHost, caps: Capabilities,
+                           entry: QueueEntry, rcpts: Sequence[QueueRecipient]
+                           ) -> list[RecipientResult]:
+        t = self.command_timeout
+        name = host.name
+
+        def res(addr: str, r: ServerReply) -> RecipientResult:
+            outcome = (Outcome.DELIVERED if r.is_success else
+                       Outcome.BOUNCED if r.is_permanent else Outcome.DEFERRED)
+            status = r.status() if r.kind != 3 else "4.0.0"
+            if r.kind == 3:  # an intermediate reply where a final one belongs
+                outcome = Outcome.DEFERRED
+            return RecipientResult(addr, outcome, status, r.diagnostic(), name, True)
+
+        def ours(addr: str, outcome: Outcome, status: str, text: str) -> RecipientResult:
+            return RecipientResult(addr, outcome, status, text, name, False)
+
+        utf8 = entry.smtputf8 or needs_smtputf8(entry.sender, *(r.address for r in rcpts))
+        if utf8 and not caps.smtputf8:
+            return [ours(r.address, Outcome.BOUNCED, "5.6.7",
+                         f"{name} does not support SMTPUTF8, which this message needs")
+                    for r in rcpts]
+        if caps.size and entry.blob.size > caps.size:
+            return [ours(r.address, Outcome.BOUNCED, "5.3.4",
+                         f"message size {entry.blob.size} exceeds the limit of {name} "
+                         f"({caps.size})") for r in rcpts]
+        mail = cmd_mail(
+            entry.sender,
+            size=entry.blob.size if caps.size is not None else None,
+            # RFC 6152: declare 8-bit content when the peer knows 8BITMIME. Without it we
+            # send as is (what Postfix does by default) rather than downgrade.
+            body="8BITMIME" if entry.body_8bit and caps.eightbitmime else None,
+            smtputf8=utf8,
+            ret=entry.ret if caps.dsn else None,
+            envid=entry.envid if caps.dsn else None,
+        )
+        rcpt_cmds = [cmd_rcpt(r.address, notify=r.notify if caps.dsn else None,
+                              orcpt=r.orcpt if caps.dsn else None) for r in rcpts]
+        out: list[RecipientResult] = []
+        accepted: list[str] = []
+
+        def lost(e: BaseException, during: str) -> _ConnectionLost:
+            done = {x.address for x in out}
+            rest = [ours(r.address, Outcome.DEFERRED, "4.4.2",
+                         f"{name}: {_describe(e)} during {during}")
+                    for r in rcpts if r.address not in done]
+            return _ConnectionLost(out + rest)
+
+        try:
+            if caps.pipelining:
+                # RFC 2920 §3.1: MAIL and every RCPT in one write, then the replies in order.
+                await conn.send(mail + b"".join(rcpt_cmds), t)
+                mail_reply = await conn.reply(t)
+                rcpt_replies = [await conn.reply(t) for _ in rcpt_cmds]
+            else:
+                mail_reply = await conn.command(mail, t)
+                rcpt_replies = []
+                if mail_reply.is_success:
+                    for c in rcpt_cmds:
+                        rcpt_replies.append(await conn.command(c, t))
+        except _NET_ERRORS as e:
+            raise lost(e, "MAIL/RCPT")
+        if not mail_reply.is_success:
+            return [res(r.address, mail_reply) for r in rcpts]
+        for r, reply in zip(rcpts, rcpt_replies, strict=True):
+            if reply.is_success:
+                accepted.append(r.address)
+            else:
+                out.append(res(r.address, reply))
+        if not accepted:
+            return out
+
+        try:
+            if caps.chunking:
+                final = await self._send_bdat(conn, entry)
+            else:
+                final = await self._send_data(conn, entry)
+        except _PreDataReply as e:
+            # DATA refused (or a BDAT chunk refused): nothing was accepted.
+            return out + [res(a, e.reply) for a in accepted]
+        except _NET_ERRORS as e:
+            raise lost(e, "message transfer (delivery may be duplicated)")
+        except _LocalReadError as e:
+            return out + [ours(a, Outcome.DEFERRED, "4.3.0", f"local error reading message: {e}")
+                          for a in accepted]
+        out.extend(res(a, final) for a in accepted)
+        if final.is_success:
+            log.info("delivered %s to %s via %s (%s)%s", entry.id, ",".join(accepted), name,
+                     final.diagnostic(), " TLS" if conn.tls else "")
+        return out
+
+    async def _send_data(self, conn: _Conn, entry: QueueEntry) -> ServerReply:
+        t = self.command_timeout
+        r = await conn.command(cmd_data(), t)
+        if r.code != 354:
+            raise _PreDataReply(r)
+        enc = BodyEncoder(dot_stuff=True)
+        await self._pump(conn, entry, enc, None)
+        await conn.send(enc.finish(), t)
+        return await conn.reply(self.data_timeout)
+
+    async def _send_bdat(self, conn: _Conn, entry: QueueEntry) -> ServerReply:
+        enc = BodyEncoder(dot_stuff=False)
+        await self._pump(conn, entry, enc, self.command_timeout)
+        return await conn.reply(self.data_timeout)
+
+    async def _pump(self, conn: _Conn, entry: QueueEntry, enc: BodyEncoder,
+                    bdat_timeout: float | None) -> None:
+        """Stream the blob through ``enc``. For BDAT (``bdat_timeout`` set) each encoded
+        block becomes one chunk; one block is held back so the last one carries LAST."""
+        t = self.command_timeout
+        held: bytes | None = None
+        stream = self._blobs.stream(entry.blob.blob_id)
+        try:
+            while True:
+                try:
+                    chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except Exception as e:  # the store failed: never finish the message
+                    conn.abort()
+                    raise _LocalReadError(str(e)) from e
+                data = enc.feed(chunk)
+                if not data:
+                    continue
+                if bdat_timeout is None:
+                    await conn.send(data, t)
+                    continue
+                if held is not None:
+                    r = await conn.command(cmd_bdat(len(held)) + held, bdat_timeout)
+                    if not r.is_success:
+                        raise _PreDataReply(r)
+                held = data
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        if bdat_timeout is not None:
+            tail = (held or b"") + enc.finish()
+            await conn.send(cmd_bdat(len(tail), last=True) + tail, t)
+
+
+class _PreDataReply(Exception):
+    def __init__(self, reply: ServerReply) -> None:
+        super().__init__(reply.diagnostic())
+        self.reply = reply
+
+
+class _LocalReadError(Exception):
+    pass
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, asyncio.IncompleteReadError | ConnectionError):
+        return "connection lost"
+    if isinstance(e, SMTPProtocolError):
+        return f"protocol error ({e})"
+    return str(e) or e.__class__.__name__

@@ -1,0 +1,201 @@
+"""MTA-STS for outbound delivery (RFC 8461).
+
+Discovery (§3.1): a TXT record at ``_mta-sts.<domain>`` of the form
+``v=STSv1; id=<1-32 alphanumerics>``; exactly one such record must exist.
+Policy (§3.2): fetched over HTTPS from
+``https://mta-sts.<domain>/.well-known/mta-sts.txt`` with a verified
+certificate, no redirects (§3.3), media type text/plain; lines ``key: value``
+with ``version: STSv1``, ``mode: enforce|testing|none``, one or more ``mx:``
+patterns (a leading ``*.`` matches exactly one label, §4.1) and ``max_age``
+(seconds, at most 31557600).
+
+Caching (§5.1): a fetched policy is kept until ``max_age`` and used while the
+TXT id is unchanged; a changed id triggers a refresh; if discovery or the fetch
+fails, a cached, unexpired policy still applies. With no policy at all, the
+domain is treated as not using MTA-STS.
+
+Application (§5): ``enforce`` -> deliver only to MX hosts matching a pattern,
+over TLS with a certificate valid for the MX host name; ``testing`` -> deliver
+anyway and log what would have failed; ``none`` -> no restriction.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mailyard.mailauth.resolver import DNSError, Resolver
+
+log = logging.getLogger(__name__)
+
+MAX_POLICY_BYTES = 64 * 1024  # §3.3: policy bodies are small; refuse anything larger
+MAX_AGE_LIMIT = 31_557_600  # §3.2: one year
+_ID_RE = re.compile(r"^[A-Za-z0-9]{1,32}$")
+
+Fetch = Callable[[str], Awaitable[str]]
+
+
+class PolicyError(Exception):
+    """The policy text (or its fetch) is not usable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    mode: str  # "enforce" | "testing" | "none"
+    mx: tuple[str, ...]
+    max_age: int
+    id: str = ""
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode == "enforce"
+
+    def matches(self, host: str) -> bool:
+        return any(mx_matches(p, host) for p in self.mx)
+
+
+def mx_matches(pattern: str, host: str) -> bool:
+    """§4.1: exact match, or "*.example.com" matching exactly one extra leftmost label."""
+    pattern = pattern.lower().rstrip(".")
+    host = host.lower().rstrip(".")
+    if pattern.startswith("*."):
+        label, dot, rest = host.partition(".")
+        return bool(label) and bool(dot) and rest == pattern[2:]
+    return pattern == host
+
+
+def parse_txt(records: list[str]) -> str | None:
+    """The policy id from the ``_mta-sts`` TXT records, or None (§3.1)."""
+    ids = []
+    for rec in records:
+        fields = [f.strip() for f in rec.split(";")]
+        if not fields or fields[0] != "v=STSv1":
+            continue
+        rid = None
+        for f in fields[1:]:
+            k, eq, v = f.partition("=")
+            if eq and k.strip() == "id":
+                rid = v.strip()
+        if rid is not None and _ID_RE.match(rid):
+            ids.append(rid)
+        else:
+            ids.append("")  # a v=STSv1 record without a valid id still counts (and invalidates)
+    if len(ids) != 1 or not ids[0]:
+        return None  # §3.1: more than one record (or none valid): no policy
+    return ids[0]
+
+
+def parse_policy(text: str, *, policy_id: str = "") -> Policy:
+    """§3.2 policy body; raises :class:`PolicyError` when invalid."""
+    version = mode = None
+    max_age: int | None = None
+    mx: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        key, colon, value = line.partition(":")
+        if not colon:
+            continue  # §3.2: unknown/garbled lines are ignored
+        key, value = key.strip(), value.strip()
+        if key == "version":
+            version = value
+        elif key == "mode":
+            mode = value
+        elif key == "max_age":
+            if not value.isdigit() or len(value) > 10:
+                raise PolicyError(f"bad max_age {value!r}")
+            max_age = min(int(value), MAX_AGE_LIMIT)
+        elif key == "mx":
+            mx.append(value.lower())
+    if version != "STSv1":
+        raise PolicyError("missing or bad version")
+    if mode not in ("enforce", "testing", "none"):
+        raise PolicyError(f"bad mode {mode!r}")
+    if max_age is None:
+        raise PolicyError("missing max_age")
+    if mode != "none" and not mx:
+        raise PolicyError("no mx patterns")
+    return Policy(mode=mode, mx=tuple(mx), max_age=max_age, id=policy_id)
+
+
+def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
+                       port: int | None = None) -> Fetch:
+    """The production fetcher: aiohttp, verified TLS, no redirects, bounded size.
+
+    ``port`` replaces the HTTPS port (tests serve the policy on 127.0.0.1:port).
+    """
+
+    async def fetch(url: str) -> str:
+        import aiohttp
+        import yarl
+
+        from mailyard.server.tls import client_context
+
+        u = yarl.URL(url)
+        if port is not None:
+            u = u.with_port(port)
+        ctx = client_context(ca_file=ca_file, verify=True)
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with aiohttp.ClientSession(timeout=client_timeout) as session, \
+                session.get(u, ssl=ctx, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise PolicyError(f"HTTP {resp.status}")
+            if resp.content_type != "text/plain":
+                raise PolicyError(f"media type {resp.content_type}")  # §3.2
+            body = await resp.content.read(MAX_POLICY_BYTES + 1)
+            if len(body) > MAX_POLICY_BYTES:
+                raise PolicyError("policy too large")
+            return body.decode("utf-8", "replace")
+
+    return fetch
+
+
+class MTASTS:
+    """Policy discovery with an in-memory cache."""
+
+    def __init__(self, resolver: Resolver, *, fetch: Fetch | None = None,
+                 clock: Callable[[], float] = time.time, ca_file: str | None = None,
+                 https_port: int | None = None) -> None:
+        self._resolver = resolver
+        self._fetch = fetch or make_aiohttp_fetch(ca_file=ca_file, port=https_port)
+        self._clock = clock
+        self._cache: dict[str, tuple[Policy, float]] = {}  # domain -> (policy, expires)
+        self.fetches = 0
+
+    def _cached(self, domain: str) -> Policy | None:
+        hit = self._cache.get(domain)
+        if hit is None:
+            return None
+        policy, expires = hit
+        if self._clock() >= expires:
+            del self._cache[domain]
+            return None
+        return policy
+
+    async def policy_for(self, domain: str) -> Policy | None:
+        domain = domain.lower().rstrip(".")
+        if domain.startswith("["):
+            return None
+        cached = self._cached(domain)
+        try:
+            txt = await self._resolver.txt(f"_mta-sts.{domain}")
+        except DNSError:
+            return cached  # NXDOMAIN or failure: a cached policy keeps applying (§5.1)
+        policy_id = parse_txt(txt)
+        if policy_id is None:
+            return cached
+        if cached is not None and cached.id == policy_id:
+            return cached
+        try:
+            self.fetches += 1
+            text = await self._fetch(f"https://mta-sts.{domain}/.well-known/mta-sts.txt")
+            policy = parse_policy(text, policy_id=policy_id)
+        except Exception as e:  # any fetch problem: fall back to the cache (§5.1)
+            log.warning("MTA-STS policy fetch for %s failed: %s", domain, e)
+            return cached
+        self._cache[domain] = (policy, self._clock() + policy.max_age)
+        return policy
