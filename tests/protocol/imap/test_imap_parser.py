@@ -271,8 +271,9 @@ def test_refuse_nonsync_append_literal_skips_payload() -> None:
     p = CommandParser()
     p.feed(b"a APPEND nosuch {10+}\r\n")
     [start] = drain(p)
+    assert not start.synchronizing
     p.refuse_literal()
-    p.feed(b"b LOGOUT\r\n (\\Seen) {9+}\r\nc LOGOUT\r\n\r\nd NOOP\r\n")
+    p.feed(b"b LOGOUT\r\n (\\Seen) {10+}\r\nc LOGOUT\r\n\r\nd NOOP\r\n")
     assert drain(p) == [c.Noop(tag="d")]
 
 
