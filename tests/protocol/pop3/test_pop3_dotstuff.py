@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -40,7 +41,7 @@ def ref_top(data: bytes, n: int) -> bytes:
 
 def stream(data: bytes, cuts: list[int], feed) -> bytes:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return b"".join(feed(data[a:b]) for a, b in zip(points, points[1:], strict=False))
+    return b"".join(feed(data[a:b]) for a, b in itertools.pairwise(points))
 
 
 STUFF_CASES = [
