@@ -11,11 +11,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 def public_txt_from_private(private_pem: str, algorithm: str) -> str:
     key = serialization.load_pem_private_key(private_pem.encode(), password=None)
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw = key.public_key().public_bytes(serialization.Encoding.Raw,
-                                            serialization.PublicFormat.Raw)
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
         return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
     if isinstance(key, rsa.RSAPrivateKey):
-        spki = key.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         return f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}"
     raise ValueError(f"unsupported DKIM key type for {algorithm}")

@@ -46,7 +46,7 @@ class Resolver(Protocol):
 
 
 def parse_nameserver(spec: str) -> tuple[str, int]:
-    """"127.0.0.1:5353" -> ("127.0.0.1", 5353); "[::1]:53" and a bare address work too."""
+    """ "127.0.0.1:5353" -> ("127.0.0.1", 5353); "[::1]:53" and a bare address work too."""
     spec = spec.strip()
     if spec.startswith("["):
         host, _, rest = spec[1:].partition("]")
