@@ -37,7 +37,7 @@ async def start_sinks(*sinks: SMTPSink) -> int:
 
 @dataclass
 class Env:
-    store: MemQueueStore
+    store: MemQueueStore  # or SQLiteStore (same queue_* and blobs)
     clock: FakeClock
     resolver: FakeResolver
     port: int
@@ -70,7 +70,8 @@ class Env:
         return entry
 
 
-def make_env(port: int, zones: dict | None = None, **qcfg: object) -> Env:
+def make_env(port: int, zones: dict | None = None, *, store: object = None,
+             clock: FakeClock | None = None, **qcfg: object) -> Env:
     zones = zones or {
         "dest.test": {"MX": [(10, "mx1.dest.test")]},
         "mx1.dest.test": {"A": ["127.0.0.1"]},
@@ -78,7 +79,8 @@ def make_env(port: int, zones: dict | None = None, **qcfg: object) -> Env:
     opts: dict = dict(outbound_port=port, retry_initial=60.0, retry_max=600.0,
                       expire=86400.0, delay_warning=3600.0, connect_timeout=2.0)
     opts.update(qcfg)
-    return Env(MemQueueStore(), FakeClock(), FakeResolver(zones), port, QueueConfig(**opts))
+    return Env(store or MemQueueStore(), clock or FakeClock(), FakeResolver(zones),  # type: ignore[arg-type]
+               port, QueueConfig(**opts))
 
 
 @dataclass

@@ -123,25 +123,43 @@ def parse_policy(text: str, *, policy_id: str = "") -> Policy:
 
 
 def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
-                       port: int | None = None) -> Fetch:
+                       port: int | None = None, connect_address: str | None = None) -> Fetch:
     """The production fetcher: aiohttp, verified TLS, no redirects, bounded size.
 
-    ``port`` replaces the HTTPS port (tests serve the policy on 127.0.0.1:port).
+    Test hooks: ``port`` replaces the HTTPS port and ``connect_address`` the
+    address every host name resolves to (the certificate is still checked
+    against the policy host name).
     """
 
     async def fetch(url: str) -> str:
+        import socket
+
         import aiohttp
         import yarl
+        from aiohttp.abc import AbstractResolver
 
         from mailyard.server.tls import client_context
+
+        class _Static(AbstractResolver):
+            async def resolve(self, host: str, port: int = 0,
+                              family: int = socket.AF_INET) -> list:  # type: ignore[override]
+                assert connect_address is not None
+                fam = socket.AF_INET6 if ":" in connect_address else socket.AF_INET
+                return [{"hostname": host, "host": connect_address, "port": port,
+                         "family": fam, "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+            async def close(self) -> None:
+                return None
 
         u = yarl.URL(url)
         if port is not None:
             u = u.with_port(port)
         ctx = client_context(ca_file=ca_file, verify=True)
         client_timeout = aiohttp.ClientTimeout(total=timeout)
-        async with aiohttp.ClientSession(timeout=client_timeout) as session, \
-                session.get(u, ssl=ctx, allow_redirects=False) as resp:
+        connector = aiohttp.TCPConnector(
+            ssl=ctx, resolver=_Static() if connect_address else None)
+        async with aiohttp.ClientSession(timeout=client_timeout, connector=connector) as session, \
+                session.get(u, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise PolicyError(f"HTTP {resp.status}")
             if resp.content_type != "text/plain":
@@ -159,9 +177,10 @@ class MTASTS:
 
     def __init__(self, resolver: Resolver, *, fetch: Fetch | None = None,
                  clock: Callable[[], float] = time.time, ca_file: str | None = None,
-                 https_port: int | None = None) -> None:
+                 https_port: int | None = None, connect_address: str | None = None) -> None:
         self._resolver = resolver
-        self._fetch = fetch or make_aiohttp_fetch(ca_file=ca_file, port=https_port)
+        self._fetch = fetch or make_aiohttp_fetch(ca_file=ca_file, port=https_port,
+                                                  connect_address=connect_address)
         self._clock = clock
         self._cache: dict[str, tuple[Policy, float]] = {}  # domain -> (policy, expires)
         self.fetches = 0
