@@ -25,18 +25,25 @@ asyncio adapter does (STARTTLS "handshakes" at once) and raises
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mailyard.protocol.smtp import events as ev
 from mailyard.protocol.smtp.replies import Reply
-from mailyard.protocol.smtp.server import ServerSettings, SMTPServerConnection, State
+from mailyard.protocol.smtp.server import (
+    MAX_LINE_READ,
+    ServerSettings,
+    SMTPServerConnection,
+    State,
+)
 
 __all__ = [
     "DIRECTIONS",
+    "CoreSession",
     "TranscriptMismatch",
     "TranscriptResult",
+    "core_session",
     "parse_header",
     "parse_transcript",
     "run_transcript_core",
@@ -279,3 +286,100 @@ def _diff(expected: list[str], actual: list[str]) -> str:
         mark = "  " if e == a else "!!"
         lines.append(f"{mark} {e!r} | {a!r}")
     return "\n".join(lines)
+
+
+# --- a scripted driver for tests of the core ----------------------------
+
+Decide = Callable[[ev.Event], Reply | None]
+
+
+def accept_all(event: ev.Event) -> Reply | None:
+    return None
+
+
+@dataclass
+class CoreSession:
+    """Drives a core like the adapter: feeds bytes, answers decisions with
+    ``decide`` (default: accept), "handshakes" STARTTLS at once, and records
+    the events and the output. Asserts the bounded-buffer invariant."""
+
+    conn: SMTPServerConnection
+    out: bytearray = field(default_factory=bytearray)
+    events: list[ev.Event] = field(default_factory=list)
+    decide: Decide = accept_all
+
+    @property
+    def names(self) -> list[str]:
+        return [type(e).__name__ for e in self.events]
+
+    def lines(self) -> list[str]:
+        text = bytes(self.out).decode("utf-8")
+        return text.split("\r\n")[:-1] if text else []
+
+    def take_lines(self) -> list[str]:
+        lines = self.lines()
+        self.out.clear()
+        return lines
+
+    def drain(self) -> None:
+        conn = self.conn
+        for _ in range(1_000_000):
+            event = conn.next_event()
+            if event is ev.NEED_DATA:
+                # Bounded memory: at most one partial line is ever held back.
+                assert conn.buffered <= MAX_LINE_READ
+                break
+            if event is ev.PAUSED:
+                if conn.state is State.TLS:
+                    self.out += conn.data_to_send()
+                    conn.tls_started()
+                    continue
+                break
+            assert isinstance(event, ev.Event)
+            self.events.append(event)
+            if event.needs_decision:
+                conn.respond(self.decide(event))
+            if isinstance(event, (ev.Quit, ev.ConnectionClosed)):
+                break
+        else:  # pragma: no cover
+            raise AssertionError("core did not settle")
+        self.out += conn.data_to_send()
+
+    def feed(self, data: bytes, mode: str = "whole") -> CoreSession:
+        pieces = [data[i : i + 1] for i in range(len(data))] if mode == "bytewise" else [data]
+        for piece in pieces:
+            self.conn.receive_data(piece)
+            self.drain()
+        return self
+
+    def messages(self) -> list[bytes]:
+        """Content of each MessageComplete, in order."""
+        done: list[bytes] = []
+        cur: list[bytes] = []
+        for e in self.events:
+            if isinstance(e, ev.MessageData):
+                cur.append(e.chunk)
+            elif isinstance(e, ev.MessageAborted):
+                cur = []
+            elif isinstance(e, ev.MessageComplete):
+                done.append(b"".join(cur))
+                cur = []
+        return done
+
+
+def core_session(
+    settings: ServerSettings | None = None,
+    *,
+    tls_active: bool = False,
+    decide: Decide = accept_all,
+    setup: bytes = b"",
+) -> CoreSession:
+    run = CoreSession(
+        SMTPServerConnection(settings or DEFAULT_SETTINGS, tls_active=tls_active), decide=decide
+    )
+    run.out += run.conn.greeting()
+    if setup:
+        run.feed(setup)
+    run.out.clear()
+    run.events.clear()
+    return run
