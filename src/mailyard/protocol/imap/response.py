@@ -82,7 +82,7 @@ def astring(value: str | bytes, *, utf8: bool = False) -> bytes:
 
 def mailbox(name: str, *, utf8: bool = False) -> bytes:
     """A mailbox name on the wire: modified UTF-7 unless UTF8=ACCEPT."""
-    return string(name_to_wire(name, utf8=utf8), utf8=utf8)
+    return astring(name_to_wire(name, utf8=utf8), utf8=utf8)
 
 
 def serialize(value: Any, *, utf8: bool = False) -> bytes:
