@@ -1,0 +1,279 @@
+"""POP3 over asyncio streams: drives :class:`mailyard.protocol.pop3.POP3Connection`.
+
+One call of :func:`handle_pop3` serves one connection, from the greeting to the
+close. It owns exactly what the sans-IO core cannot: credentials checks, the
+maildrop lock, reading message blobs, the TLS handshake, timeouts.
+
+* Maildrop = the account's INBOX (DESIGN.md "Access"), locked exclusively for
+  the session (RFC 1939 §8); a second session gets ``-ERR [IN-USE]``
+  (RFC 2449 §8.1.2). The list of messages is a snapshot taken at login: mail
+  delivered during the session shows up in the next one (RFC 1939 §5 numbers
+  must not change within a session).
+* Sizes in STAT/LIST are ``MessageRef.size``, the stored octets, which are
+  exactly what RETR sends before dot-stuffing (stored messages are CRLF).
+* Unique ids are ``"{uidvalidity}.{uid}"``: UIDs are never reused and
+  uidvalidity never changes while the mailbox exists, so the id is stable across
+  sessions and restarts (RFC 1939 §7 UIDL).
+* RETR/TOP stream the blob in chunks with ``drain()`` after each, so a large
+  message never sits in memory. RETR marks the message ``\\Seen`` (as Dovecot
+  does), TOP does not.
+* QUIT in TRANSACTION sets ``\\Deleted`` on the marked messages and expunges
+  exactly those UIDs (RFC 1939 §6). A dropped connection or a timeout removes
+  nothing. The lock is always released.
+* Timeouts: ``limits.preauth_timeout`` while waiting for a command before
+  login, 10 minutes after (RFC 1939 §3: the autologout timer "MUST be of at
+  least 10 minutes duration").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator
+
+from mailyard.protocol.pop3 import (
+    FLUSH,
+    NEED_DATA,
+    PAUSED,
+    AuthCredentials,
+    ConnectionClosed,
+    Pass,
+    POP3Connection,
+    Quit,
+    Retr,
+    Stls,
+    Top,
+)
+from mailyard.server.context import ServerContext
+from mailyard.storage.models import Account, Mailbox, MessageRef
+
+__all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
+
+TRANSACTION_TIMEOUT = 600.0  # RFC 1939 §3: at least 10 minutes
+READ_CHUNK = 65536
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+log = logging.getLogger("mailyard.pop3")
+
+
+class _Closed(Exception):
+    """The peer went away or a write failed: stop quietly."""
+
+
+async def handle_pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      ctx: ServerContext, *, implicit_tls: bool,
+                      transaction_timeout: float = TRANSACTION_TIMEOUT) -> None:
+    """Serve one POP3 connection; never raises (errors are logged, the connection closed).
+
+    ``implicit_tls``: the listener already runs TLS (pop3s, RFC 8314 §3.3).
+    ``transaction_timeout``: the autologout timer after login (tests shorten it).
+    """
+    session = _Session(reader, writer, ctx, implicit_tls=implicit_tls,
+                       transaction_timeout=transaction_timeout)
+    try:
+        await session.run()
+    except (_Closed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    except TimeoutError:
+        session.try_send(b"-ERR Disconnected for inactivity\r\n")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        ctx.log.exception("pop3: session from %s failed", session.remote_ip)
+        session.try_send(b"-ERR [SYS/TEMP] Internal server error\r\n")
+    finally:
+        await session.cleanup()
+
+
+class _Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: ServerContext, *, implicit_tls: bool, transaction_timeout: float) -> None:
+        self.reader = reader
+        self.transaction_timeout = transaction_timeout
+        self.writer = writer
+        self.ctx = ctx
+        peer = writer.get_extra_info("peername")
+        self.remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.conn = POP3Connection(
+            tls_active=implicit_tls,
+            tls_available=ctx.tls is not None and not implicit_tls,
+            allow_plaintext_auth=ctx.allow_plaintext_auth(self.remote_ip),
+        )
+        self.account: Account | None = None
+        self.locked = False
+        self.inbox: Mailbox | None = None
+        self.messages: list[MessageRef] = []
+        self.in_body = False  # a multi-line body is being written: no -ERR can follow
+
+    # -- I/O helpers ---------------------------------------------------------------------
+    @property
+    def timeout(self) -> float:
+        if self.account is None:
+            return self.ctx.config.limits.preauth_timeout
+        return self.transaction_timeout
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            if self.writer.is_closing():
+                raise _Closed
+            self.writer.write(data)
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
+
+    async def read(self) -> bytes:
+        async with asyncio.timeout(self.timeout):
+            return await self.reader.read(READ_CHUNK)
+
+    def try_send(self, data: bytes) -> None:
+        if self.in_body or self.writer.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(data)
+
+    # -- main loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.conn.greet(f"{self.ctx.hostname} mailyard POP3 ready")
+        while True:
+            event = self.conn.next_event()
+            await self.flush()
+            if event is NEED_DATA:
+                self.conn.receive_data(await self.read())
+            elif event is FLUSH:
+                continue
+            elif event is PAUSED:  # pragma: no cover - every event is answered below
+                raise RuntimeError("POP3 core paused with no event to answer")
+            elif isinstance(event, ConnectionClosed):
+                return
+            elif isinstance(event, Pass):
+                await self.login(event.user, event.password, authzid="")
+            elif isinstance(event, AuthCredentials):
+                c = event.credentials
+                await self.login(c.authcid, c.password, authzid=c.authzid)
+            elif isinstance(event, Retr | Top):
+                await self.send_message(event)
+            elif isinstance(event, Stls):
+                await self.start_tls()
+            elif isinstance(event, Quit):
+                await self.update(event.deleted)
+
+    async def login(self, user: str, password: str, *, authzid: str) -> None:
+        account = await self.ctx.auth.authenticate(user, password, remote_ip=self.remote_ip,
+                                                   authzid=authzid)
+        if account is None:
+            # RFC 3206 §4 / AUTH-RESP-CODE: a credentials problem.
+            self.conn.err("Authentication failed", code="AUTH")
+            return
+        if not await self.ctx.store.lock_maildrop(account.id):
+            # RFC 2449 §8.1.2: another session holds the maildrop.
+            self.conn.err("Maildrop is locked by another session", code="IN-USE")
+            return
+        self.locked = True
+        self.account = account
+        try:
+            inbox = await self.ctx.store.get_mailbox(account.id, "INBOX")
+            messages = await self.ctx.store.list_messages(inbox.id) if inbox else []
+        except Exception:
+            self.ctx.log.exception("pop3: cannot open the maildrop of %s", account.address)
+            await self.release()
+            self.conn.err("Cannot open the maildrop, try again later", code="SYS/TEMP")
+            return
+        self.inbox = inbox
+        self.messages = messages
+        uidvalidity = inbox.uidvalidity if inbox else 0
+        self.conn.login_ok([(m.size, f"{uidvalidity}.{m.uid}") for m in messages])
+        log.info("pop3: %s logged in from %s, %d messages", account.address, self.remote_ip,
+                 len(messages))
+
+    async def send_message(self, event: Retr | Top) -> None:
+        ref = self.messages[event.msg - 1]
+        chunks: AsyncIterator[bytes] = aiter(self.ctx.store.blobs.stream(ref.blob_id))
+        # Open the blob before "+OK": a missing blob is still a clean -ERR.
+        try:
+            first: bytes | None = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except Exception:
+            self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
+            self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
+            return
+        self.conn.ok_multiline(f"{ref.size} octets")
+        self.in_body = True
+        if first is not None:
+            self.conn.send_body(first)
+            await self.flush()
+            while not self.conn.body_done:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                self.conn.send_body(chunk)
+                await self.flush()
+        with contextlib.suppress(Exception):
+            await chunks.aclose()  # type: ignore[attr-defined]
+        self.conn.end_body()
+        await self.flush()
+        self.in_body = False
+        if isinstance(event, Retr) and "\\Seen" not in ref.flags and self.inbox is not None:
+            try:
+                await self.ctx.store.store_flags(self.inbox.id, [ref.uid], ["\\Seen"], "add")
+            except Exception:  # the message was sent; a flag failure must not end the session
+                self.ctx.log.exception("pop3: cannot set \\Seen on uid %d", ref.uid)
+
+    async def start_tls(self) -> None:
+        # The core queued "+OK" and dropped its own buffered input. Write "+OK" and go
+        # straight into the handshake: no await in between, so the ClientHello cannot
+        # be read as plaintext. Octets the peer pipelined before it saw "+OK" may sit
+        # in the StreamReader; they were sent in the clear, so they are dropped
+        # (CVE-2011-0411).
+        assert self.ctx.tls is not None
+        data = self.conn.data_to_send()
+        self.writer.write(data)
+        _discard_buffered(self.reader)
+        await self.writer.start_tls(self.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        _discard_buffered(self.reader)
+        self.conn.tls_started()
+
+    async def update(self, deleted: tuple[int, ...]) -> None:
+        """RFC 1939 §6 UPDATE state: remove the marked messages, then say goodbye."""
+        if deleted and self.inbox is not None:
+            uids = [self.messages[n - 1].uid for n in deleted]
+            try:
+                await self.ctx.store.store_flags(self.inbox.id, uids, ["\\Deleted"], "add")
+                await self.ctx.store.expunge(self.inbox.id, uids)
+            except Exception:
+                self.ctx.log.exception("pop3: UPDATE failed for %s",
+                                       self.account.address if self.account else "?")
+                self.conn.err("Some deleted messages not removed", code="SYS/TEMP")
+                await self.release()
+                return
+        await self.release()
+        self.conn.ok("Bye")
+
+    # -- teardown --------------------------------------------------------------------------
+    async def release(self) -> None:
+        if self.locked and self.account is not None:
+            self.locked = False
+            try:
+                await self.ctx.store.unlock_maildrop(self.account.id)
+            except Exception:
+                self.ctx.log.exception("pop3: cannot release the maildrop lock")
+
+    async def cleanup(self) -> None:
+        try:
+            await self.release()
+        finally:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.writer.wait_closed()
+
+
+def _discard_buffered(reader: asyncio.StreamReader) -> None:
+    # asyncio has no public way to drop what a StreamReader already holds.
+    buf = getattr(reader, "_buffer", None)
+    if isinstance(buf, bytearray):
+        buf.clear()
