@@ -74,14 +74,13 @@ def _return_path(sender: str) -> bytes:
 
 
 def searchable(content: bytes) -> SearchableText | None:
+    from mailyard.message.text import searchable_text
+
     try:
-        from mailyard.message.text import searchable_text  # type: ignore[attr-defined]
-    except ImportError:
+        headers, body = searchable_text(content)
+    except Exception:  # an unparsable message is stored all the same, just not indexed
         return None
-    try:
-        return searchable_text(content)  # type: ignore[no-any-return]
-    except Exception:
-        return None
+    return SearchableText(headers=headers, body=body)
 
 
 async def _copy_spool(ctx: ServerContext, spool: Spool) -> Spool:

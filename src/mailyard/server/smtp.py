@@ -230,7 +230,7 @@ class SMTPSession:
         self.txn = Transaction()
         if self._disk_low():
             return R(452, "4.3.1", "Insufficient system storage")
-        raw = ev.address
+        raw = "" if ev.path.is_null else ev.path.mailbox  # source route stripped
         sender = ""
         if raw:
             try:
@@ -281,8 +281,8 @@ class SMTPSession:
 
     # -- RCPT ------------------------------------------------------------------------------
     async def on_rcpt(self, ev: Any) -> Reply:
-        raw = ev.address
-        if self.mode == "mx" and "@" not in raw and raw.lower() == "postmaster":
+        raw = ev.path.mailbox
+        if "@" not in raw and raw.lower() == "postmaster":
             raw = f"postmaster@{self.ctx.hostname}"
         try:
             addr = canonical_address(raw)
@@ -302,7 +302,8 @@ class SMTPSession:
             return R(550, "5.1.1", "No such user here")
         if self.mode == "submission" and res.verdict is Verdict.NOT_LOCAL:
             if _is_routable(addr):
-                self.txn.remote_rcpts.append(ev)
+                # Remote local parts keep their case (RFC 5321 §2.4): only we fold ours.
+                self.txn.remote_rcpts.append(_Forward(ev.path.mailbox, ev.notify, ev.orcpt))
                 return R(250, "2.1.5", "Recipient OK")
             return R(553, "5.1.3", "Invalid recipient address")
         return R(554, "5.7.1", "Relay access denied")
@@ -345,8 +346,8 @@ class _Forward:
     """A forwarding target from an alias, shaped like a RcptTo event for the queue."""
 
     address: str
-    notify: str | None = None
-    orcpt: str | None = None
+    notify: tuple[str, ...] | None = None
+    orcpt: tuple[str, str] | None = None
 
 
 def _is_routable(addr: str) -> bool:
