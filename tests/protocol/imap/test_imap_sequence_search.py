@@ -34,7 +34,7 @@ def test_resolve(text: str, largest: int, resolved: list[tuple[int, int]]) -> No
 
 
 @pytest.mark.parametrize("bad", ["0", "0:5", "1:0", "", ",", "1,", "a", "-1", "01",
-                                 "4294967296", "1:*:3", "99999999999999999999", "$,1"])
+                                 "4294967296", "1:*:3", "99999999999999999999", "$:1"])
 def test_invalid(bad: str) -> None:
     with pytest.raises(SequenceError):
         parse_sequence_set(bad)
@@ -47,6 +47,9 @@ def test_saved_and_star_flags() -> None:
     with pytest.raises(SequenceError):
         parse_sequence_set("1:*", allow_star=False)
     assert parse_sequence_set("1:*").uses_star
+    mixed = parse_sequence_set("2:4,$")
+    assert mixed.saved and str(mixed) == "2:4,$"
+    assert mixed.with_saved([9, 1]).resolve(100) == [(1, 4), (9, 9)]
 
 
 def test_select_is_bisect_not_expansion() -> None:

@@ -219,13 +219,12 @@ def _leaf(node: SearchKey, msg: MessageContext, env: SearchEnv) -> bool:
         return True
     if isinstance(node, HasFlag):
         return node.flag.casefold() in {f.casefold() for f in msg.flags}
-    if isinstance(node, SeqKey):
-        if node.sequence.saved:
-            raise SearchError("'$' must be a UID set")
-        return node.sequence.contains(msg.seq, env.max_seq)
-    if isinstance(node, UidKey):
-        if node.sequence.saved:
-            return env.saved_uids is not None and msg.uid in env.saved_uids
+    if isinstance(node, SeqKey | UidKey):
+        # RFC 5182 §2.1: "$" stands for the saved UIDs, even in a SeqKey.
+        if node.sequence.saved and env.saved_uids is not None and msg.uid in env.saved_uids:
+            return True
+        if isinstance(node, SeqKey):
+            return node.sequence.contains(msg.seq, env.max_seq)
         return node.sequence.contains(msg.uid, env.max_uid)
     if isinstance(node, SizeKey):
         return msg.size > node.size if node.op == "larger" else msg.size < node.size

@@ -28,8 +28,10 @@ class SequenceError(ValueError):
 class SequenceSet:
     """Ranges ``(start, end)`` as written; ``STAR`` (0) stands for ``*``.
 
-    ``saved`` is True for ``$`` (RFC 5182): the ranges are then empty and the
-    caller substitutes the saved search result.
+    ``saved`` is True when ``$`` (RFC 5182) is in the set: the saved search
+    result is part of the set, in addition to ``ranges``. RFC 9051 §9 lets
+    ``$`` end a list (``2:4,$``); we accept it anywhere in the list. The
+    session substitutes the saved UIDs with :meth:`with_saved`.
     """
 
     ranges: tuple[tuple[int, int], ...] = ()
@@ -100,10 +102,20 @@ class SequenceSet:
         for a, b in self.resolve(count):
             yield from range(a, min(b, count) + 1)
 
+    def with_saved(self, saved: Iterable[int]) -> SequenceSet:
+        """This set with ``$`` replaced by the saved numbers."""
+        if not self.saved:
+            return self
+        extra = [(n, n) for n in saved]
+        return SequenceSet(tuple(merge_ranges(
+            [r for r in self.ranges if STAR not in r] + extra))
+            + tuple(r for r in self.ranges if STAR in r))
+
     def __str__(self) -> str:
+        parts = [format_ranges(self.ranges)] if self.ranges else []
         if self.saved:
-            return "$"
-        return format_ranges(self.ranges)
+            parts.append("$")
+        return ",".join(parts)
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -149,14 +161,16 @@ def _number(text: str, *, allow_star: bool) -> int:
 def parse_sequence_set(text: str, *, allow_star: bool = True,
                        allow_saved: bool = True) -> SequenceSet:
     """Parse ``1,3:5,7:*`` or ``$``. Raises :class:`SequenceError`."""
-    if text == "$":
-        if not allow_saved:
-            raise SequenceError("'$' not allowed here")
-        return SequenceSet((), saved=True)
     if not text:
         raise SequenceError("empty sequence set")
     ranges: list[tuple[int, int]] = []
+    saved = False
     for item in text.split(","):
+        if item == "$":
+            if not allow_saved:
+                raise SequenceError("'$' not allowed here")
+            saved = True
+            continue
         a, sep, b = item.partition(":")
         lo = _number(a, allow_star=allow_star)
         hi = _number(b, allow_star=allow_star) if sep else lo
@@ -165,4 +179,4 @@ def parse_sequence_set(text: str, *, allow_star: bool = True,
     # numbers costs one range per run, not one tuple per number.
     plain = [(min(a, b), max(a, b)) for a, b in ranges if a != STAR and b != STAR]
     starred = [r for r in ranges if r[0] == STAR or r[1] == STAR]
-    return SequenceSet(tuple(merge_ranges(plain)) + tuple(starred))
+    return SequenceSet(tuple(merge_ranges(plain)) + tuple(starred), saved)
