@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import poplib
 import socket
 import ssl
@@ -541,3 +542,43 @@ def test_missing_blob_gives_sys_temp_and_session_continues(tmp_path: Path) -> No
     err, stat = run(main)
     assert err.startswith(b"-ERR [SYS/TEMP]")
     assert stat.startswith(b"(3,")
+
+
+def test_sasl_plain_and_login_over_the_wire(tmp_path: Path) -> None:
+    b64 = base64.b64encode
+
+    async def main() -> list[bytes]:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            async with pop3_server(make_ctx(store)) as port:
+                replies = []
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                await reader.readline()
+                writer.write(b"AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}".encode()) + b"\r\n"
+                             + b"STAT\r\nQUIT\r\n")
+                replies += [await reader.readline() for _ in range(3)]
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                await reader.readline()
+                writer.write(b"AUTH LOGIN\r\n")
+                replies.append(await reader.readline())
+                writer.write(b64(USER.encode()) + b"\r\n")
+                replies.append(await reader.readline())
+                writer.write(b64(PASSWORD.encode()) + b"\r\nQUIT\r\n")
+                replies += [await reader.readline() for _ in range(2)]
+                writer.close()
+                return replies
+        finally:
+            await store.close()
+
+    replies = run(main)
+    total = sum(map(len, MESSAGES))
+    assert replies == [
+        b"+OK Maildrop has 3 messages (%d octets)\r\n" % total,
+        b"+OK 3 %d\r\n" % total,
+        b"+OK Bye\r\n",
+        b"+ " + base64.b64encode(b"Username:") + b"\r\n",
+        b"+ " + base64.b64encode(b"Password:") + b"\r\n",
+        b"+OK Maildrop has 3 messages (%d octets)\r\n" % total,
+        b"+OK Bye\r\n",
+    ]
