@@ -107,7 +107,7 @@ def _decode_ew(charset: bytes, enc: bytes, text: bytes) -> str | None:
     cs = charset.split(b"*", 1)[0].decode("ascii", "replace")  # RFC 2231 language
     try:
         if enc in (b"B", b"b"):
-            raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+            raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
         else:
             raw = binascii.a2b_qp(text.replace(b"_", b" "))
     except (binascii.Error, ValueError):
