@@ -77,7 +77,7 @@ def test_kill9_after_250_keeps_the_message(server: Server) -> None:
     msgs = []
     with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
         for i in range(20):
-            body = f"Subject: n{i}\r\n\r\nbody {i}\r\n".encode()
+            body = f"From: x@remote.example\r\nSubject: n{i}\r\n\r\nbody {i}\r\n".encode()
             s.sendmail("x@remote.example", ["bob@example.test"], body)
             msgs.append(body)
     server.kill9()

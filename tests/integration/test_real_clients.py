@@ -83,7 +83,7 @@ def test_fetchmail_downloads_and_deletes(server: Server, tmp_path: Path) -> None
     pop_host, pop_port = server.addr("pop3")
     rc.write_text(
         f'poll {pop_host} service {pop_port} protocol pop3 auth password\n'
-        f'  user "bob@example.test" password "{PASSWORD}" sslproto "tls1.2+" sslcertck no\n'
+        f'  user "bob@example.test" password "{PASSWORD}" sslproto "tls1.2+" no sslcertck\n'
         f'  mda "/bin/sh -c \'cat >> {mbox}\'" fetchall\n')
     rc.chmod(0o600)
     r = subprocess.run([_tool("fetchmail"), "-f", str(rc), "--nodetach", "--nosyslog", "-v"],

@@ -33,9 +33,9 @@ GRACE_SECONDS = 20.0
 
 
 def open_store(config: Config) -> Store:
-    from mailyard.storage.sqlite import SQLiteStore
+    from mailyard.storage import open_store as open_backend
 
-    return SQLiteStore(config.data_dir)  # type: ignore[return-value]
+    return open_backend(config.data_dir)
 
 
 def load_tls(config: Config) -> ssl.SSLContext | None:
@@ -102,6 +102,7 @@ class App:
             await self._start_http()
 
     def _handlers(self) -> list[tuple[str, Callable[..., Awaitable[None]], bool]]:
+        from mailyard.server.pop3 import handle_pop3
         from mailyard.server.smtp import handle_smtp
 
         assert self.ctx is not None
@@ -113,15 +114,10 @@ class App:
             ("submissions", functools.partial(handle_smtp, ctx=ctx, mode="submission",
                                               implicit_tls=True), True),
         ]
-        try:
-            from mailyard.server.pop3 import handle_pop3
-        except ImportError:
-            pass
-        else:
-            out += [
-                ("pop3", functools.partial(handle_pop3, ctx=ctx, implicit_tls=False), False),
-                ("pop3s", functools.partial(handle_pop3, ctx=ctx, implicit_tls=True), True),
-            ]
+        out += [
+            ("pop3", functools.partial(handle_pop3, ctx=ctx, implicit_tls=False), False),
+            ("pop3s", functools.partial(handle_pop3, ctx=ctx, implicit_tls=True), True),
+        ]
         try:
             from mailyard.server.imap import handle_imap  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
@@ -134,21 +130,16 @@ class App:
         return out
 
     async def _start_queue(self) -> None:
-        try:
-            from mailyard.server.outbound import start_queue_runner  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            return
+        from mailyard.server.outbound import start_queue_runner
+
         assert self.ctx is not None
         self.queue_runner = await start_queue_runner(self.ctx)
-        if self.queue_runner is not None:
-            self.background.append(asyncio.create_task(self.queue_runner.run()))
-            self.ctx.wake_queue = self.queue_runner.wake
+        self.background.append(asyncio.create_task(self.queue_runner.run()))
+        self.ctx.wake_queue = self.queue_runner.wake
 
     async def _start_http(self) -> None:
-        try:
-            from mailyard.web.app import start_http  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            return
+        from mailyard.web.app import start_http
+
         assert self.ctx is not None
         host, port = parse_hostport(self.config.listen.http, key="listen.http")
         self.http_runner, bound = await start_http(self.ctx, host, port)

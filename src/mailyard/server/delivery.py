@@ -7,6 +7,7 @@ Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local send
 from __future__ import annotations
 
 import errno
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,10 @@ from mailyard.storage.models import (
     SearchableText,
 )
 
-# Messages larger than this are not read into memory for DKIM/DMARC: they are accepted
-# with dkim=none (what rspamd and Stalwart also do with a size cap on verification).
-MAX_VERIFY_SIZE = 16 * 1024 * 1024
+# DKIM verification and signing need the whole message in memory (dkimpy); the SIZE
+# limit bounds it. Messages above this cap (only with a raised max_message_size) are not
+# signed on submission.
+MAX_VERIFY_SIZE = 64 * 1024 * 1024
 MAX_INDEX_SIZE = 4 * 1024 * 1024
 
 
@@ -97,17 +99,19 @@ async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
         from mailyard.mailauth import pipeline  # type: ignore[attr-defined,unused-ignore]
     except ImportError:  # pragma: no cover - while mailauth is not in the tree
         return b"", "INBOX", None
-    content = b"" if spool.size > MAX_VERIFY_SIZE else spool.read_all()
+    content = spool.read_all()
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
     header = verdict.header
     if not header.endswith("\r\n"):
         header += "\r\n"
-    if verdict.action == "reject":
-        return b"", "", _r(550, "5.7.1", verdict.reply_text or "Rejected by DMARC policy")
-    if verdict.action == "tempfail":
-        return b"", "", _r(451, "4.7.5", verdict.reply_text or "Temporary authentication failure")
+    if verdict.action in ("reject", "tempfail"):
+        code = 550 if verdict.action == "reject" else 451
+        enhanced, _, text = (verdict.reply_text or "").partition(" ")
+        if not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", enhanced):
+            enhanced, text = ("5.7.1" if code == 550 else "4.7.1"), verdict.reply_text
+        return b"", "", _r(code, enhanced, text or "Rejected by the sender domain's policy")
     mailbox = "Junk" if verdict.action == "junk" else "INBOX"
     return header.encode("utf-8"), mailbox, None
 

@@ -47,6 +47,7 @@ from mailyard.protocol.pop3 import (
     Top,
 )
 from mailyard.server.context import ServerContext
+from mailyard.server.streams import discard_buffered
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
 __all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
@@ -231,9 +232,9 @@ class _Session:
         assert self.ctx.tls is not None
         data = self.conn.data_to_send()
         self.writer.write(data)
-        _discard_buffered(self.reader)
+        discard_buffered(self.reader)
         await self.writer.start_tls(self.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        _discard_buffered(self.reader)
+        discard_buffered(self.reader)
         self.conn.tls_started()
 
     async def update(self, deleted: tuple[int, ...]) -> None:
@@ -271,9 +272,3 @@ class _Session:
                 async with asyncio.timeout(5):
                     await self.writer.wait_closed()
 
-
-def _discard_buffered(reader: asyncio.StreamReader) -> None:
-    # asyncio has no public way to drop what a StreamReader already holds.
-    buf = getattr(reader, "_buffer", None)
-    if isinstance(buf, bytearray):
-        buf.clear()

@@ -31,6 +31,7 @@ from mailyard.protocol.smtp import server as core
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
 from mailyard.server.delivery import Submission, accept_message
+from mailyard.server.streams import discard_buffered
 from mailyard.storage.interface import Spool
 from mailyard.storage.models import Account
 
@@ -167,6 +168,7 @@ class SMTPSession:
     async def _start_tls(self) -> bool:
         if self.ctx.tls is None:
             return False
+        discard_buffered(self.reader)
         try:
             async with asyncio.timeout(30):
                 await self.writer.start_tls(self.ctx.tls)

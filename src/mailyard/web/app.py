@@ -1,7 +1,7 @@
 """The HTTP listener: MTA-STS policy, mail client autoconfig, health and metrics.
 
 - ``/.well-known/mta-sts.txt`` (RFC 8461 §3.2), served for ``mta-sts.<domain>`` hosts:
-  mode enforce, our MX host name, max_age one week.
+  mode testing (what `dns records` advises to start with), our MX host name, max_age one week.
 - ``/mail/config-v1.1.xml`` and ``/.well-known/autoconfig/mail/config-v1.1.xml``
   (Thunderbird autoconfig) for ``autoconfig.<domain>``.
 - ``/healthz`` and ``/metrics`` (Prometheus text format).
@@ -20,7 +20,7 @@ from mailyard.server.context import ServerContext
 MTA_STS_MAX_AGE = 604800  # one week; RFC 8461 §3.2 allows up to 31557600
 
 
-def mta_sts_policy(mx_host: str, *, mode: str = "enforce", max_age: int = MTA_STS_MAX_AGE) -> str:
+def mta_sts_policy(mx_host: str, *, mode: str = "testing", max_age: int = MTA_STS_MAX_AGE) -> str:
     return f"version: STSv1\r\nmode: {mode}\r\nmx: {mx_host}\r\nmax_age: {max_age}\r\n"
 
 

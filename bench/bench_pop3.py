@@ -1,0 +1,227 @@
+"""POP3 retrieval: mailyard against Dovecot, in one run.
+
+    python3 bench/bench_pop3.py [--messages 1000] [--size 26000]
+
+Both servers hold the same N messages of about S bytes in one user's INBOX; one
+client logs in and RETRs every message (no DELE), reading each response to its
+terminating dot. Dovecot (Debian's dovecot-pop3d, installed by scripts/test.sh)
+is configured by this script on loopback with a Maildir in a temporary folder.
+Prints messages/s and MB/s for each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+PASSWORD = "bench-password"
+
+
+def make_messages(n: int, size: int) -> list[bytes]:
+    rnd = random.Random(42)
+    words = [w.encode() for w in ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do"]]
+    out = []
+    for i in range(n):
+        head = (f"From: sender{i}@remote.example\r\nTo: bob@example.test\r\n"
+                f"Subject: message {i}\r\nMessage-ID: <{i}@bench>\r\n\r\n").encode()
+        body = bytearray()
+        while len(head) + len(body) < size:
+            line = b" ".join(rnd.choice(words) for _ in range(12))
+            if rnd.random() < 0.02:
+                line = b"." + line  # dot-stuffing on the way out
+            body += line + b"\r\n"
+        out.append(head + bytes(body))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def retr_all(port: int, user: str, n: int) -> tuple[float, int]:
+    """Log in with USER/PASS and RETR 1..n; returns (seconds, octets received)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    f = sock.makefile("rb", buffering=1 << 16)
+
+    def cmd(line: str) -> bytes:
+        sock.sendall(line.encode() + b"\r\n")
+        resp = f.readline()
+        if not resp.startswith(b"+OK"):
+            raise RuntimeError(f"{line!r}: {resp!r}")
+        return resp
+
+    f.readline()
+    cmd(f"USER {user}")
+    cmd(f"PASS {PASSWORD}")
+    total = 0
+    t0 = time.perf_counter()
+    for i in range(1, n + 1):
+        cmd(f"RETR {i}")
+        while True:
+            line = f.readline()
+            if line == b".\r\n":
+                break
+            if not line:
+                raise RuntimeError("connection closed")
+            total += len(line)
+    elapsed = time.perf_counter() - t0
+    cmd("QUIT")
+    sock.close()
+    return elapsed, total
+
+
+def setup_dovecot(tmp: Path, messages: list[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    if not os.path.exists(dovecot):
+        sys.exit("dovecot not found: apt-get install dovecot-pop3d")
+    home = tmp / "dovecot-home"
+    maildir = home / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    now = int(time.time())
+    for i, m in enumerate(messages):
+        (maildir / "cur" / f"{now}.{i}.bench:2,").write_bytes(m.replace(b"\r\n", b"\n"))
+    port = free_port()
+    run_dir = tmp / "dovecot-run"
+    run_dir.mkdir()
+    (tmp / "passwd").write_text(f"bob:{{PLAIN}}{PASSWORD}::::::\n")
+    conf = tmp / "dovecot.conf"
+    conf.write_text(textwrap.dedent(f"""
+        base_dir = {run_dir}
+        state_dir = {run_dir}
+        log_path = {tmp}/dovecot.log
+        protocols = pop3
+        listen = 127.0.0.1
+        ssl = no
+        disable_plaintext_auth = no
+        auth_mechanisms = plain
+        mail_location = maildir:{maildir}
+        default_internal_user = root
+        default_internal_group = root
+        default_login_user = root
+        passdb {{
+          driver = passwd-file
+          args = {tmp}/passwd
+        }}
+        userdb {{
+          driver = static
+          args = uid=root gid=root home={home}
+        }}
+        first_valid_uid = 0
+        service pop3-login {{
+          inet_listener pop3 {{
+            address = 127.0.0.1
+            port = {port}
+          }}
+          inet_listener pop3s {{
+            port = 0
+          }}
+        }}
+        service anvil {{
+          chroot =
+        }}
+        service imap-login {{
+          chroot =
+        }}
+        service pop3-login {{
+          chroot =
+        }}
+    """))
+    proc = subprocess.Popen([dovecot, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                sys.exit(f"dovecot failed to start: {err}")
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("dovecot did not start")
+
+
+def setup_mailyard(tmp: Path, messages: list[bytes]) -> tuple[subprocess.Popen[bytes], int]:
+    data = tmp / "mailyard"
+    cli = [sys.executable, "-m", "mailyard.cli.main", "--data", str(data)]
+    subprocess.run([*cli, "init", "--domain", "example.test", "--dev"], check=True,
+                   stdout=subprocess.DEVNULL)
+    cfg = data / "mailyard.toml"
+    text = re.sub(r'(?m)^(\w+) = "127\.0\.0\.1:\d+"$', r'\1 = "127.0.0.1:0"', cfg.read_text())
+    text += "\n[auth]\nallow_plaintext_loopback = true\n"
+    cfg.write_text(text)
+    subprocess.run([*cli, "user", "add", "bob@example.test", "--password-stdin"],
+                   input=f"{PASSWORD}\n".encode(), check=True, stdout=subprocess.DEVNULL)
+
+    async def load() -> None:
+        from mailyard.storage import open_store
+        from mailyard.storage.models import DeliveryTarget
+
+        store = open_store(data)
+        await store.open()
+        account = await store.get_account("bob@example.test")
+        assert account is not None
+        for m in messages:
+            blob = await store.blobs.put(m)
+            await store.deliver(blob, [DeliveryTarget(account.id)])
+        await store.close()
+
+    asyncio.run(load())
+    proc = subprocess.Popen([*cli, "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runtime = data / "run" / "listeners.json"
+    for _ in range(300):
+        if runtime.exists():
+            return proc, json.loads(runtime.read_text())["pop3"]["port"]
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("mailyard did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=26000)
+    args = ap.parse_args()
+    messages = make_messages(args.messages, args.size)
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        dproc, dport = setup_dovecot(tmp, messages)
+        try:
+            retr_all(dport, "bob", min(10, args.messages))  # warm-up: index the Maildir
+            t_dov, n_dov = retr_all(dport, "bob", args.messages)
+        finally:
+            dproc.terminate()
+            dproc.wait(30)
+        mproc, mport = setup_mailyard(tmp, messages)
+        try:
+            retr_all(mport, "bob@example.test", min(10, args.messages))
+            t_my, n_my = retr_all(mport, "bob@example.test", args.messages)
+        finally:
+            mproc.terminate()
+            mproc.wait(30)
+    print(f"POP3 RETR of {args.messages} messages (~{args.size} B each), one session, no DELE")
+    print(f"  dovecot : {args.messages / t_dov:8.0f} msg/s  {n_dov / t_dov / 1e6:7.1f} MB/s")
+    print(f"  mailyard: {args.messages / t_my:8.0f} msg/s  {n_my / t_my / 1e6:7.1f} MB/s")
+    print(f"  ratio mailyard/dovecot: {t_dov / t_my:.2f}x  (target >= 1x)")
+
+
+if __name__ == "__main__":
+    main()
