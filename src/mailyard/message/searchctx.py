@@ -1,0 +1,62 @@
+"""A ready-made search context (protocol.imap.search.MessageContext) for one message.
+
+The session builds one per message from its index row; ``data`` (the message
+bytes) is needed only when the key uses header/body/text/sent-date keys
+(``search.needs_text(key)``), so flag-only searches never read blobs. The MIME
+parse and decoded text are computed once, on first use, and bounded
+(text.MAX_TEXT_CHARS).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import email.utils
+from dataclasses import dataclass, field
+
+from mailyard.message.mime import Part, parse_mime
+from mailyard.message.parse import decode_header
+from mailyard.message.text import body_text, headers_text
+
+
+@dataclass
+class MessageSearchContext:
+    uid: int
+    seq: int
+    flags: frozenset[str]
+    size: int
+    internaldate: float
+    savedate: float | None = None
+    modseq: int = 0
+    email_id: str = ""
+    thread_id: str = ""
+    data: bytes | None = None
+    _root: Part | None = field(default=None, repr=False)
+    _body: str | None = field(default=None, repr=False)
+
+    @property
+    def root(self) -> Part:
+        if self._root is None:
+            self._root = parse_mime(self.data or b"")
+        return self._root
+
+    def header(self, name: str) -> list[str]:
+        low = name.lower()
+        return [decode_header(f.value) for f in self.root.fields if f.name.lower() == low]
+
+    def sent_date(self) -> _dt.date | None:
+        vals = self.header("Date")
+        if not vals:
+            return None
+        try:
+            d = email.utils.parsedate_to_datetime(vals[0])
+        except (TypeError, ValueError, IndexError):
+            return None
+        return d.date() if d is not None else None
+
+    def body_text(self) -> str:
+        if self._body is None:
+            self._body = body_text(self.root)
+        return self._body
+
+    def full_text(self) -> str:
+        return headers_text(self.root) + "\n" + self.body_text()
