@@ -12,6 +12,8 @@ our domains are returned as remote addresses (forwarding).
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailyard.policy.addresses import AddressError, base_address, canonical_address, split_address
@@ -36,13 +38,41 @@ class Resolution:
 
 
 class RecipientResolver:
-    def __init__(self, store: Store) -> None:
+    """Resolves recipients, caching each answer for ``ttl`` seconds.
+
+    Every RCPT would otherwise cost several store round trips (alias, account, domain,
+    catch-all). The admin CLI changes the store from another process, so the cache is
+    time-bounded rather than invalidated: a new user or alias is seen within ``ttl``
+    seconds (Postfix's proxymap and Dovecot's auth cache make the same trade).
+    """
+
+    def __init__(self, store: Store, *, ttl: float = 2.0, max_entries: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Resolution]] = {}
 
     async def is_local_domain(self, domain: str) -> bool:
         return await self.store.get_domain(domain) is not None
 
     async def resolve(self, address: str) -> Resolution:
+        now = self._clock()
+        hit = self._cache.get(address)
+        if hit is not None and now - hit[0] < self.ttl:
+            res = hit[1]
+            return Resolution(res.verdict, list(res.account_ids), list(res.remote))
+        res = await self._resolve(address)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[address] = (now, res)
+        return Resolution(res.verdict, list(res.account_ids), list(res.remote))
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    async def _resolve(self, address: str) -> Resolution:
         try:
             addr = canonical_address(address)
         except AddressError:
