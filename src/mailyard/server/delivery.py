@@ -92,13 +92,28 @@ async def _copy_spool(ctx: ServerContext, spool: Spool) -> Spool:
     return other
 
 
+def _strip_forged_results(ctx: ServerContext, spool: Spool, content: bytes) -> Spool:
+    """Remove Authentication-Results fields that claim our authserv-id (RFC 8601 §5)."""
+    from mailyard.mailauth.authresults import strip_our_authentication_results
+
+    end = content.find(b"\r\n\r\n")
+    head = content if end < 0 else content[:end]
+    if b"authentication-results" not in head.lower():
+        return spool
+    stripped = strip_our_authentication_results(content, ctx.hostname)
+    if stripped == content:
+        return spool
+    clean = ctx.store.blobs.new_spool()
+    clean.write(stripped)
+    spool.abort()
+    return clean
+
+
 async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
                         ) -> tuple[bytes, str, Reply | None]:
     """MX mode: SPF/DKIM/DMARC. Returns (header bytes to prepend, mailbox, refusal)."""
-    try:
-        from mailyard.mailauth import pipeline  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # pragma: no cover - while mailauth is not in the tree
-        return b"", "INBOX", None
+    from mailyard.mailauth import pipeline
+
     content = spool.read_all()
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
@@ -118,10 +133,8 @@ async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
 
 async def _sign(ctx: ServerContext, sub: Submission, spool: Spool) -> bytes:
     """Submission: DKIM-sign with every active key of the sender's domain."""
-    try:
-        from mailyard.mailauth import dkim as dkim_mod
-    except ImportError:  # pragma: no cover
-        return b""
+    from mailyard.mailauth import dkim as dkim_mod
+
     if not sub.sender or spool.size > MAX_VERIFY_SIZE:
         return b""
     try:
@@ -159,6 +172,7 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         mailbox = "INBOX"
         auth_header = b""
         if sub.mode == "mx":
+            spool = _strip_forged_results(ctx, spool, spool.read_all())
             auth_header, mailbox, refusal = await _authenticate(ctx, sub, spool)
             if refusal is not None:
                 return refusal
@@ -213,4 +227,6 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
     except Exception:
         ctx.log.exception("delivery failed")
         return _r(451, "4.3.0", "Local error in processing, try again later")
+    finally:
+        spool.abort()  # the spool in use (it may have been replaced); idempotent
     return _r(250, "2.0.0", f"Ok: queued as {sub.session_id}")

@@ -270,10 +270,8 @@ class SMTPSession:
         return False
 
     async def _check_spf(self, sender: str) -> Any:
-        try:
-            from mailyard.mailauth import pipeline  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:  # pragma: no cover - while mailauth is not in the tree
-            return None
+        from mailyard.mailauth import pipeline
+
         try:
             return await pipeline.authenticate_envelope(self.remote_ip, self.helo, sender,
                                                         resolver=self.ctx.resolver)
