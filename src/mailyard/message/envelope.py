@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailyard.message.parse import HeaderField, get_first
+from mailyard.protocol.imap.response import Adjacent
 
 MAX_ADDRESSES = 1000
 
@@ -103,6 +104,12 @@ def _split_addr(spec: bytes) -> tuple[bytes | None, bytes, bytes]:
     return adl, local, host
 
 
+def address_list(value: bytes | None) -> Adjacent | None:
+    """The ENVELOPE form: addresses juxtaposed inside one list (RFC 9051 §9)."""
+    addrs = parse_address_list(value)
+    return None if addrs is None else Adjacent(addrs)
+
+
 def parse_address_list(value: bytes | None) -> list[Address] | None:
     if value is None:
         return None
@@ -155,11 +162,12 @@ def envelope(fields: list[HeaderField]) -> list[Any]:
         v = get_first(fields, name)
         return v if v else None
 
-    frm = parse_address_list(h("From"))
-    sender = parse_address_list(h("Sender")) or frm
-    reply_to = parse_address_list(h("Reply-To")) or frm
-    return [
-        h("Date"), h("Subject"), frm, sender, reply_to,
-        parse_address_list(h("To")), parse_address_list(h("Cc")),
-        parse_address_list(h("Bcc")), h("In-Reply-To"), h("Message-ID"),
-    ]
+    def al(name: str) -> list[Any] | None:
+        a = address_list(h(name))
+        return None if a is None else [a]
+
+    frm = al("From")
+    sender = al("Sender") or frm
+    reply_to = al("Reply-To") or frm
+    return [h("Date"), h("Subject"), frm, sender, reply_to, al("To"), al("Cc"), al("Bcc"),
+            h("In-Reply-To"), h("Message-ID")]

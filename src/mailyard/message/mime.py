@@ -39,9 +39,11 @@ class Part:
     body_start: int
     end: int
     fields: list[HeaderField]
-    maintype: str = "TEXT"
+    maintype: str = "TEXT"  # upper case, for decisions
     subtype: str = "PLAIN"
     params: list[tuple[str, bytes]] = field(default_factory=list)
+    type_text: str = "text"  # as written, for BODYSTRUCTURE
+    subtype_text: str = "plain"
     children: list[Part] = field(default_factory=list)
     message: Part | None = None
     depth: int = 0
@@ -168,7 +170,8 @@ def _new_part(data: bytes, start: int, end: int, *, depth: int, digest_default: 
     if ct is None:
         # RFC 2045 §5.2 default; RFC 2046 §5.1.5 in multipart/digest
         if digest_default:
-            ct = ("MESSAGE", "RFC822", [])
+            ct = ("message", "rfc822", [])
         else:
-            ct = ("TEXT", "PLAIN", [("CHARSET", b"us-ascii")])
-    return Part(data, start, body_start, end, fields, ct[0], ct[1], ct[2], depth=depth)
+            ct = ("text", "plain", [("charset", b"us-ascii")])
+    return Part(data, start, body_start, end, fields, ct[0].upper(), ct[1].upper(), ct[2],
+                type_text=ct[0], subtype_text=ct[1], depth=depth)

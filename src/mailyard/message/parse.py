@@ -233,7 +233,7 @@ def parse_params(v: bytes, i: int) -> list[tuple[str, bytes]]:
 
 
 def parse_content_type(value: bytes | None) -> tuple[str, str, list[tuple[str, bytes]]] | None:
-    """``(type, subtype, params)`` in upper case names, or None when absent/invalid."""
+    """``(type, subtype, params)`` as written, or None when absent/invalid."""
     if value is None:
         return None
     i = _skip_ws_comments(value, 0)
@@ -245,7 +245,7 @@ def parse_content_type(value: bytes | None) -> tuple[str, str, list[tuple[str, b
     sub, i = _token(value, i)
     if not sub:
         return None
-    return (typ.decode("ascii").upper(), sub.decode("ascii").upper(), parse_params(value, i))
+    return (typ.decode("ascii"), sub.decode("ascii"), parse_params(value, i))
 
 
 def parse_disposition(value: bytes | None) -> tuple[str, list[tuple[str, bytes]]] | None:
@@ -255,4 +255,4 @@ def parse_disposition(value: bytes | None) -> tuple[str, list[tuple[str, bytes]]
     typ, i = _token(value, i)
     if not typ:
         return None
-    return typ.decode("ascii").upper(), parse_params(value, i)
+    return typ.decode("ascii"), parse_params(value, i)

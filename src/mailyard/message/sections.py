@@ -44,13 +44,18 @@ def find_part(root: Part, path: Sequence[int]) -> Part | None:
 
 
 def _header_fields(header: bytes, names: Sequence[str], *, negate: bool) -> bytes:
+    """RFC 9051 §6.4.5: the blank line is included in all header fetches,
+    except for a message which has no body and no blank line (what others
+    do: Dovecot adds it for HEADER.FIELDS but not for HEADER.FIELDS.NOT;
+    what we do: the RFC rule for both)."""
     wanted = {n.lower() for n in names}
     out = bytearray()
     for f in parse_fields(header):
         if (f.name.lower() in wanted) != negate:
             raw = f.raw
             out += raw if raw.endswith(b"\n") else raw + b"\r\n"
-    out += b"\r\n"
+    if header.endswith(b"\n\r\n") or header.endswith(b"\n\n") or header in (b"\r\n", b"\n"):
+        out += b"\r\n"
     return bytes(out)
 
 

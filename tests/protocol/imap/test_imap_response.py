@@ -39,7 +39,9 @@ def test_serialize_nested() -> None:
     value = [r.Atom("\\Seen"), None, 42, "a b", [[], [b"x"]], r.Literal(b"lit")]
     assert r.serialize(value) == b'(\\Seen NIL 42 "a b" (() ("x")) {3}\r\nlit)'
     assert r.serialize(r.Literal8(b"a\x00b")) == b"~{3}\r\na\x00b"
-    assert r.serialize(r.Literal8(b"ab")) == b"{2}\r\nab"
+    assert r.serialize(r.Literal8(b"ab")) == b"~{2}\r\nab"
+    assert r.serialize([r.Adjacent([[1], [2]]), "x"]) == b'((1)(2) "x")'
+    assert r.serialize(r.Adjacent([])) == b""
     deep: list[object] = []
     cur = deep
     for _ in range(50_000):

@@ -242,7 +242,8 @@ class Section:
         if self.text:
             s = f"{s}.{self.text}" if s else self.text
             if self.fields:
-                s += " (" + " ".join(self.fields) + ")"
+                # upper case in responses, as Dovecot and Cyrus answer
+                s += " (" + " ".join(f.upper() for f in self.fields) + ")"
         return s
 
 

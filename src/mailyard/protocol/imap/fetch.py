@@ -27,6 +27,7 @@ from mailyard.message.mime import Part
 from mailyard.message.sections import (
     UnknownCTE,
     binary_bytes,
+    find_part,
     partial,
     section_bytes,
 )
@@ -106,7 +107,17 @@ def message_item(item: FetchItem, root: Part, *, utf8: bool = False) -> tuple[st
     if name == "BINARY":
         sec = item.section
         rname, data = _with_partial(item, binary_bytes(root, sec.part if sec else ()))
-        return rname, None if data is None else Literal8(data)
+        if data is None:
+            return rname, None
+        # RFC 3516 §4.2: literal8 where the content may hold NUL; like Dovecot we use
+        # it for every part we decoded (base64, quoted-printable) and plain literals
+        # for identity encodings.
+        target = find_part(root, sec.part) if sec and sec.part else None
+        cte = target.header_value("Content-Transfer-Encoding") if target else None
+        decoded = (target is not None and not target.is_multipart and target.message is None
+                   and cte is not None
+                   and cte.strip().lower() not in (b"7bit", b"8bit", b"binary"))
+        return rname, Literal8(data) if decoded or b"\0" in data else Literal(data)
     if name == "BINARY.SIZE":
         sec = item.section
         data = binary_bytes(root, sec.part if sec else ())

@@ -43,7 +43,7 @@ class Literal(bytes):
 
 
 class Literal8(bytes):
-    """BINARY[] content (RFC 3516)."""
+    """BINARY[] content (RFC 3516 §4.2): always sent as ``~{n}``."""
 
 
 def literal_header(size: int, *, binary: bool = False) -> bytes:
@@ -85,29 +85,47 @@ def mailbox(name: str, *, utf8: bool = False) -> bytes:
     return astring(name_to_wire(name, utf8=utf8), utf8=utf8)
 
 
+class Adjacent(tuple):  # type: ignore[type-arg]
+    """Values written back to back, without spaces or parentheses.
+
+    RFC 9051 §9: ``body-type-mpart = 1*body SP media-subtype`` and
+    ``env-from = "(" 1*address ")" / nil`` juxtapose their elements:
+    ``((...)(...) "mixed")``, ``(("a" NIL "b" "c")("d" NIL "e" "f"))``.
+    """
+
+
+_CLOSE = object()
+_END_ADJ = object()
+
+
 def serialize(value: Any, *, utf8: bool = False) -> bytes:
     out = bytearray()
-    # stack of iterators over list items; a sentinel closes each list
     stack: list[Any] = [value]
-    close = object()
-    space_needed: list[bool] = [False]
+    # per open container: [space needed before the next item, adjacent mode]
+    levels: list[list[bool]] = [[False, False]]
     while stack:
         v = stack.pop()
-        if v is close:
-            out += b")"
-            space_needed.pop()
-            space_needed[-1] = True
+        if v is _CLOSE or v is _END_ADJ:
+            if v is _CLOSE:
+                out += b")"
+            levels.pop()
+            levels[-1][0] = True
             continue
-        if space_needed[-1]:
+        top = levels[-1]
+        if top[0] and not top[1]:
             out += b" "
-        if isinstance(v, list | tuple):
-            out += b"("
-            space_needed[-1] = True
-            space_needed.append(False)
-            stack.append(close)
+        top[0] = True
+        if isinstance(v, Adjacent):
+            levels.append([False, True])
+            stack.append(_END_ADJ)
             stack.extend(reversed(v))
             continue
-        space_needed[-1] = True
+        if isinstance(v, list | tuple):
+            out += b"("
+            levels.append([False, False])
+            stack.append(_CLOSE)
+            stack.extend(reversed(v))
+            continue
         if v is None:
             out += b"NIL"
         elif isinstance(v, bool):
@@ -119,7 +137,7 @@ def serialize(value: Any, *, utf8: bool = False) -> bytes:
         elif isinstance(v, Raw):
             out += v
         elif isinstance(v, Literal8):
-            out += literal_header(len(v), binary=b"\0" in v) + v
+            out += literal_header(len(v), binary=True) + v
         elif isinstance(v, Literal):
             out += literal_header(len(v)) + v
         elif isinstance(v, str | bytes):
