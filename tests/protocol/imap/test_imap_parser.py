@@ -285,7 +285,7 @@ def test_append_without_literal_is_bad(feed3: Any) -> None:
 # -- literal limits ---------------------------------------------------------------------------
 def test_oversize_literal_number(feed3: Any) -> None:
     [err] = feed3(b"a LOGIN {4294967296}\r\n")
-    assert err.kind == "toobig" and err.tag == "a"
+    assert err.kind == "toobig" and err.tag == "a" and err.status == "NO"
     [err] = feed3(b"a LOGIN {99999999999999999999}\r\n")
     assert err.kind == "toobig"
 
@@ -302,6 +302,7 @@ def test_literal_minus_limit(feed3: Any) -> None:
     data = b"a LOGIN {5000+}\r\n" + payload + b" pw\r\n"
     evs = feed3(data, literal_plus=False, literal_minus=True, max_literal=10_000)
     assert len(evs) == 1 and evs[0].kind == "toobig" and evs[0].code == "TOOBIG"
+    assert evs[0].status == "BAD"  # RFC 7888 §5
     # 4096 and under is fine with LITERAL-
     ok = feed3(b"a LOGIN {3+}\r\nabc pw\r\n", literal_plus=False,
                          literal_minus=True)

@@ -147,7 +147,7 @@ NA, AU, SE = State.NOT_AUTHENTICATED, State.AUTHENTICATED, State.SELECTED
     ("CAPABILITY", {NA, AU, SE}), ("NOOP", {NA, AU, SE}), ("LOGOUT", {NA, AU, SE}),
     ("STARTTLS", {NA}), ("LOGIN", {NA}), ("AUTHENTICATE", {NA}),
     ("SELECT", {AU, SE}), ("LIST", {AU, SE}), ("APPEND", {AU, SE}), ("IDLE", {AU, SE}),
-    ("ENABLE", {AU, SE}), ("FETCH", {SE}), ("STORE", {SE}), ("CLOSE", {SE}),
+    ("ENABLE", {AU}), ("FETCH", {SE}), ("STORE", {SE}), ("CLOSE", {SE}),
     ("UNSELECT", {SE}), ("EXPUNGE", {SE}), ("MOVE", {SE}), ("SEARCH", {SE}),
 ])
 def test_state_table(name: str, legal: set[State]) -> None:

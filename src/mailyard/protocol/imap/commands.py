@@ -363,11 +363,13 @@ ErrorKind = Literal["bad", "toobig", "line_too_long"]
 class ParseError:
     """A command that cannot be parsed or accepted.
 
-    The adapter replies ``<tag> BAD <message>`` (``* BAD`` when ``tag`` is
-    None); for ``kind == "toobig"`` it replies ``<tag> NO [TOOBIG] ...``
-    (RFC 9051 §7.1, RFC 7888 §4). ``fatal`` asks for ``* BYE`` and closing the
-    connection. The parser has already skipped the rest of the command,
-    including any non-synchronising literal data.
+    The adapter replies ``<tag> <status> [<code>] <message>`` (``*`` when
+    ``tag`` is None): ``BAD`` for syntax errors and over-long lines,
+    ``NO [TOOBIG]`` for a literal or APPEND message over our limits (RFC 9051
+    §7.1, RFC 7889 §3), ``BAD [TOOBIG]`` for a non-synchronising literal over
+    4096 octets under LITERAL- (RFC 7888 §5). ``fatal`` asks for ``* BYE`` and
+    closing the connection instead. The parser has already skipped the rest of
+    the command, including any non-synchronising literal data.
     """
 
     tag: str | None
@@ -375,6 +377,7 @@ class ParseError:
     kind: ErrorKind = "bad"
     fatal: bool = False
     code: str | None = None  # response code text, e.g. "BADCHARSET (UTF-8)", "TOOBIG"
+    status: Literal["BAD", "NO"] = "BAD"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ import base64
 import binascii
 import re
 from collections import deque
+from typing import Literal
 
 from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap.grammar import (
@@ -163,11 +164,11 @@ class CommandParser:
         self._mode = "line" if literal_remaining is None else "skip_literal"
 
     def _error(self, message: str, *, kind: c.ErrorKind = "bad",
-               skip_literal: int | None = None,
-               code: str | None = None, fatal: bool = False) -> c.ParseError:
+               skip_literal: int | None = None, code: str | None = None,
+               fatal: bool = False, status: Literal["BAD", "NO"] = "BAD") -> c.ParseError:
         tag = self._tag
         self._start_skip(skip_literal)
-        return c.ParseError(tag, message, kind, fatal, code)
+        return c.ParseError(tag, message, kind, fatal, code, status)
 
     def _take_line(self) -> bytes | None:
         """One line without its line end, or None (need data / too long)."""
@@ -305,7 +306,7 @@ class CommandParser:
             return self._error("non-synchronising literal over 4096 octets (LITERAL-)",
                                kind="toobig", code="TOOBIG", skip_literal=size_s)
         if size_s > self.max_literal or self._cmd_size + size_s > self.max_command:
-            return self._error("literal too big", kind="toobig", code="TOOBIG",
+            return self._error("literal too big", kind="toobig", code="TOOBIG", status="NO",
                                skip_literal=size_s if nonsync else None)
         self._segs.append(text)
         self._cmd_size += size_s
@@ -347,7 +348,7 @@ class CommandParser:
         except GrammarError as e:
             return self._error(str(e), skip_literal=skip, code=e.code)
         if size > _MAX_LITERAL_NUMBER or size > self.max_append:
-            return self._error("message too big", kind="toobig", code="TOOBIG",
+            return self._error("message too big", kind="toobig", code="TOOBIG", status="NO",
                                skip_literal=skip)
         if nonsync and not self.literal_plus and size > _LITERAL_MINUS_MAX:
             return self._error("non-synchronising literal over 4096 octets (LITERAL-)",

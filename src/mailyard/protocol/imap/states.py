@@ -46,7 +46,8 @@ LEGAL: dict[str, frozenset[State]] = {
     # we only allow it once authenticated, as Dovecot does).
     "COMPRESS": _AUTHED,
     # §6.3 authenticated (also valid in selected)
-    "ENABLE": _AUTHED, "SELECT": _AUTHED, "CREATE": _AUTHED, "DELETE": _AUTHED,
+    # RFC 9051 §6.3.1 / RFC 5161 §3.1: ENABLE only in the authenticated state
+    "ENABLE": frozenset({AU}), "SELECT": _AUTHED, "CREATE": _AUTHED, "DELETE": _AUTHED,
     "RENAME": _AUTHED, "SUBSCRIBE": _AUTHED, "UNSUBSCRIBE": _AUTHED, "LIST": _AUTHED,
     "LSUB": _AUTHED, "NAMESPACE": _AUTHED, "STATUS": _AUTHED, "IDLE": _AUTHED,
     "GETQUOTA": _AUTHED, "GETQUOTAROOT": _AUTHED, "SETQUOTA": _AUTHED,
