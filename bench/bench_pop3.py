@@ -98,6 +98,12 @@ def setup_dovecot(tmp: Path, messages: list[bytes]) -> tuple[subprocess.Popen[by
     now = int(time.time())
     for i, m in enumerate(messages):
         (maildir / "cur" / f"{now}.{i}.bench:2,").write_bytes(m.replace(b"\r\n", b"\n"))
+    # Dovecot refuses to run its processes as root: the mail belongs to its own user.
+    os.chmod(tmp, 0o755)
+    for root, dirs, files in os.walk(home):
+        for name in dirs + files:
+            shutil.chown(os.path.join(root, name), "dovecot", "dovecot")
+    shutil.chown(home, "dovecot", "dovecot")
     port = free_port()
     run_dir = tmp / "dovecot-run"
     run_dir.mkdir()
@@ -113,18 +119,17 @@ def setup_dovecot(tmp: Path, messages: list[bytes]) -> tuple[subprocess.Popen[by
         disable_plaintext_auth = no
         auth_mechanisms = plain
         mail_location = maildir:{maildir}
-        default_internal_user = root
-        default_internal_group = root
-        default_login_user = root
+        default_internal_user = dovecot
+        default_login_user = dovenull
         passdb {{
           driver = passwd-file
           args = {tmp}/passwd
         }}
         userdb {{
           driver = static
-          args = uid=root gid=root home={home}
+          args = uid=dovecot gid=dovecot home={home}
         }}
-        first_valid_uid = 0
+        first_valid_uid = 100
         service pop3-login {{
           inet_listener pop3 {{
             address = 127.0.0.1

@@ -50,6 +50,8 @@ from mailyard.server.context import ServerContext
 from mailyard.server.streams import discard_buffered
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
+SEEN_BATCH = 256  # RETRs per batched \\Seen write
+
 __all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
 
 TRANSACTION_TIMEOUT = 600.0  # RFC 1939 §3: at least 10 minutes
@@ -107,6 +109,7 @@ class _Session:
         self.inbox: Mailbox | None = None
         self.messages: list[MessageRef] = []
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
+        self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
 
     # -- I/O helpers ---------------------------------------------------------------------
     @property
@@ -217,11 +220,21 @@ class _Session:
         self.conn.end_body()
         await self.flush()
         self.in_body = False
-        if isinstance(event, Retr) and "\\Seen" not in ref.flags and self.inbox is not None:
-            try:
-                await self.ctx.store.store_flags(self.inbox.id, [ref.uid], ["\\Seen"], "add")
-            except Exception:  # the message was sent; a flag failure must not end the session
-                self.ctx.log.exception("pop3: cannot set \\Seen on uid %d", ref.uid)
+        if isinstance(event, Retr) and "\\Seen" not in ref.flags:
+            # \Seen is batched: one store write per SEEN_BATCH RETRs and one at the end,
+            # not a durable commit per message (a lost \Seen after a crash is harmless).
+            self.seen_pending.append(ref.uid)
+            if len(self.seen_pending) >= SEEN_BATCH:
+                await self.flush_seen()
+
+    async def flush_seen(self) -> None:
+        uids, self.seen_pending = self.seen_pending, []
+        if not uids or self.inbox is None:
+            return
+        try:
+            await self.ctx.store.store_flags(self.inbox.id, uids, ["\\Seen"], "add")
+        except Exception:  # the messages were sent; a flag failure must not end the session
+            self.ctx.log.exception("pop3: cannot set \\Seen on %d messages", len(uids))
 
     async def start_tls(self) -> None:
         # The core queued "+OK" and dropped its own buffered input. Write "+OK" and go
@@ -255,6 +268,7 @@ class _Session:
 
     # -- teardown --------------------------------------------------------------------------
     async def release(self) -> None:
+        await self.flush_seen()
         if self.locked and self.account is not None:
             self.locked = False
             try:
