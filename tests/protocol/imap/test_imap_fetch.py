@@ -14,6 +14,7 @@ from mailyard.protocol.imap import search as s
 from mailyard.protocol.imap.fetch import (
     UnknownCTE,
     format_datetime,
+    index_item,
     message_item,
     needs_message,
     sets_seen,
@@ -109,3 +110,13 @@ def test_search_over_message_bytes() -> None:
     cmd2 = p.next()
     assert isinstance(cmd2, c.Search)
     assert not s.evaluate(cmd2.key, ctx(), env)  # zz is in a non-text part
+
+
+def test_index_items() -> None:
+    cmd = parse_fetch(b"a UID FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE MODSEQ SAVEDATE "
+                      b"EMAILID THREADID)\r\n")
+    pairs = [index_item(i, uid=42, flags=["\\Seen", "$Junk"], internaldate=0.0, size=99,
+                        modseq=7, email_id="Mabc") for i in cmd.items]
+    assert fetch(3, pairs) == (b'* 3 FETCH (UID 42 FLAGS (\\Seen $Junk) INTERNALDATE '
+                               b'" 1-Jan-1970 00:00:00 +0000" RFC822.SIZE 99 MODSEQ (7) '
+                               b'SAVEDATE NIL EMAILID (Mabc) THREADID NIL)\r\n')

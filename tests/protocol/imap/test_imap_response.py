@@ -170,3 +170,13 @@ def test_transitions() -> None:
     assert after(c.Logout(tag="a"), SE, True) is State.LOGOUT
     assert after(c.Noop(tag="a"), SE, True) is SE
     assert check("FETCH", AU) == "FETCH needs a selected mailbox"
+
+
+@given(st.text(max_size=30))
+def test_decode_mutf7_any_text(text: str) -> None:
+    try:
+        name = decode_mutf7(text)
+    except MailboxNameError:
+        return
+    # strict decoding: only the canonical spelling decodes (one name, one spelling)
+    assert encode_mutf7(name) == text

@@ -191,3 +191,13 @@ def test_not_parity(n: int, seen: bool) -> None:
         key = s.Not(key)
     msg = Msg(flags=frozenset({"\\Seen"}) if seen else frozenset())
     assert s.evaluate(key, msg, ENV) is (seen if n % 2 == 0 else not seen)
+
+
+@given(st.text(alphabet="0123456789:,*$ x", max_size=40))
+def test_parse_sequence_set_any_text(text: str) -> None:
+    try:
+        seq = parse_sequence_set(text)
+    except SequenceError:
+        return
+    # whatever parses must resolve, and its text form must parse to the same set
+    assert parse_sequence_set(str(seq)).resolve(1000) == seq.resolve(1000)

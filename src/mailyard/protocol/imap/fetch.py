@@ -33,9 +33,9 @@ from mailyard.message.sections import (
 )
 from mailyard.message.text import preview
 from mailyard.protocol.imap.commands import FetchItem
-from mailyard.protocol.imap.response import Literal, Literal8
+from mailyard.protocol.imap.response import Atom, Literal, Literal8
 
-__all__ = ["UnknownCTE", "format_datetime", "is_message_item", "message_item",
+__all__ = ["UnknownCTE", "format_datetime", "index_item", "is_message_item", "message_item",
            "needs_message", "sets_seen"]
 
 _MESSAGE_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER",
@@ -125,3 +125,33 @@ def message_item(item: FetchItem, root: Part, *, utf8: bool = False) -> tuple[st
     if name == "PREVIEW":
         return name, preview(root)
     raise ValueError(f"{name} is not a message item")
+
+
+def index_item(item: FetchItem, *, uid: int, flags: Iterable[str], internaldate: float,
+               size: int, modseq: int = 0, savedate: float | None = None,
+               email_id: str = "", thread_id: str = "",
+               tz: _dt.tzinfo = _dt.UTC) -> tuple[str, Any]:
+    """Items answered from the index row (storage.models.MessageRef), no blob read.
+
+    RFC 9051 §7.5.2 / RFC 7162 §3.1.4.1 (MODSEQ is a parenthesised number) /
+    RFC 8474 §5 (EMAILID, THREADID; NIL when threads are not kept) / RFC 8514
+    (SAVEDATE, NIL when unknown).
+    """
+    name = item.name
+    if name == "UID":
+        return name, uid
+    if name == "FLAGS":
+        return name, [Atom(f) for f in flags]
+    if name == "INTERNALDATE":
+        return name, format_datetime(internaldate, tz)
+    if name == "RFC822.SIZE":
+        return name, size
+    if name == "MODSEQ":
+        return name, [modseq]
+    if name == "SAVEDATE":
+        return name, None if savedate is None else format_datetime(savedate, tz)
+    if name == "EMAILID":
+        return name, [Atom(email_id)] if email_id else None
+    if name == "THREADID":
+        return name, [Atom(thread_id)] if thread_id else None
+    raise ValueError(f"{name} is not an index item")
