@@ -66,7 +66,25 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:
     assert server.proc is not None
+    cfg = server.data / "mailyard.toml"
+    cfg.write_text(cfg.read_text().replace("max_recipients = 100", "max_recipients = 2"))
     server.proc.send_signal(signal.SIGHUP)
+    import time
+
+    from tests.integration.harness import Dialog
+
+    deadline = time.monotonic() + 10
+    while True:  # the reload happens asynchronously: new sessions see the new limit
+        d = Dialog(*server.addr("smtp"))
+        d.reply()
+        d.cmd("EHLO c")
+        d.cmd("MAIL FROM:<x@remote.example>")
+        codes = [d.cmd("RCPT TO:<bob@example.test>")[0] for _ in range(3)]
+        d.close()
+        if codes == [250, 250, 452] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert codes == [250, 250, 452]
     with smtplib.SMTP(*server.addr("submission"), timeout=10) as s:
         s.starttls(context=client_tls())
         s.login("alice@example.test", PASSWORD)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import signal
@@ -146,7 +147,8 @@ class App:
         self.http_port = (host, bound)
 
     def reload(self) -> None:
-        """SIGHUP: reload TLS material (in place, so STARTTLS picks it up at once)."""
+        """SIGHUP: reload the config file, TLS material (in place, so STARTTLS picks it up at
+        once) and the user/alias cache."""
         if self.ctx is None:
             return
         try:
@@ -162,7 +164,15 @@ class App:
             self.ctx.tls.load_cert_chain(str(cert), str(key))
         elif tls is not None:
             self.ctx.tls = tls
-        log.info("reloaded configuration and certificates")
+        if new.listen != self.config.listen:
+            log.warning("listen addresses changed: they take effect at the next restart")
+            new = dataclasses.replace(new, listen=self.config.listen)
+        # New sessions see the new limits, auth and queue settings; users, domains and
+        # aliases are re-read from the store once the recipient cache is dropped.
+        self.config = new
+        self.ctx.config = new
+        self.ctx.recipients.invalidate()
+        log.info("reloaded configuration, certificates and users")
 
     async def stop(self) -> None:
         for lst in self.listeners:
