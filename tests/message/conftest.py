@@ -22,8 +22,10 @@ import pytest
 IMAP_BIN = "/usr/lib/dovecot/imap"
 
 
-def run_dovecot(tmp: Path, messages: Sequence[bytes], fetches: Sequence[tuple[int, str]]
+def run_dovecot(tmp: Path, messages: Sequence[bytes], commands: Sequence[bytes]
                 ) -> list[bytes]:
+    """APPEND ``messages`` to INBOX, SELECT it, run each command (without tag)
+    one at a time, and return each command's untagged output."""
     home = tmp / "home"
     for sub in ("cur", "new", "tmp"):
         (home / "Maildir" / sub).mkdir(parents=True, exist_ok=True)
@@ -66,22 +68,21 @@ def run_dovecot(tmp: Path, messages: Sequence[bytes], fetches: Sequence[tuple[in
         for i, msg in enumerate(messages):
             command(b"p%d" % i, b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
         command(b"s", b"SELECT INBOX")
-        return [command(b"f%d" % j, b"FETCH %d (%s)" % (seq, item.encode()))
-                for j, (seq, item) in enumerate(fetches)]
+        return [command(b"f%d" % j, cmd) for j, cmd in enumerate(commands)]
     finally:
         stdin.close()
         proc.wait(timeout=30)
 
 
 @pytest.fixture
-def dovecot() -> Iterator[Callable[[Sequence[bytes], Sequence[tuple[int, str]]], list[bytes]]]:
+def dovecot() -> Iterator[Callable[[Sequence[bytes], Sequence[bytes]], list[bytes]]]:
     assert os.path.exists(IMAP_BIN), "dovecot-imapd is installed by scripts/test.sh"
     # Not tmp_path: pytest's base directory is private to us (0700), and the
     # binary may run as nobody. A fresh mkdtemp under /tmp is reachable.
     tmp = Path(tempfile.mkdtemp(prefix="mailyard-dovecot-"))
 
-    def run(messages: Sequence[bytes], fetches: Sequence[tuple[int, str]]) -> list[bytes]:
-        return run_dovecot(tmp, messages, fetches)
+    def run(messages: Sequence[bytes], commands: Sequence[bytes]) -> list[bytes]:
+        return run_dovecot(tmp, messages, commands)
 
     try:
         yield run

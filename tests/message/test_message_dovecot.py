@@ -138,14 +138,16 @@ def ours(seq: int, msg: bytes, item: c.FetchItem) -> bytes:
     return fetch(seq, [pair])
 
 
-def test_against_dovecot(dovecot: Callable[[Sequence[bytes], Sequence[tuple[int, str]]],
-                                           list[bytes]]) -> None:
+Dovecot = Callable[[Sequence[bytes], Sequence[bytes]], list[bytes]]
+
+
+def test_against_dovecot(dovecot: Dovecot) -> None:
     fetches: list[tuple[int, str]] = []
     for n, msg in enumerate(CORPUS, 1):
         for item in ITEMS:
             if (n, item) not in DIFFER and _exists(msg, _parse_item(item)):
                 fetches.append((n, item))
-    theirs = dovecot(CORPUS, fetches)
+    theirs = dovecot(CORPUS, [b"FETCH %d (%s)" % (n, i.encode()) for n, i in fetches])
     mismatches = []
     for (n, item), want in zip(fetches, theirs, strict=True):
         got = ours(n, CORPUS[n - 1], _parse_item(item))
@@ -161,3 +163,44 @@ def test_rfc822_size_is_exact(n: int) -> None:
     item = _parse_item("BODY.PEEK[]")
     name, value = message_item(item, parse_mime(msg))
     assert name == "BODY[]" and bytes(value) == msg
+
+
+# SEARCH programs whose results must agree with Dovecot's over CORPUS
+SEARCHES: list[bytes] = [
+    b"SUBJECT plain", b"SUBJECT inner", b"SUBJECT IMAP4REV1", b"FROM terry", b"FROM gray@cac",
+    b"CHARSET UTF-8 FROM {5+}\r\nj\xc3\xb6rg", b"CHARSET UTF-8 SUBJECT {5+}\r\ncaf\xc3\xa9",
+    b"TO imap", b"CC klensin", b"BCC undisclosed", b"HEADER Content-Type multipart",
+    b'HEADER In-Reply-To ""', b'HEADER X-Missing ""', b'HEADER Message-ID "B27397"',
+    b'BODY "hello joe"', b'BODY "inner text"', b"CHARSET UTF-8 BODY {7+}\r\nGr\xc3\xbc\xc3\x9fe",
+    b"BODY flowed", b"BODY hi", b"BODY PGI", b"TEXT wrapped", b"TEXT terry", b"TEXT boundary",
+    b"LARGER 300", b"SMALLER 100", b"SENTBEFORE 1-Jan-2000", b"SENTON 17-Jul-1996",
+    b"SENTSINCE 18-Jul-1996", b"NOT BODY joe", b"OR SUBJECT plain SUBJECT digest",
+    b"2:4 NOT 3", b"ALL", b"UID 5:*", b"BODY wrapped", b"BODY subject", b"HEADER Subject inner",
+    b"BODY one", b"TEXT digest", b"BODY GIF89a", b"TEXT \"part one\"", b'SUBJECT ""',
+    b"OR FROM inner BODY Inner", b"LARGER 0 SMALLER 200",
+]
+
+
+def test_search_against_dovecot(dovecot: Dovecot) -> None:
+    import time
+
+    from mailyard.message.searchctx import MessageSearchContext
+    from mailyard.protocol.imap import search as s
+
+    theirs = dovecot(CORPUS, [b"SEARCH " + q for q in SEARCHES])
+    now = time.time()
+    mismatches = []
+    for q, out in zip(SEARCHES, theirs, strict=True):
+        want = sorted(int(x) for x in out.strip().split()[2:])
+        p = CommandParser()
+        p.feed(b"a SEARCH " + q + b"\r\n")
+        cmd = p.next()
+        assert isinstance(cmd, c.Search), (q, cmd)
+        env = s.SearchEnv(max_seq=len(CORPUS), max_uid=len(CORPUS), now=now)
+        got = [n for n, msg in enumerate(CORPUS, 1)
+               if s.evaluate(cmd.key, MessageSearchContext(
+                   uid=n, seq=n, flags=frozenset({"\\Recent"}), size=len(msg),
+                   internaldate=now, data=msg), env)]
+        if got != want:
+            mismatches.append(f"SEARCH {q!r}: dovecot {want} ours {got}")
+    assert not mismatches, "\n".join(mismatches)

@@ -16,7 +16,7 @@ from mailyard.message.sections import (
     partial,
     section_bytes,
 )
-from mailyard.message.text import body_text, preview, searchable_text
+from mailyard.message.text import body_text, preview, searchable_fields, searchable_text
 
 
 def _mp(boundary: str, subtype: str, parts: list[bytes]) -> bytes:
@@ -181,3 +181,12 @@ def test_preview() -> None:
            b"--A--\r\n")
     assert preview(att) == ""
     assert isinstance(parse_mime(att), Part)
+
+
+def test_searchable_fields_keep_attached_headers_apart() -> None:
+    msg = (b"Subject: outer\r\nContent-Type: message/rfc822\r\n\r\n"
+           b"Subject: inner subject\r\n\r\ninner body\r\n")
+    st = searchable_fields(msg)
+    assert "outer" in st.headers and "inner subject" not in st.headers
+    assert "inner body" in st.body and "inner subject" not in st.body
+    assert "inner subject" in st.extra["attached_headers"]

@@ -32,6 +32,7 @@ class MessageSearchContext:
     data: bytes | None = None
     _root: Part | None = field(default=None, repr=False)
     _body: str | None = field(default=None, repr=False)
+    _text: str | None = field(default=None, repr=False)
 
     @property
     def root(self) -> Part:
@@ -44,14 +45,20 @@ class MessageSearchContext:
         return [decode_header(f.value) for f in self.root.fields if f.name.lower() == low]
 
     def sent_date(self) -> _dt.date | None:
+        """The Date: header's date in its own zone (RFC 9051 §6.4.4 SENT*).
+
+        A missing or unparseable Date: counts as 1970-01-01 (what others do:
+        Dovecot uses time 0; what we do: the same, so such mail sorts and
+        searches as oldest)."""
         vals = self.header("Date")
+        epoch = _dt.date(1970, 1, 1)
         if not vals:
-            return None
+            return epoch
         try:
             d = email.utils.parsedate_to_datetime(vals[0])
         except (TypeError, ValueError, IndexError):
-            return None
-        return d.date() if d is not None else None
+            return epoch
+        return d.date() if d is not None else epoch
 
     def body_text(self) -> str:
         if self._body is None:
@@ -59,4 +66,7 @@ class MessageSearchContext:
         return self._body
 
     def full_text(self) -> str:
-        return headers_text(self.root) + "\n" + self.body_text()
+        if self._text is None:
+            self._text = headers_text(self.root) + "\n" + body_text(self.root,
+                                                                    attached_headers=True)
+        return self._text

@@ -20,6 +20,7 @@ import re
 from mailyard.message.mime import Part, parse_mime
 from mailyard.message.parse import decode_header
 from mailyard.message.sections import UnknownCTE, decode_cte
+from mailyard.storage.models import SearchableText
 
 MAX_TEXT_CHARS = 1_000_000
 PREVIEW_CHARS = 200
@@ -56,12 +57,19 @@ def headers_text(p: Part) -> str:
     return "\n".join(f"{f.name}: {decode_header(f.value)}" for f in p.fields)
 
 
-def body_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS) -> str:
+def body_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS,
+              attached_headers: bool = False) -> str:
+    """Decoded text of the text parts. With ``attached_headers`` the headers of
+    attached messages are included too: SEARCH TEXT matches them, SEARCH BODY
+    does not (what others do: Dovecot; tests/message/test_message_dovecot.py)."""
     root = msg if isinstance(msg, Part) else parse_mime(msg)
     pieces: list[str] = []
     total = 0
     for p in root.walk():
-        t = part_text(p)
+        if p.message is not None:
+            t = headers_text(p.message) if attached_headers else None
+        else:
+            t = part_text(p)
         if t:
             pieces.append(t)
             total += len(t)
@@ -72,10 +80,23 @@ def body_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS) -> str:
 
 def searchable_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS
                     ) -> tuple[str, str]:
-    """(decoded headers, decoded body text); headers of encapsulated messages
-    count as body text, as they are part of the top-level body."""
+    """(decoded top-level headers, decoded body text for SEARCH BODY)."""
+    st = searchable_fields(msg, max_chars=max_chars)
+    return st.headers, st.body
+
+
+def searchable_fields(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS
+                      ) -> SearchableText:
+    """What the full-text index is fed at delivery (storage.models.SearchableText):
+    ``headers`` (top-level, decoded), ``body`` (text parts, for SEARCH BODY) and
+    ``extra["attached_headers"]`` (headers of attached messages; SEARCH TEXT
+    covers headers + body + attached headers)."""
     root = msg if isinstance(msg, Part) else parse_mime(msg)
-    return headers_text(root)[:max_chars], body_text(root, max_chars=max_chars)
+    attached = "\n".join(headers_text(p.message) for p in root.walk()
+                         if p.message is not None)
+    return SearchableText(headers=headers_text(root)[:max_chars],
+                          body=body_text(root, max_chars=max_chars),
+                          extra={"attached_headers": attached[:max_chars]} if attached else {})
 
 
 def preview(msg: bytes | Part, *, max_chars: int = PREVIEW_CHARS) -> str:

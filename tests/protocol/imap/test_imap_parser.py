@@ -386,3 +386,31 @@ def test_utf8_accept_mailbox_names() -> None:
     p2.feed('a SELECT "Entwürfe"\r\n'.encode())
     [err] = drain(p2)
     assert isinstance(err, c.ParseError)
+
+
+@pytest.mark.parametrize(("program", "key"), [
+    (b"OR (SEEN) (DRAFT)", s.Or(s.HasFlag("\\Seen"), s.HasFlag("\\Draft"))),
+    (b"NOT (SEEN FLAGGED)", s.Not(s.And((s.HasFlag("\\Seen"), s.HasFlag("\\Flagged"))))),
+    (b"OR OR SEEN DRAFT DELETED",
+     s.Or(s.Or(s.HasFlag("\\Seen"), s.HasFlag("\\Draft")), s.HasFlag("\\Deleted"))),
+    (b"(OR SEEN DRAFT) NOT NOT ALL",
+     s.And((s.Or(s.HasFlag("\\Seen"), s.HasFlag("\\Draft")), s.Not(s.Not(s.All()))))),
+    (b"((((ALL))))", s.All()),
+    (b"NEW", s.And((s.HasFlag("\\Recent"), s.Not(s.HasFlag("\\Seen"))))),
+    (b"UNKEYWORD $Junk", s.Not(s.HasFlag("$Junk"))),
+    (b'SENTSINCE "1-Feb-1994"', s.DateKey("sent", "since", dt.date(1994, 2, 1))),
+    (b"SAVEDBEFORE 02-Jan-2020 SAVEDATESUPPORTED",
+     s.And((s.DateKey("save", "before", dt.date(2020, 1, 2)), s.SaveDateSupported()))),
+    (b"YOUNGER 60 EMAILID M1", s.And((s.Within("younger", 60), s.ObjectIdKey("EMAILID", "M1")))),
+    (b"2:4,*", s.SeqKey(SequenceSet(((2, 4), (STAR, STAR))))),
+])
+def test_search_nesting(program: bytes, key: s.SearchKey, feed3: Any) -> None:
+    [cmd] = feed3(b"a SEARCH " + program + b"\r\n")
+    assert cmd.key == key
+
+
+@pytest.mark.parametrize("program", [b"OR (SEEN)", b"()", b"OR SEEN DRAFT)", b"NOT NOT",
+                                     b"(SEEN", b"SEEN  DRAFT", b"KEYWORD", b"HEADER From"])
+def test_search_bad_nesting(program: bytes, feed3: Any) -> None:
+    [err] = feed3(b"a SEARCH " + program + b"\r\n")
+    assert isinstance(err, c.ParseError) and err.tag == "a"
