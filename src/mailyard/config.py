@@ -58,6 +58,18 @@ class ListenConfig:
     pop3: str = "127.0.0.1:2110"
     pop3s: str = "127.0.0.1:2995"
     http: str = "127.0.0.1:8080"
+    # HTTPS for the same endpoints (MTA-STS policies must be fetched over HTTPS, RFC 8461
+    # §3.3), with the [tls] certificate. "" (the default) disables it. Served only
+    # when ``http`` is enabled too. Not in LISTENERS: ``init`` does not write it.
+    https: str = ""
+
+
+@dataclass(frozen=True)
+class MTASTSConfig:
+    """The MTA-STS policy this server publishes for its domains (RFC 8461 §3.2)."""
+
+    mode: str = "testing"  # testing | enforce | none
+    max_age: int = 604800  # one week; at most 31557600
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,11 @@ class QueueConfig:
     concurrency_per_destination: int = 10
     connect_timeout: float = 30.0
     require_tls: bool = False  # refuse plaintext delivery everywhere
+    # Source address of outbound connections (Postfix's smtp_bind_address); "" lets the
+    # kernel choose. Set it when SPF names one address and the host has several.
+    source_address: str = ""
+    # Port of the MTA-STS policy fetch (https://mta-sts.<domain>:PORT/); 443 but in tests.
+    mta_sts_port: int = 443
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     log: LogConfig = field(default_factory=LogConfig)
     data_dir: str = ""  # filled in by load_config, not read from the file
 
@@ -211,6 +229,20 @@ def _validate(cfg: Config) -> None:
         value = getattr(cfg.listen, name)
         if value:
             parse_hostport(value, key=f"listen.{name}")
+    if cfg.listen.https:
+        parse_hostport(cfg.listen.https, key="listen.https")
+    if cfg.mta_sts.mode not in ("testing", "enforce", "none"):
+        raise ConfigError(f"mta_sts.mode: expected testing, enforce or none, got {cfg.mta_sts.mode!r}")
+    if not 1 <= cfg.mta_sts.max_age <= 31557600:
+        raise ConfigError("mta_sts.max_age: must be between 1 and 31557600 seconds")
+    if cfg.queue.source_address:
+        try:
+            ipaddress.ip_address(cfg.queue.source_address)
+        except ValueError:
+            raise ConfigError(f"queue.source_address: {cfg.queue.source_address!r} "
+                              "is not an IP address") from None
+    if not 1 <= cfg.queue.mta_sts_port <= 65535:
+        raise ConfigError("queue.mta_sts_port: must be between 1 and 65535")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log.level: expected debug, info, warning or error, got {cfg.log.level!r}")
     if not cfg.hostname or any(c in cfg.hostname for c in " \t\r\n\0/"):

@@ -8,7 +8,8 @@ recipient and the runner persists them.
 
 Decisions, with their sources:
 
-* MX hosts in order; next MX on connect failure, a 4xx/5xx greeting
+* MX hosts in order, minus our own host and anything less preferred
+  (RFC 5321 §5.1; a list that is only us bounces 5.4.6); next MX on connect failure, a 4xx/5xx greeting
   (RFC 5321 §3.1, §5.1) or a failed TLS handshake.
 * EHLO, falling back to HELO when EHLO is refused (RFC 5321 §3.2).
 * STARTTLS whenever offered (RFC 3207). The certificate is verified (chain and
@@ -64,7 +65,7 @@ from mailyard.protocol.smtp.client import (
     parse_ehlo,
 )
 from mailyard.queue.mtasts import MTASTS, Policy
-from mailyard.queue.routing import MXHost, RoutingError, resolve_mx
+from mailyard.queue.routing import MXHost, RoutingError, drop_self, resolve_mx
 from mailyard.server.tls import client_context
 from mailyard.storage.interface import BlobStore
 from mailyard.storage.models import QueueEntry, QueueRecipient
@@ -152,8 +153,11 @@ class Courier:
     def __init__(self, blobs: BlobStore, resolver: Resolver, config: QueueConfig, *,
                  hostname: str, mtasts: MTASTS | None = None, ca_file: str | None = None,
                  rng: random.Random | None = None, command_timeout: float = 300.0,
-                 data_timeout: float = 600.0) -> None:
+                 data_timeout: float = 600.0, local_names: Sequence[str] = (),
+                 local_addresses: Sequence[str] = ()) -> None:
         self._blobs = blobs
+        self._local_names = tuple(local_names) or (hostname,)
+        self._local_addresses = tuple(local_addresses)
         self._resolver = resolver
         self._config = config
         self._hostname = hostname
@@ -192,6 +196,8 @@ class Courier:
 
         try:
             hosts = await resolve_mx(domain, self._resolver, rng=self._rng)
+            hosts = drop_self(domain, hosts, names=self._local_names,
+                              addresses=self._local_addresses)
         except RoutingError as e:
             fail_all(jobs, Outcome.BOUNCED if e.permanent else Outcome.DEFERRED, e.status, e.text)
             return results
@@ -260,9 +266,13 @@ class Courier:
 
     async def _connect(self, addr: str) -> _Conn:
         port = self._config.outbound_port
+        src = self._config.source_address
+        # Bind the source only when it is of the destination's family (an IPv4 source
+        # cannot reach an IPv6 MX).
+        local = (src, 0) if src and ((":" in src) == (":" in addr)) else None
         try:
             async with asyncio.timeout(self._config.connect_timeout):
-                reader, writer = await asyncio.open_connection(addr, port,
+                reader, writer = await asyncio.open_connection(addr, port, local_addr=local,
                                                                limit=_READ_CHUNK * 2)
         except TimeoutError:
             raise _HostFailure("4.4.1", f"connect to {addr}:{port} timed out")

@@ -122,13 +122,27 @@ def parse_policy(text: str, *, policy_id: str = "") -> Policy:
     return Policy(mode=mode, mx=tuple(mx), max_age=max_age, id=policy_id)
 
 
+async def _host_addresses(resolver: Resolver, host: str) -> list[str]:
+    """A then AAAA of ``host`` through our resolver (the one MX routing uses)."""
+    out: list[str] = []
+    for lookup in (resolver.a, resolver.aaaa):
+        try:
+            out.extend(await lookup(host))
+        except DNSError:
+            continue
+    return out
+
+
 def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
-                       port: int | None = None, connect_address: str | None = None) -> Fetch:
+                       port: int | None = None, connect_address: str | None = None,
+                       resolver: Resolver | None = None) -> Fetch:
     """The production fetcher: aiohttp, verified TLS, no redirects, bounded size.
 
-    Test hooks: ``port`` replaces the HTTPS port and ``connect_address`` the
-    address every host name resolves to (the certificate is still checked
-    against the policy host name).
+    The policy host is resolved with ``resolver`` when given -- the same DNS view as
+    the MX lookup, so ``dns.nameservers`` (split horizon, tests) applies to both; with
+    none, the system resolver. Test hooks: ``port`` replaces the HTTPS port and
+    ``connect_address`` the address every host name resolves to (the certificate is
+    still checked against the policy host name).
     """
 
     async def fetch(url: str) -> str:
@@ -140,13 +154,21 @@ def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
 
         from mailyard.server.tls import client_context
 
+        def _entry(host: str, addr: str, port: int) -> dict[str, object]:
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            return {"hostname": host, "host": addr, "port": port,
+                    "family": fam, "proto": 0, "flags": socket.AI_NUMERICHOST}
+
         class _Static(AbstractResolver):
             async def resolve(self, host: str, port: int = 0,
                               family: int = socket.AF_INET) -> list:  # type: ignore[override]
-                assert connect_address is not None
-                fam = socket.AF_INET6 if ":" in connect_address else socket.AF_INET
-                return [{"hostname": host, "host": connect_address, "port": port,
-                         "family": fam, "proto": 0, "flags": socket.AI_NUMERICHOST}]
+                if connect_address is not None:
+                    return [_entry(host, connect_address, port)]
+                assert resolver is not None
+                addrs = await _host_addresses(resolver, host)
+                if not addrs:
+                    raise OSError(f"{host}: no address")
+                return [_entry(host, a, port) for a in addrs]
 
             async def close(self) -> None:
                 return None
@@ -156,8 +178,8 @@ def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
             u = u.with_port(port)
         ctx = client_context(ca_file=ca_file, verify=True)
         client_timeout = aiohttp.ClientTimeout(total=timeout)
-        connector = aiohttp.TCPConnector(
-            ssl=ctx, resolver=_Static() if connect_address else None)
+        ours = connect_address is not None or resolver is not None
+        connector = aiohttp.TCPConnector(ssl=ctx, resolver=_Static() if ours else None)
         async with aiohttp.ClientSession(timeout=client_timeout, connector=connector) as session, \
                 session.get(u, allow_redirects=False) as resp:
             if resp.status != 200:
@@ -180,7 +202,8 @@ class MTASTS:
                  https_port: int | None = None, connect_address: str | None = None) -> None:
         self._resolver = resolver
         self._fetch = fetch or make_aiohttp_fetch(ca_file=ca_file, port=https_port,
-                                                  connect_address=connect_address)
+                                                  connect_address=connect_address,
+                                                  resolver=resolver)
         self._clock = clock
         self._cache: dict[str, tuple[Policy, float]] = {}  # domain -> (policy, expires)
         self.fetches = 0
@@ -216,5 +239,7 @@ class MTASTS:
         except Exception as e:  # any fetch problem: fall back to the cache (§5.1)
             log.warning("MTA-STS policy fetch for %s failed: %s", domain, e)
             return cached
+        log.info("MTA-STS policy for %s: mode %s, mx %s, max_age %d (id %s)", domain,
+                 policy.mode, ",".join(policy.mx), policy.max_age, policy_id)
         self._cache[domain] = (policy, self._clock() + policy.max_age)
         return policy

@@ -11,6 +11,9 @@
 * A DNS temporary failure: defer (4.4.3), never a bounce.
 * Address literals "[192.0.2.1]" and "[IPv6:2001:db8::1]" route directly (§4.1.3).
 * Every MX host name is resolved to both A and AAAA addresses.
+* Our own host in the MX list (§5.1): that entry and every less preferred one
+  are dropped (:func:`drop_self`); if nothing is left the mail would loop
+  back to us: permanent failure 5.4.6 (RFC 3463 "routing loop detected").
 
 What others do / what we do: when every MX host name fails to resolve, Postfix
 defers; so do we (a broken MX target is usually a transient misconfiguration).
@@ -145,3 +148,26 @@ async def resolve_mx(domain: str, resolver: Resolver, *,
         raise RoutingError("4.4.3", f"no MX host of {domain} has an address"
                            + (" (DNS temporary failure)" if any_temp else ""), permanent=False)
     return hosts
+
+
+def drop_self(domain: str, hosts: list[MXHost], *, names: tuple[str, ...] = (),
+              addresses: tuple[str, ...] = ()) -> list[MXHost]:
+    """RFC 5321 §5.1: "If it [the SMTP client] finds its own name or address in the
+    list, it MUST discard that entry and all entries with equal or higher preference
+    values (less preferred)". Raises :class:`RoutingError` (5.4.6) when none is left.
+
+    ``names`` are our host names; ``addresses`` the addresses where a connection
+    would reach our own MX listener.
+    """
+    own_names = {n.lower().rstrip(".") for n in names if n}
+    own_addrs = {str(ipaddress.ip_address(a)) for a in addresses if a}
+    cutoff: int | None = None
+    for h in hosts:
+        if h.name.lower().rstrip(".") in own_names or own_addrs.intersection(h.addresses):
+            cutoff = h.preference if cutoff is None else min(cutoff, h.preference)
+    if cutoff is None:
+        return hosts
+    kept = [h for h in hosts if h.preference < cutoff]
+    if not kept:
+        raise RoutingError("5.4.6", f"mail for {domain} loops back to myself", permanent=True)
+    return kept

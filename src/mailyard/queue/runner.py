@@ -82,6 +82,26 @@ class _EntryState:
     results: dict[str, RecipientResult] = field(default_factory=dict)
 
 
+def _own_smtp_addresses(config: Config) -> tuple[str, ...]:
+    """Addresses where an outbound connection would reach our own MX listener.
+
+    Only a specific listen address on the port we deliver to counts: with a wildcard
+    bind we cannot tell our addresses apart without enumerating interfaces, and
+    the host name check covers the usual case (RFC 5321 §5.1)."""
+    from mailyard.config import ConfigError, parse_hostport
+
+    spec = config.listen.smtp
+    if not spec:
+        return ()
+    try:
+        host, port = parse_hostport(spec, key="listen.smtp")
+    except ConfigError:
+        return ()
+    if port != config.queue.outbound_port or host in ("0.0.0.0", "::", "localhost"):
+        return ()
+    return (host,)
+
+
 class QueueRunner:
     def __init__(self, store: QueueStore, resolver: Resolver, config: Config, *,
                  clock: Callable[[], float] = time.time, tls_ca_file: str | None = None,
@@ -98,11 +118,14 @@ class QueueRunner:
         self.hostname = hostname or config.hostname
         ca_file = tls_ca_file or config.queue.ca_file or None
         if mta_sts is None and use_mta_sts:
-            mta_sts = MTASTS(resolver, clock=clock, ca_file=ca_file)
+            port = config.queue.mta_sts_port
+            mta_sts = MTASTS(resolver, clock=clock, ca_file=ca_file,
+                             https_port=None if port == 443 else port)
         self.courier = courier or Courier(
             store.blobs, resolver, config.queue, hostname=self.hostname,  # type: ignore[arg-type]
             mtasts=mta_sts, ca_file=ca_file, rng=rng, command_timeout=command_timeout,
-            data_timeout=data_timeout)
+            data_timeout=data_timeout, local_names=(self.hostname,),
+            local_addresses=_own_smtp_addresses(config))
         self.poll_interval = poll_interval
         self.batch = batch
         self._wake = asyncio.Event()

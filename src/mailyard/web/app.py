@@ -1,7 +1,12 @@
 """The HTTP listener: MTA-STS policy, mail client autoconfig, health and metrics.
 
 - ``/.well-known/mta-sts.txt`` (RFC 8461 §3.2), served for ``mta-sts.<domain>`` hosts:
-  mode testing (what `dns records` advises to start with), our MX host name, max_age one week.
+  our MX host name, with ``[mta_sts] mode`` (default testing, what `dns records` advises to
+  start with) and ``max_age`` (default one week).
+
+Senders fetch the policy over HTTPS only (RFC 8461 §3.3): ``listen.https`` adds a TLS
+site with the ``[tls]`` certificate (which must then also name ``mta-sts.<domain>``) to
+the same application, next to the plain HTTP one.
 - ``/mail/config-v1.1.xml`` and ``/.well-known/autoconfig/mail/config-v1.1.xml``
   (Thunderbird autoconfig) for ``autoconfig.<domain>``.
 - ``/healthz`` and ``/metrics`` (Prometheus text format).
@@ -70,7 +75,9 @@ def make_app(ctx: ServerContext) -> web.Application:
         domain = _domain_from_host(request, "mta-sts.")
         if await ctx.store.get_domain(domain) is None:
             raise web.HTTPNotFound()
-        return web.Response(text=mta_sts_policy(ctx.hostname), content_type="text/plain")
+        cfg = ctx.config.mta_sts
+        return web.Response(text=mta_sts_policy(ctx.hostname, mode=cfg.mode, max_age=cfg.max_age),
+                            content_type="text/plain")
 
     async def autoconfig(request: web.Request) -> web.Response:
         domain = request.query.get("emailaddress", "").rpartition("@")[2] or \
@@ -103,13 +110,28 @@ def make_app(ctx: ServerContext) -> web.Application:
     return app
 
 
+def _bound_port(site: web.TCPSite, port: int) -> int:
+    # aiohttp exposes no public accessor for the bound port
+    sockets = getattr(site._server, "sockets", None)
+    return int(sockets[0].getsockname()[1]) if sockets else port
+
+
 async def start_http(ctx: ServerContext, host: str, port: int) -> tuple[Any, int]:
+    """Start the HTTP site (and the HTTPS one when ``listen.https`` is set).
+
+    Returns (runner, bound HTTP port). The HTTPS site is logged, not returned (the
+    caller's listeners.json knows HTTP only); give it a fixed port.
+    """
     runner = web.AppRunner(make_app(ctx), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    server = site._server  # aiohttp exposes no public accessor for the bound port
-    bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = server.sockets[0].getsockname()[1]
-    return runner, bound
+    if ctx.config.listen.https:
+        if ctx.tls is None:
+            ctx.log.warning("listen.https: no TLS certificate, HTTPS not started")
+        else:
+            shost, sport = parse_hostport(ctx.config.listen.https, key="listen.https")
+            ssite = web.TCPSite(runner, shost, sport, ssl_context=ctx.tls, reuse_address=True)
+            await ssite.start()
+            ctx.log.info("https listening on %s:%d", shost, _bound_port(ssite, sport))
+    return runner, _bound_port(site, port)
