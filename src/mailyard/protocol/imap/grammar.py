@@ -60,6 +60,24 @@ def _is_list_char(b: int) -> bool:
 MAX_NUMBER64 = 2**63 - 1  # RFC 9051 §9 number64
 
 
+def _class_re(pred: Callable[[int], bool]) -> re.Pattern[bytes]:
+    """A compiled ``[...]*`` for the bytes where ``pred`` holds (runs are the hot path)."""
+    chars = b"".join(re.escape(bytes([b])) for b in range(256) if pred(b))
+    return re.compile(b"[" + chars + b"]*")
+
+
+_ATOM_RUN = _class_re(_is_atom_char)
+_ASTRING_RUN = _class_re(_is_astring_char)
+_TAG_RUN = _class_re(_is_tag_char)
+_LIST_RUN = _class_re(_is_list_char)
+_DIGITS_RUN = _class_re(lambda b: 0x30 <= b <= 0x39)
+_SEQ_RUN = _class_re(lambda b: (0x30 <= b <= 0x39) or b in b"*:,$")
+_DATE_RUN = _class_re(lambda b: b not in b" ()")
+_SECTION_RUN = _class_re(lambda b: b not in b" ]")
+_FETCH_ATT_RUN = _class_re(lambda b: _is_atom_char(b) and b not in b"[<")
+_NONSPACE_RUN = _class_re(lambda b: b != 0x20)
+
+
 class Reader:
     def __init__(self, segs: list[bytes | Lit], *, utf8: bool = False,
                  max_depth: int = 64) -> None:
@@ -111,19 +129,16 @@ class Reader:
     def sp(self) -> None:
         self.char(b" ")
 
-    def _run(self, pred: Callable[[int], bool]) -> bytes:
-        line = self._line
-        start = self.pos
-        end = start
-        n = len(line)
-        while end < n and pred(line[end]):
-            end += 1
-        self.pos = end
-        return line[start:end]
+    def _run(self, run: re.Pattern[bytes]) -> bytes:
+        """The longest run of bytes matched by one of the ``_*_RUN`` classes."""
+        m = run.match(self._line, self.pos)
+        assert m is not None  # "[...]*" always matches
+        self.pos = m.end()
+        return m.group()
 
     # -- tokens ------------------------------------------------------------------
     def atom(self) -> str:
-        tok = self._run(_is_atom_char)
+        tok = self._run(_ATOM_RUN)
         if not tok:
             raise GrammarError("expected an atom")
         return tok.decode("ascii")
@@ -132,13 +147,13 @@ class Reader:
         return self.atom().upper()
 
     def tag(self) -> str:
-        tok = self._run(_is_tag_char)
+        tok = self._run(_TAG_RUN)
         if not tok:
             raise GrammarError("missing or invalid tag")
         return tok.decode("ascii")
 
     def number(self, *, nz: bool = False, limit: int = 4294967295) -> int:
-        tok = self._run(lambda b: 0x30 <= b <= 0x39)
+        tok = self._run(_DIGITS_RUN)
         if not tok or len(tok) > 19:
             raise GrammarError("expected a number")
         n = int(tok)
@@ -180,7 +195,7 @@ class Reader:
     def astring(self) -> bytes:
         if self.literal_next() or self.peek() == 0x22:
             return self.string()
-        tok = self._run(_is_astring_char)
+        tok = self._run(_ASTRING_RUN)
         if not tok:
             raise GrammarError("expected a string or atom")
         return tok
@@ -188,7 +203,7 @@ class Reader:
     def nstring(self) -> bytes | None:
         if self.peek() in (0x4E, 0x6E):  # N/n
             save = self.pos
-            if self._run(_is_atom_char).upper() == b"NIL":
+            if self._run(_ATOM_RUN).upper() == b"NIL":
                 return None
             self.pos = save
         return self.string()
@@ -196,7 +211,7 @@ class Reader:
     def list_mailbox(self) -> bytes:
         if self.literal_next() or self.peek() == 0x22:
             return self.string()
-        tok = self._run(_is_list_char)
+        tok = self._run(_LIST_RUN)
         if not tok:
             raise GrammarError("expected a mailbox pattern")
         return tok
@@ -215,7 +230,7 @@ class Reader:
             raise GrammarError(f"bad mailbox name: {e}")
 
     def sequence_set(self) -> SequenceSet:
-        tok = self._run(lambda b: (0x30 <= b <= 0x39) or b in b"*:,$")
+        tok = self._run(_SEQ_RUN)
         try:
             return parse_sequence_set(tok.decode("ascii"))
         except SequenceError as e:
@@ -255,7 +270,7 @@ _DATETIME_RE = re.compile(
 
 def _search_date(r: Reader) -> _dt.date:
     quoted = r.peek() == 0x22
-    raw = r.quoted() if quoted else r._run(lambda b: b not in b" ()")
+    raw = r.quoted() if quoted else r._run(_DATE_RUN)
     m = _DATE_RE.fullmatch(raw)
     if not m or m.group(2).upper().decode() not in _MONTHS:
         raise GrammarError("bad date")
@@ -408,7 +423,7 @@ def parse_search_program(r: Reader, charset: str | None) -> s.SearchKey:
             b = r.peek()
             if b in (0x4E, 0x6E, 0x4F, 0x6F):  # NOT / OR, checked by keyword
                 save = r.pos
-                kw = r._run(_is_atom_char).upper()
+                kw = r._run(_ATOM_RUN).upper()
                 if kw == b"NOT":
                     r.sp()
                     stack.append(("not", []))
@@ -494,13 +509,13 @@ def _search(r: Reader, tag: str, uid: bool) -> c.Search:
     returns = None
     charset = None
     save = (r.si, r.pos)
-    kw = r._run(_is_atom_char).upper()
+    kw = r._run(_ATOM_RUN).upper()
     if kw == b"RETURN":
         r.sp()
         returns = _return_opts(r, _SEARCH_RETURN)
         r.sp()
         save = (r.si, r.pos)
-        kw = r._run(_is_atom_char).upper()
+        kw = r._run(_ATOM_RUN).upper()
     if kw == b"CHARSET":
         r.sp()
         charset = r.text_str(r.astring())
@@ -572,7 +587,7 @@ _MACROS = {
 
 def _section(r: Reader, *, binary: bool) -> c.Section:
     r.char(b"[")
-    tok = r._run(lambda b: b not in b" ]").decode("ascii", "replace").upper()
+    tok = r._run(_SECTION_RUN).decode("ascii", "replace").upper()
     part: list[int] = []
     text: str | None = None
     fields: tuple[str, ...] = ()
@@ -625,7 +640,7 @@ def _partial(r: Reader) -> tuple[int, int] | None:
 
 
 def _fetch_att(r: Reader) -> c.FetchItem:
-    name = r._run(lambda b: _is_atom_char(b) and b not in b"[<").decode("ascii").upper()
+    name = r._run(_FETCH_ATT_RUN).decode("ascii").upper()
     if not name:
         raise GrammarError("expected a fetch attribute")
     if name in ("BODY", "BODY.PEEK") and r.peek() == 0x5B:
@@ -675,7 +690,7 @@ def _fetch(r: Reader, tag: str, uid: bool) -> c.Fetch:
             r.sp()
     else:
         save = r.pos
-        word = r._run(_is_atom_char).decode("ascii").upper()
+        word = r._run(_ATOM_RUN).decode("ascii").upper()
         if word in _MACROS:
             macro = word
             items = [c.FetchItem(name=n) for n in _MACROS[word]]
@@ -931,7 +946,7 @@ def _authenticate(r: Reader, tag: str) -> c.Authenticate:
     initial = None
     if not r.at_end():
         r.sp()
-        raw = r._run(lambda b: b != 0x20)
+        raw = r._run(_NONSPACE_RUN)
         if raw == b"=":
             initial = b""
         else:
@@ -1087,9 +1102,9 @@ def peek_tag_and_name(line: bytes) -> tuple[str | None, str | None]:
         return None, None
     if not r.maybe(b" "):
         return tag, None
-    name = r._run(_is_atom_char).decode("ascii").upper()
+    name = r._run(_ATOM_RUN).decode("ascii").upper()
     if name == "UID" and r.maybe(b" "):
-        name = "UID " + r._run(_is_atom_char).decode("ascii").upper()
+        name = "UID " + r._run(_ATOM_RUN).decode("ascii").upper()
     return tag, name or None
 
 
