@@ -154,11 +154,27 @@ class QueueRunner:
                     n = 0
                 if n >= self.batch:
                     continue  # more may be due right now
+                idle = await self._idle_time()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
+                    async with asyncio.timeout(idle):
                         await self._wake.wait()
         finally:
             self._stopped.set()
+
+    async def _idle_time(self) -> float:
+        """How long to sleep: until the earliest entry not in flight is due, at most
+        ``poll_interval`` (so a retry after a restart happens on time, not at the next
+        poll). In-flight entries are skipped: their saved time is a crash fallback."""
+        now = self._clock()
+        try:
+            upcoming = await self._store.queue_due(now + self.poll_interval,
+                                                   len(self._inflight) + 1)
+        except Exception:
+            return self.poll_interval
+        times = [e.next_attempt for e in upcoming if e.id not in self._inflight]
+        if not times:
+            return self.poll_interval
+        return min(self.poll_interval, max(0.05, min(times) - now))
 
     async def stop(self, *, grace: float = 10.0) -> None:
         """Stop dispatching; let attempts in flight finish for ``grace`` seconds, then cancel.
@@ -273,6 +289,8 @@ class QueueRunner:
                     log.exception("could not record the outcome of queue entry %s", entry.id)
                 finally:
                     self._inflight.pop(entry.id, None)
+                    if not self._stopping:
+                        self._wake.set()  # recompute the sleep: this entry may be due soon
 
     # -- outcome -------------------------------------------------------------------------------
     async def _finish(self, state: _EntryState) -> None:
