@@ -1,0 +1,260 @@
+"""FETCH / UID FETCH (RFC 9051 §6.4.5, §7.5.2; CONDSTORE/QRESYNC RFC 7162 §3.1.4, §3.2.6).
+
+Per message, index items (UID, FLAGS, INTERNALDATE, RFC822.SIZE, MODSEQ, EMAILID,
+SAVEDATE) come from the MessageRef; message items go through the core's renderer
+(protocol/imap/fetch.py), with three shortcuts that keep memory and work small:
+
+* ``BODY[]``, ``BODY.PEEK[]`` and ``RFC822`` without a partial are streamed from the
+  blob store in chunks, with ``drain()`` after each chunk (backpressure): a 50 MB
+  message never sits in memory;
+* ``BODY[]<o.n>`` reads only that range of the blob;
+* when every message item only needs the header (ENVELOPE, RFC822.HEADER,
+  BODY[HEADER...]), only the first 64 KiB are read and parsed (the whole message when
+  its header is longer).
+
+ENVELOPE, BODYSTRUCTURE and BODY are cached per blob with ``store.cache_get/put``
+(their serialised form; the cache key says whether UTF-8 quoting was on).
+
+Messages expunged by another session but not yet announced to this one are skipped
+(RFC 2180 §4.1.2 lets the server omit them); the FETCH still completes OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mailyard.message.mime import Part, parse_mime
+from mailyard.protocol.imap import commands as c
+from mailyard.protocol.imap import response as r
+from mailyard.protocol.imap.fetch import (
+    UnknownCTE,
+    format_datetime,
+    is_message_item,
+    message_item,
+    sets_seen,
+)
+from mailyard.protocol.imap.sequence import SequenceSet
+from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
+from mailyard.storage.models import MessageRef
+
+if TYPE_CHECKING:
+    from mailyard.server.imap.session import Session
+
+BATCH = 256  # messages read from the index per round trip
+HEADER_PROBE = 65536  # octets read when only the header is needed
+THREAD_PARSE = 1 << 20  # parse messages larger than this in a worker thread
+_CACHED = frozenset({"ENVELOPE", "BODYSTRUCTURE"})
+_HEADER_ONLY = frozenset({"ENVELOPE", "RFC822.HEADER"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """A literal streamed from the blob store."""
+
+    name: str
+    blob_id: str
+    size: int
+
+
+def check_sequence(s: Session, seqset: SequenceSet, *, uid: bool) -> None:
+    """RFC 9051 §9: a message sequence number beyond the mailbox is an error (BAD)."""
+    view = s.view
+    assert view is not None
+    if uid:
+        return
+    for a, b in seqset.ranges:
+        if max(a, b) > view.exists:
+            raise CommandFailed(bad("Invalid message sequence number"))
+
+
+def _streamable(item: c.FetchItem) -> bool:
+    if item.name == "RFC822":
+        return True
+    sec = item.section
+    return (item.name == "BODY" and sec is not None and not sec.part and sec.text is None
+            and item.partial is None)
+
+
+def _whole_partial(item: c.FetchItem) -> bool:
+    sec = item.section
+    return (item.name == "BODY" and sec is not None and not sec.part and sec.text is None
+            and item.partial is not None)
+
+
+def _header_only(item: c.FetchItem) -> bool:
+    if item.name in _HEADER_ONLY:
+        return True
+    sec = item.section
+    return (item.name == "BODY" and sec is not None and not sec.part
+            and sec.text is not None and sec.text.startswith("HEADER"))
+
+
+async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
+    view = s.view
+    assert view is not None
+    check_sequence(s, cmd.sequence, uid=cmd.uid)
+    uids = view.select_uids(cmd.sequence, uid=cmd.uid, saved=s.saved)
+    items = list(cmd.items)
+    names = {i.name for i in items}
+    if cmd.changedsince is not None or "MODSEQ" in names:
+        s.condstore = True  # RFC 7162 §3.1: these enable CONDSTORE
+    if cmd.changedsince is not None and "MODSEQ" not in names:
+        items.append(c.FetchItem(name="MODSEQ"))
+    if cmd.uid and "UID" not in names:
+        items.insert(0, c.FetchItem(name="UID"))
+    if cmd.vanished:
+        if not s.qresync:
+            return bad("VANISHED needs ENABLE QRESYNC")
+        if cmd.changedsince is None:
+            return bad("VANISHED needs CHANGEDSINCE")
+        gone = await s.ctx.store.expunged_since(view.id, cmd.changedsince)
+        gone = [u for u in gone if cmd.sequence.contains(u, view.uids[-1] if view.uids else 0)]
+        if gone:
+            s.send(r.vanished(gone, earlier=True))
+    set_seen = sets_seen(items) and not view.readonly
+    for i in range(0, len(uids), BATCH):
+        refs = await s.ctx.store.get_messages(view.id, uids[i : i + BATCH])
+        if cmd.changedsince is not None:
+            refs = [m for m in refs if m.modseq > cmd.changedsince]
+        seen_changed: set[int] = set()
+        if set_seen:
+            refs, seen_changed = await _mark_seen(s, refs)
+        for ref in refs:
+            seq = view.seq_of(ref.uid)
+            if seq is None:
+                continue
+            extra_flags = ref.uid in seen_changed and "FLAGS" not in names
+            try:
+                parts = await _render(s, ref, items, extra_flags=extra_flags)
+            except UnknownCTE:
+                return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
+            await _write(s, seq, parts)
+    return ok(("UID " if cmd.uid else "") + "FETCH completed")
+
+
+async def _mark_seen(s: Session, refs: list[MessageRef]
+                     ) -> tuple[list[MessageRef], set[int]]:
+    """RFC 9051 §6.4.5: BODY[...] (not PEEK) sets \\Seen; report the new FLAGS."""
+    view = s.view
+    assert view is not None
+    unseen = [m.uid for m in refs if "\\Seen" not in m.flags]
+    if not unseen:
+        return refs, set()
+    updates, _ = await s.ctx.store.store_flags(view.id, unseen, ["\\Seen"], "add")
+    by_uid = {u.uid: u for u in updates}
+    out: list[MessageRef] = []
+    for m in refs:
+        u = by_uid.get(m.uid)
+        if u is None:
+            out.append(m)
+            continue
+        view.modseq[m.uid] = max(view.modseq.get(m.uid, 0), u.modseq)
+        out.append(MessageRef(mailbox_id=m.mailbox_id, uid=m.uid, modseq=u.modseq,
+                              flags=u.flags, internaldate=m.internaldate,
+                              savedate=m.savedate, size=m.size, blob_id=m.blob_id,
+                              email_id=m.email_id))
+    return out, set(by_uid)
+
+
+async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
+                  extra_flags: bool) -> list[bytes | _Stream]:
+    store = s.ctx.store
+    utf8 = s.utf8
+    parts: list[bytes | _Stream] = []
+    root: Part | None = None
+    root_is_header_only = False
+
+    async def get_root(full: bool) -> Part:
+        nonlocal root, root_is_header_only
+        if root is not None and (not full or not root_is_header_only):
+            return root
+        if not full and ref.size > HEADER_PROBE:
+            head = await store.blobs.read(ref.blob_id, 0, HEADER_PROBE)
+            if b"\r\n\r\n" in head or b"\n\n" in head:
+                root = parse_mime(head)
+                root_is_header_only = True
+                return root
+        data = await store.blobs.read(ref.blob_id)
+        if len(data) > THREAD_PARSE:
+            root = await asyncio.to_thread(parse_mime, data)
+        else:
+            root = parse_mime(data)
+        root_is_header_only = False
+        return root
+
+    def add(name: str, value: Any) -> None:
+        parts.append(name.encode("ascii") + b" " + r.serialize(value, utf8=utf8))
+
+    for item in items:
+        name = item.name
+        if name == "UID":
+            add(name, ref.uid)
+        elif name == "FLAGS":
+            add(name, [r.Atom(f) for f in sorted(ref.flags)])
+        elif name == "INTERNALDATE":
+            add(name, format_datetime(ref.internaldate))
+        elif name == "SAVEDATE":
+            add(name, format_datetime(ref.savedate))
+        elif name == "RFC822.SIZE":
+            add(name, ref.size)
+        elif name == "MODSEQ":
+            add(name, [ref.modseq])
+        elif name == "EMAILID":
+            add(name, [r.Atom(ref.email_id or "M" + ref.blob_id[:24])])
+        elif name == "THREADID":
+            add(name, None)
+        elif _streamable(item):
+            parts.append(_Stream(item.response_name(), ref.blob_id, ref.size))
+        elif _whole_partial(item):
+            assert item.partial is not None
+            off, length = item.partial
+            data = b"" if off >= ref.size else await store.blobs.read(ref.blob_id, off, length)
+            add(item.response_name(), r.Literal(data))
+        elif name in _CACHED or (name == "BODY" and item.section is None):
+            kind = f"imap.{name}" + (".u8" if utf8 else "")
+            cached = await store.cache_get(ref.blob_id, kind)
+            if cached is None:
+                root_ = await get_root(name not in _HEADER_ONLY)
+                _, value = message_item(item, root_, utf8=utf8)
+                raw = r.serialize(value, utf8=utf8)
+                await store.cache_put(ref.blob_id, kind, raw.decode("latin-1"))
+            else:
+                raw = cached.encode("latin-1")
+            parts.append(name.encode("ascii") + b" " + raw)
+        elif is_message_item(item):
+            root_ = await get_root(not _header_only(item))
+            rname, value = message_item(item, root_, utf8=utf8)
+            add(rname, value)
+        else:  # PREVIEW etc. are message items; anything else is unknown to us
+            add(name, None)
+    if extra_flags:
+        add("FLAGS", [r.Atom(f) for f in sorted(ref.flags)])
+    return parts
+
+
+async def _write(s: Session, seq: int, parts: list[bytes | _Stream]) -> None:
+    s.send(r.fetch_prefix(seq))
+    for i, p in enumerate(parts):
+        if i:
+            s.send(b" ")
+        if isinstance(p, bytes):
+            s.send(p)
+            continue
+        s.send(p.name.encode("ascii") + b" " + r.literal_header(p.size))
+        s.in_literal = True
+        sent = 0
+        async for chunk in s.ctx.store.blobs.stream(p.blob_id):
+            chunk = chunk[: p.size - sent]
+            s.send(chunk)
+            sent += len(chunk)
+            await s.flush()
+            if sent >= p.size:
+                break
+        if sent < p.size:  # a short blob: keep the literal length honest
+            s.send(b" " * (p.size - sent))
+        s.in_literal = False
+    s.send(b")\r\n")
+    await s.flush()

@@ -1,0 +1,158 @@
+"""SEARCH / UID SEARCH (RFC 9051 §6.4.4), ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
+MODSEQ search (RFC 7162 §3.1.5).
+
+How a search runs:
+
+1. BODY and TEXT keys are answered by the full-text index (``store.search_text``, fed
+   at delivery and APPEND) and replaced in the key tree by the set of matching UIDs, so
+   no message body is read for them;
+2. every message of the view is evaluated with the core's evaluator
+   (protocol/imap/search.py) on a :class:`MessageSearchContext` built from its index
+   row; only when the tree has header or sent-date keys is the message header read
+   (the first 64 KiB, or the whole message when the header is longer).
+
+The key tree is at most ``max_depth`` (64) deep (the parser guarantees it), so the
+substitution in step 1 recurses at most 64 levels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailyard.message.searchctx import MessageSearchContext
+from mailyard.protocol.imap import commands as c
+from mailyard.protocol.imap import response as r
+from mailyard.protocol.imap import search as sk
+from mailyard.protocol.imap.sequence import from_numbers
+from mailyard.server.imap.reply import Reply, ok
+from mailyard.storage.models import MessageRef
+
+if TYPE_CHECKING:
+    from mailyard.server.imap.session import Session
+
+HEADER_PROBE = 65536
+_NOTHING: sk.SearchKey = sk.Not(sk.All())
+
+
+async def _substitute(s: Session, key: sk.SearchKey) -> sk.SearchKey:
+    view = s.view
+    assert view is not None
+    if isinstance(key, sk.Body | sk.Text):
+        if isinstance(key, sk.Body):
+            uids = await s.ctx.store.search_text(view.id, key.value, field="body")
+        else:
+            uids = await s.ctx.store.search_text(view.id, key.value, field="text")
+        return sk.UidKey(from_numbers(uids)) if uids else _NOTHING
+    if isinstance(key, sk.And):
+        return sk.And(tuple([await _substitute(s, k) for k in key.keys]))
+    if isinstance(key, sk.Or):
+        return sk.Or(await _substitute(s, key.left), await _substitute(s, key.right))
+    if isinstance(key, sk.Not):
+        return sk.Not(await _substitute(s, key.key))
+    return key
+
+
+def _has_modseq(key: sk.SearchKey) -> bool:
+    stack = [key]
+    while stack:
+        k = stack.pop()
+        if isinstance(k, sk.ModSeqKey):
+            return True
+        if isinstance(k, sk.And):
+            stack.extend(k.keys)
+        elif isinstance(k, sk.Or):
+            stack += [k.left, k.right]
+        elif isinstance(k, sk.Not):
+            stack.append(k.key)
+    return False
+
+
+async def header_bytes(s: Session, ref: MessageRef) -> bytes:
+    """The message header (and maybe some body): enough for header keys and SORT."""
+    blobs = s.ctx.store.blobs
+    if ref.size > HEADER_PROBE:
+        head = await blobs.read(ref.blob_id, 0, HEADER_PROBE)
+        if b"\r\n\r\n" in head or b"\n\n" in head:
+            return head
+    return await blobs.read(ref.blob_id)
+
+
+async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRef]]:
+    """(seq, ref) of the matching messages in the view, ascending."""
+    view = s.view
+    assert view is not None
+    key = await _substitute(s, key)
+    needs = sk.needs_text(key) & {"header", "sent"}
+    env = sk.SearchEnv(max_seq=view.exists, max_uid=view.uids[-1] if view.uids else 0,
+                       now=s.ctx.clock(),
+                       saved_uids=frozenset(s.saved) if s.saved is not None else None)
+    out: list[tuple[int, MessageRef]] = []
+    for m in await s.ctx.store.list_messages(view.id):
+        seq = view.seq_of(m.uid)
+        if seq is None:
+            continue
+        data = await header_bytes(s, m) if needs else None
+        msg = MessageSearchContext(uid=m.uid, seq=seq, flags=m.flags, size=m.size,
+                                   internaldate=m.internaldate, savedate=m.savedate,
+                                   modseq=m.modseq, email_id=m.email_id, data=data)
+        if sk.evaluate(key, msg, env):
+            out.append((seq, m))
+    return out
+
+
+async def cmd_search(s: Session, cmd: c.Search) -> Reply:
+    view = s.view
+    assert view is not None
+    modseq_key = _has_modseq(cmd.key)
+    if modseq_key:
+        s.condstore = True
+    found = await run_search(s, cmd.key)
+    numbers = [m.uid if cmd.uid else seq for seq, m in found]
+    uids = [m.uid for _, m in found]
+    highest = max((m.modseq for _, m in found), default=0) if modseq_key else None
+    returns = cmd.returns
+    if returns is None and not s.rev2:
+        s.send(r.search(numbers, modseq=highest))
+        return ok(("UID " if cmd.uid else "") + "SEARCH completed")
+    opts = set(returns or ())
+    if "SAVE" in opts:
+        # RFC 5182 §2.4: with MIN and/or MAX, only those are saved.
+        if opts & {"MIN", "MAX"} and not opts & {"ALL", "COUNT"}:
+            keep = []
+            if uids and "MIN" in opts:
+                keep.append(uids[0])
+            if uids and "MAX" in opts:
+                keep.append(uids[-1])
+            s.saved = sorted(set(keep))
+        else:
+            s.saved = uids
+        opts.discard("SAVE")
+        if not opts:
+            return ok(("UID " if cmd.uid else "") + "SEARCH completed, result saved")
+    if not opts:
+        opts = {"ALL"}
+    results: dict[str, int | list[int]] = {}
+    if "MIN" in opts and numbers:
+        results["MIN"] = numbers[0]
+    if "MAX" in opts and numbers:
+        results["MAX"] = numbers[-1]
+    if "ALL" in opts:
+        results["ALL"] = numbers
+    if "COUNT" in opts:
+        results["COUNT"] = len(numbers)
+    if highest and numbers:
+        results["MODSEQ"] = highest
+    s.send(r.esearch(cmd.tag, uid=cmd.uid, results=results))
+    return ok(("UID " if cmd.uid else "") + "SEARCH completed")
+
+
+async def cmd_sort(s: Session, cmd: c.Sort) -> Reply:
+    from mailyard.server.imap.sort import sort
+
+    return await sort(s, cmd)
+
+
+async def cmd_thread(s: Session, cmd: c.Thread) -> Reply:
+    from mailyard.server.imap.thread import thread
+
+    return await thread(s, cmd)

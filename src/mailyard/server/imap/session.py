@@ -1,0 +1,541 @@
+"""One IMAP connection over asyncio streams: drives the sans-IO parser, owns the I/O.
+
+The command parser (protocol/imap/parser.py) turns bytes into command objects and the
+state table (protocol/imap/states.py) says which command is legal where; this module
+reads, writes, times out, authenticates, switches to TLS, and hands each command to its
+handler (select.py, fetch.py, search.py, store.py, append.py, mailboxes.py, idle.py).
+Handlers write untagged data through :meth:`Session.send` and return a
+:class:`~mailyard.server.imap.reply.Reply` for the tagged completion.
+
+Change feed (RFC 9051 §7.5.1, §5.2): the session subscribes to its account's changes at
+login and applies them to its :class:`MailboxView` at command boundaries (before each
+tagged reply) and continuously during IDLE: EXISTS for new mail, FETCH FLAGS for flag
+changes, EXPUNGE (or VANISHED after ENABLE QRESYNC, RFC 7162 §3.2.10) for removals.
+EXPUNGE is never sent while answering FETCH, STORE or SEARCH (nor SORT, THREAD, COPY)
+by sequence number: those removals wait until a command where they are allowed.
+
+Timeouts: ``limits.preauth_timeout`` before login; ``limits.idle_timeout`` (30 min,
+RFC 9051 §5.4) after, re-armed by every command and by IDLE. Errors never escape:
+unexpected exceptions are logged and the client gets ``* BYE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mailyard.protocol import sasl
+from mailyard.protocol.imap import commands as c
+from mailyard.protocol.imap import response as r
+from mailyard.protocol.imap import states
+from mailyard.protocol.imap.parser import CommandParser
+from mailyard.protocol.imap.states import State
+from mailyard.server.context import ServerContext
+from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
+from mailyard.server.imap.view import MailboxView
+from mailyard.server.streams import discard_buffered
+from mailyard.storage.changes import RESYNC
+from mailyard.storage.interface import (
+    AlreadyExists,
+    ChangeSubscription,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+)
+from mailyard.storage.models import Account, Change, MessageRef
+
+__all__ = ["Session", "handle_imap"]
+
+log = logging.getLogger("mailyard.imap")
+
+READ_CHUNK = 65536
+TLS_HANDSHAKE_TIMEOUT = 30.0
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+# Commands after which EXPUNGE responses must wait when they use sequence numbers
+# (RFC 9051 §7.5.1 names FETCH, STORE and SEARCH; the others also take seqnums).
+_NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "COPY"})
+
+Handler = Callable[["Session", Any], Awaitable[Reply | None]]
+
+
+class Closed(Exception):
+    """The peer went away, a write failed, or LOGOUT completed: stop quietly."""
+
+
+async def handle_imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      ctx: ServerContext, *, implicit_tls: bool) -> None:
+    """Serve one IMAP connection; never raises (errors are logged, the connection closed).
+
+    ``implicit_tls``: the listener already runs TLS (imaps, RFC 8314 §3.3).
+    """
+    session = Session(reader, writer, ctx, implicit_tls=implicit_tls)
+    try:
+        await session.run()
+    except (Closed, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    except TimeoutError:
+        session.try_send(r.bye("Autologout; idle for too long"))
+    except asyncio.CancelledError:
+        session.try_send(r.bye("Server shutting down"))
+        raise
+    except Exception:
+        ctx.log.exception("imap: session from %s failed", session.remote_ip)
+        session.try_send(r.bye("Internal server error", "UNAVAILABLE"))
+    finally:
+        await session.cleanup()
+
+
+class Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ctx: ServerContext, *, implicit_tls: bool) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.ctx = ctx
+        peer = writer.get_extra_info("peername")
+        self.remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.tls = implicit_tls
+        self.parser = CommandParser(max_append=ctx.config.limits.max_message_size)
+        self.state = State.NOT_AUTHENTICATED
+        self.account: Account | None = None
+        self.sub: ChangeSubscription | None = None
+        self.view: MailboxView | None = None
+        self.enabled: set[str] = set()
+        self.condstore = False  # CONDSTORE enabled (explicitly or by a CONDSTORE-enabling command)
+        self.saved: list[int] | None = None  # SEARCHRES "$" (RFC 5182), as UIDs
+        self.in_literal = False  # a FETCH literal is being streamed: nothing else may be written
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def utf8(self) -> bool:
+        return "UTF8=ACCEPT" in self.enabled or "IMAP4REV2" in self.enabled
+
+    @property
+    def rev2(self) -> bool:
+        return "IMAP4REV2" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.enabled
+
+    @property
+    def timeout(self) -> float:
+        limits = self.ctx.config.limits
+        return limits.preauth_timeout if self.account is None else limits.idle_timeout
+
+    @property
+    def append_limit(self) -> int:
+        return self.ctx.config.limits.max_message_size
+
+    def plaintext_ok(self) -> bool:
+        return self.tls or self.ctx.allow_plaintext_auth(self.remote_ip)
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "IMAP4rev2"]
+        if self.account is None:
+            if not self.tls and self.ctx.tls is not None:
+                caps.append("STARTTLS")
+            if self.plaintext_ok():
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")
+        caps += ["SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+                 "UIDPLUS", "MOVE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
+                 "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES", "CONDSTORE",
+                 "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "STATUS=SIZE",
+                 f"APPENDLIMIT={self.append_limit}", "MULTIAPPEND", "UTF8=ACCEPT"]
+        return caps
+
+    # -- output --------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.writer.is_closing():
+            raise Closed
+        self.writer.write(data)
+
+    async def flush(self) -> None:
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
+
+    def try_send(self, data: bytes) -> None:
+        if self.in_literal or self.writer.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(data)
+
+    def tagged(self, tag: str, reply: Reply) -> None:
+        self.send(r.tagged(tag, reply.status, reply.text, reply.code))
+
+    # -- input ---------------------------------------------------------------------------
+    async def read_more(self) -> None:
+        async with asyncio.timeout(self.timeout):
+            data = await self.reader.read(READ_CHUNK)
+        if not data:
+            raise Closed
+        self.parser.feed(data)
+
+    async def next_event(self) -> c.Event:
+        while True:
+            ev = self.parser.next()
+            if ev is not c.NEED_DATA:
+                return ev
+            await self.flush()
+            await self.read_more()
+
+    # -- main loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.send(r.untagged("OK", "mailyard ready",
+                             "CAPABILITY " + " ".join(self.capabilities())))
+        while self.state is not State.LOGOUT:
+            ev = await self.next_event()
+            await self.handle_event(ev)
+        await self.flush()
+
+    async def handle_event(self, ev: c.Event) -> None:
+        from mailyard.server.imap.append import append
+
+        if isinstance(ev, c.NeedContinuation):
+            self.send(r.continuation("Ready for literal data"))
+        elif isinstance(ev, c.ParseError):
+            tag = ev.tag or "*"
+            if ev.kind == "toobig":
+                self.send(r.tagged(tag, "NO", ev.message, ev.code or "TOOBIG"))
+            elif tag == "*":
+                self.send(r.untagged("BAD", ev.message, ev.code))
+            else:
+                self.send(r.tagged(tag, "BAD", ev.message, ev.code))
+            if ev.fatal:
+                self.send(r.bye("Too many errors"))
+                self.state = State.LOGOUT
+        elif isinstance(ev, c.AppendMessage):
+            err = states.check("APPEND", self.state)
+            if err is not None:
+                self.parser.refuse_literal()
+                self.send(r.tagged(ev.tag, "BAD", err))
+                return
+            reply = await self.guard(append(self, ev))
+            await self.sync(expunge_ok=True)
+            self.tagged(ev.tag, reply)
+        elif isinstance(ev, c.Command):
+            await self.dispatch(ev)
+        # AppendChunk/End/Done, IdleDone, SaslResponse outside their flows cannot occur:
+        # the parser only yields them after the events handled by append()/idle/auth.
+
+    async def guard(self, work: Awaitable[Reply | None]) -> Reply:
+        """Run a handler; turn expected failures into NO replies."""
+        try:
+            reply = await work
+        except CommandFailed as e:
+            return e.reply
+        except NotFound:
+            return no("No such mailbox", "NONEXISTENT")
+        except AlreadyExists:
+            return no("Mailbox already exists", "ALREADYEXISTS")
+        except QuotaExceeded:
+            return no("Quota exceeded", "OVERQUOTA")
+        except StorageError as e:
+            self.ctx.log.warning("imap: storage error: %s", e)
+            return no("Cannot do that now", "UNAVAILABLE")
+        return reply if reply is not None else ok("done")
+
+    async def dispatch(self, cmd: c.Command) -> None:
+        err = states.check(cmd, self.state)
+        if err is not None:
+            self.send(r.tagged(cmd.tag, "BAD", err))
+            return
+        handler = handler_for(cmd)
+        if handler is None:
+            self.send(r.tagged(cmd.tag, "BAD", f"{cmd.name} not supported"))
+            return
+        before = self.state
+        try:
+            reply = await handler(self, cmd)
+        except CommandFailed as e:
+            reply = e.reply
+        except NotFound:
+            reply = no("No such mailbox", "NONEXISTENT")
+        except AlreadyExists:
+            reply = no("Mailbox already exists", "ALREADYEXISTS")
+        except QuotaExceeded:
+            reply = no("Quota exceeded", "OVERQUOTA")
+        except StorageError as e:
+            self.ctx.log.warning("imap: storage error in %s: %s", cmd.name, e)
+            reply = no("Cannot do that now", "UNAVAILABLE")
+        if reply is None:  # the handler already answered (STARTTLS, LOGOUT)
+            return
+        self.state = states.after(cmd, before, reply.status == "OK")
+        if self.state is not State.SELECTED:
+            self.view = None
+        if self.state is not State.LOGOUT:
+            uid = bool(getattr(cmd, "uid", False))
+            await self.sync(expunge_ok=uid or cmd.name not in _NO_EXPUNGE)
+        self.tagged(cmd.tag, reply)
+
+    # -- authentication ------------------------------------------------------------------
+    async def login(self, user: str, password: str, *, authzid: str = "") -> Reply:
+        if not self.plaintext_ok():
+            return no("Use STARTTLS first", "PRIVACYREQUIRED")
+        account = await self.ctx.auth.authenticate(user, password, remote_ip=self.remote_ip,
+                                                   authzid=authzid)
+        if account is None:
+            return no("Authentication failed", "AUTHENTICATIONFAILED")
+        self.account = account
+        self.sub = self.ctx.store.subscribe(account.id)
+        log.info("imap: %s logged in from %s", account.address, self.remote_ip)
+        return ok("Logged in", "CAPABILITY " + " ".join(self.capabilities()))
+
+    # -- change feed -----------------------------------------------------------------------
+    async def sync(self, *, expunge_ok: bool, first: Change | None = None) -> None:
+        """Apply queued changes to the view and tell the client (see module docstring)."""
+        sub = self.sub
+        if sub is None:
+            return
+        changes: list[Change] = [first] if first is not None else []
+        while (ch := sub.get_nowait()) is not None:
+            changes.append(ch)
+        view = self.view
+        if view is None:
+            self.announce_expunges(expunge_ok)
+            return
+        resync = False
+        appended: set[int] = set()
+        flagged: set[int] = set()
+        for ch in changes:
+            if ch.kind == RESYNC:
+                resync = True
+            elif ch.mailbox_id != view.id:
+                continue
+            elif ch.kind == "append":
+                appended.update(ch.uids)
+            elif ch.kind == "flags":
+                flagged.update(ch.uids)
+            elif ch.kind == "expunge":
+                view.pending_expunge.update(u for u in ch.uids if u in view.modseq)
+            elif (ch.kind == "mailbox"
+                  and await self.ctx.store.get_mailbox_by_id(view.id) is None):
+                self.send(r.bye("The selected mailbox was deleted"))
+                self.state = State.LOGOUT
+                raise Closed
+        store = self.ctx.store
+        if resync:
+            clear = getattr(sub, "clear_resync", None)
+            if clear is not None:
+                clear()
+            refs = await store.list_messages(view.id)
+            present = {m.uid for m in refs}
+            view.pending_expunge.update(u for u in view.uids if u not in present)
+            new = [m for m in refs if m.uid not in view.modseq]
+            self.report_new(new)
+            self.report_flags([m for m in refs if m.uid in view.modseq
+                               and m.modseq > view.modseq[m.uid]])
+        else:
+            if appended:
+                new = await store.get_messages(view.id, sorted(appended))
+                self.report_new([m for m in new if m.uid not in view.modseq])
+            flagged -= view.pending_expunge
+            if flagged:
+                refs = await store.get_messages(view.id, sorted(flagged))
+                self.report_flags([m for m in refs if m.uid in view.modseq
+                                   and m.modseq > view.modseq[m.uid]])
+        self.announce_expunges(expunge_ok)
+
+    def report_new(self, refs: list[MessageRef]) -> None:
+        view = self.view
+        assert view is not None
+        before = len(view.keywords)
+        if view.add(refs):
+            if len(view.keywords) != before:
+                self.send_flags()
+            self.send(r.exists(view.exists))
+
+    def report_flags(self, refs: list[MessageRef]) -> None:
+        view = self.view
+        assert view is not None
+        for m in refs:
+            seq = view.seq_of(m.uid)
+            if seq is None:
+                continue
+            if view.note_flags(m.flags):
+                self.send_flags()
+            view.modseq[m.uid] = m.modseq
+            self.send(self.flags_fetch(seq, m.uid, m.flags, m.modseq))
+
+    def flags_fetch(self, seq: int, uid: int, flags: frozenset[str], modseq: int) -> bytes:
+        items: list[tuple[str, Any]] = [("UID", uid), ("FLAGS", flag_atoms(flags))]
+        if self.condstore:
+            items.append(("MODSEQ", [modseq]))
+        return r.fetch(seq, items)
+
+    def send_flags(self) -> None:
+        view = self.view
+        assert view is not None
+        names = [*SYSTEM_FLAGS, *sorted(view.keywords)]
+        self.send(r.flags(names))
+        if not view.readonly:
+            self.send(r.untagged("OK", "Flags permitted",
+                                 "PERMANENTFLAGS (" + " ".join([*names, "\\*"]) + ")"))
+
+    def announce_expunges(self, allowed: bool) -> None:
+        view = self.view
+        if view is None or not allowed or not view.pending_expunge:
+            return
+        gone = sorted(view.pending_expunge)
+        if self.qresync:
+            view.remove(gone)
+            self.send(r.vanished(gone))
+        else:
+            for seq in view.remove(gone):
+                self.send(r.expunge(seq))
+
+    # -- teardown --------------------------------------------------------------------------
+    async def cleanup(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                self.sub.close()
+            self.sub = None
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.writer.wait_closed()
+
+
+def flag_atoms(flags: frozenset[str] | set[str]) -> list[r.Atom]:
+    return [r.Atom(f) for f in sorted(flags)]
+
+
+# -- small commands -------------------------------------------------------------------------
+async def cmd_capability(s: Session, cmd: c.Capability) -> Reply:
+    s.send(r.capability(s.capabilities()))
+    return ok("CAPABILITY completed")
+
+
+async def cmd_noop(s: Session, cmd: c.Noop) -> Reply:
+    return ok("NOOP completed")
+
+
+async def cmd_logout(s: Session, cmd: c.Logout) -> Reply | None:
+    s.send(r.bye("Logging out"))
+    s.send(r.tagged(cmd.tag, "OK", "LOGOUT completed"))
+    s.state = State.LOGOUT
+    return None
+
+
+async def cmd_id(s: Session, cmd: c.Id) -> Reply:
+    # RFC 2971 §3.3: the server's own identification; we say little on purpose.
+    s.send(r.id_response({"name": "mailyard"}))
+    return ok("ID completed")
+
+
+async def cmd_starttls(s: Session, cmd: c.StartTLS) -> Reply | None:
+    if s.tls:
+        return bad("TLS is already active")
+    if s.ctx.tls is None:
+        return no("TLS is not available")
+    # Tagged OK, then straight into the handshake: no await in between, and whatever
+    # the client pipelined in plaintext is dropped (CVE-2011-0411 class, RFC 9051 §6.2.1).
+    s.send(r.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
+    s.parser.take_buffered()
+    discard_buffered(s.reader)
+    await s.writer.start_tls(s.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+    discard_buffered(s.reader)
+    s.tls = True
+    return None
+
+
+async def cmd_login(s: Session, cmd: c.Login) -> Reply:
+    return await s.login(cmd.username, cmd.password)
+
+
+async def cmd_authenticate(s: Session, cmd: c.Authenticate) -> Reply:
+    if cmd.mechanism.upper() != "PLAIN":
+        return no("Unsupported authentication mechanism")
+    if not s.plaintext_ok():
+        return no("Use STARTTLS first", "PRIVACYREQUIRED")
+    mech = sasl.server_mechanism("PLAIN")
+    assert mech is not None
+    try:
+        step = mech.start(cmd.initial_response)
+        while isinstance(step, sasl.Challenge):
+            s.send(r.continuation_b64(step.data) if step.data else b"+ \r\n")
+            s.parser.expect_sasl_response(cmd.tag)
+            ev = await s.next_event()
+            if isinstance(ev, c.ParseError):
+                return bad(ev.message)
+            if not isinstance(ev, c.SaslResponse):  # pragma: no cover - parser guarantees
+                return bad("expected a SASL response")
+            if ev.cancelled:
+                return bad("Authentication cancelled")
+            step = mech.step(ev.data)
+    except sasl.SaslError as e:
+        return bad(str(e))
+    return await s.login(step.authcid, step.password, authzid=step.authzid)
+
+
+_ENABLE = {"IMAP4REV2", "CONDSTORE", "QRESYNC", "UTF8=ACCEPT"}
+
+
+async def cmd_enable(s: Session, cmd: c.Enable) -> Reply:
+    newly: list[str] = []
+    for cap in cmd.capabilities:
+        up = cap.upper()
+        if up in _ENABLE and up not in s.enabled:
+            s.enabled.add(up)
+            newly.append("IMAP4rev2" if up == "IMAP4REV2" else up)
+            if up == "QRESYNC":  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+                s.condstore = True
+                s.enabled.add("CONDSTORE")
+            if up == "CONDSTORE":
+                s.condstore = True
+    s.parser.utf8 = s.utf8
+    s.send(r.enabled(newly))
+    return ok("ENABLE completed")
+
+
+async def cmd_check(s: Session, cmd: c.Check) -> Reply:
+    return ok("CHECK completed")
+
+
+async def cmd_unselect(s: Session, cmd: c.Unselect) -> Reply:
+    s.view = None
+    return ok("UNSELECT completed")
+
+
+async def cmd_close(s: Session, cmd: c.Close) -> Reply:
+    view = s.view
+    s.view = None
+    if view is not None and not view.readonly:
+        # RFC 9051 §6.4.1: expunge silently, no EXPUNGE responses.
+        await s.ctx.store.expunge(view.id, list(view.uids))
+    return ok("CLOSE completed")
+
+
+async def cmd_compress(s: Session, cmd: c.Compress) -> Reply:
+    return bad("COMPRESS is not supported")
+
+
+def handler_for(cmd: c.Command) -> Handler | None:
+    from mailyard.server.imap import fetch, idle, mailboxes, search, select, store
+
+    table: dict[type, Handler] = {
+        c.Capability: cmd_capability, c.Noop: cmd_noop, c.Logout: cmd_logout, c.Id: cmd_id,
+        c.StartTLS: cmd_starttls, c.Login: cmd_login, c.Authenticate: cmd_authenticate,
+        c.Enable: cmd_enable, c.Check: cmd_check, c.Unselect: cmd_unselect,
+        c.Close: cmd_close, c.Compress: cmd_compress,
+        c.Select: select.cmd_select,
+        c.Create: mailboxes.cmd_create, c.Delete: mailboxes.cmd_delete,
+        c.Rename: mailboxes.cmd_rename, c.Subscribe: mailboxes.cmd_subscribe,
+        c.Unsubscribe: mailboxes.cmd_unsubscribe, c.List: mailboxes.cmd_list,
+        c.Lsub: mailboxes.cmd_lsub, c.Namespace: mailboxes.cmd_namespace,
+        c.Status: mailboxes.cmd_status, c.GetQuota: mailboxes.cmd_getquota,
+        c.GetQuotaRoot: mailboxes.cmd_getquotaroot, c.SetQuota: mailboxes.cmd_setquota,
+        c.Idle: idle.cmd_idle,
+        c.Fetch: fetch.cmd_fetch,
+        c.Search: search.cmd_search, c.Sort: search.cmd_sort, c.Thread: search.cmd_thread,
+        c.Store: store.cmd_store, c.Copy: store.cmd_copy, c.Move: store.cmd_move,
+        c.Expunge: store.cmd_expunge,
+    }
+    return table.get(type(cmd))
