@@ -131,6 +131,40 @@ async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
     return header.encode("utf-8"), mailbox, None
 
 
+async def _active_key(ctx: ServerContext, domain: str) -> tuple[str, str, str] | None:
+    """(selector, algorithm, private PEM) of an active RSA key of ``domain``, if any."""
+    for _d, selector, algorithm, pem, active in await ctx.store.list_dkim_keys(domain):
+        if active and algorithm.startswith("rsa"):
+            return selector, algorithm, pem
+    return None
+
+
+async def _arc_seal(ctx: ServerContext, sub: Submission, spool: Spool, auth_header: bytes,
+                    received: bytes) -> bytes:
+    """MX mode, forwarding through an alias: ARC-seal the copy we relay (RFC 8617 §5.1)
+    with the key of the alias's domain, so that the next hop can trust our verdicts."""
+    from mailyard.mailauth.arc import arc_seal
+
+    via = next((getattr(r, "via", "") for r in sub.remote_rcpts if getattr(r, "via", "")), "")
+    if not via or spool.size > MAX_VERIFY_SIZE:
+        return b""
+    try:
+        _, domain = split_address(via)
+    except AddressError:
+        return b""
+    key = await _active_key(ctx, domain)
+    if key is None:
+        return b""
+    selector, _algorithm, pem = key
+    auth_results = auth_header.decode("utf-8", "replace")
+    try:
+        return arc_seal(received + spool.read_all(), domain=domain, selector=selector,
+                        private_pem=pem, authserv_id=ctx.hostname, auth_results=auth_results)
+    except ValueError as e:
+        ctx.log.warning("ARC sealing for %s failed: %s", via, e)
+        return b""
+
+
 async def _sign(ctx: ServerContext, sub: Submission, spool: Spool) -> bytes:
     """Submission: DKIM-sign with every active key of the sender's domain."""
     from mailyard.mailauth import dkim as dkim_mod
@@ -190,7 +224,10 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         if sub.remote_rcpts:
             # The queued copy carries no Return-Path (RFC 5321 §4.4: added at final delivery).
             src = await _copy_spool(ctx, spool) if account_ids else spool
-            queue_blob = await ctx.store.blobs.commit(src, prefix=auth_header + received)
+            seal = b""
+            if sub.mode == "mx" and auth_header:
+                seal = await _arc_seal(ctx, sub, src, auth_header, received)
+            queue_blob = await ctx.store.blobs.commit(src, prefix=seal + auth_header + received)
         local_blob = None
         if account_ids:
             prefix = _return_path(sub.sender) + auth_header + received

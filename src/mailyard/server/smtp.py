@@ -296,7 +296,7 @@ class SMTPSession:
             if res.account_ids:
                 self.txn.local_rcpts.append((addr, list(res.account_ids)))
             for fwd in res.remote:
-                self.txn.remote_rcpts.append(_Forward(fwd))
+                self.txn.remote_rcpts.append(_Forward(fwd, via=addr))
             return R(250, "2.1.5", "Recipient OK")
         if res.verdict is Verdict.UNKNOWN_USER:
             return R(550, "5.1.1", "No such user here")
@@ -348,6 +348,7 @@ class _Forward:
     address: str
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
+    via: str = ""  # the local alias that forwards here (its domain ARC-seals the copy)
 
 
 def _is_routable(addr: str) -> bool:
