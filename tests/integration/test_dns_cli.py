@@ -1,0 +1,72 @@
+"""Issue 5: `mailyard dns records` gives zone lines; `mailyard dns check` reads them back as dig would."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from mailyard.testing.dnsserver import DNSServer
+from tests.integration.harness import mailyard
+
+
+def _publish(dns: DNSServer, zone_text: str) -> None:
+    """Load the BIND-style lines `dns records` printed into the test DNS server."""
+    for line in zone_text.splitlines():
+        if not line or line.startswith((";", "$")):
+            continue
+        m = re.match(r"^(\S+)\s+IN\s+(\S+)\s+(.*)$", line)
+        assert m, line
+        name, rtype, value = m.group(1).rstrip("."), m.group(2), m.group(3)
+        if rtype == "TXT":
+            values: list[object] = ["".join(re.findall(r'"([^"]*)"', value))]
+        elif rtype == "MX":
+            pref, host = value.split()
+            values = [(int(pref), host.rstrip("."))]
+        else:
+            values = [value]
+        current = dns.zone.get(name.lower(), {}).get(rtype, [])
+        dns.set(name, {rtype: [*current, *values]})
+
+
+def test_records_then_check_round_trip(tmp_path: Path) -> None:
+    with DNSServer() as dns:
+        data = tmp_path / "d"
+        mailyard(data, "init", "--domain", "example.test", "--dev", "--nameserver", dns.nameserver)
+        records = mailyard(data, "dns", "records", "example.test").stdout
+        for kind in (" MX ", "v=spf1", "v=DKIM1", "v=DMARC1", "_mta-sts.", "_smtp._tls.",
+                     "_submissions._tcp."):
+            assert kind in records
+        _publish(dns, records)
+        dns.set("mail.example.test", {"A": ["127.0.0.1"]})
+        dns.set("1.0.0.127.in-addr.arpa", {"PTR": ["mail.example.test"]})
+        r = mailyard(data, "dns", "check", "example.test", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for kind in ("MX", "SPF", "DKIM", "DMARC"):
+            assert kind.lower() in r.stdout.lower()
+        out = json.loads(mailyard(data, "dns", "check", "example.test", "--json").stdout)
+        assert isinstance(out, (list, dict))
+
+        # Break it the way admins do: no DMARC, a second SPF record.
+        dns.zone.pop("_dmarc.example.test")
+        dns.set("example.test", {"TXT": ["v=spf1 mx -all", "v=spf1 a -all"]})
+        r = mailyard(data, "dns", "check", "example.test", check=False)
+        assert r.returncode != 0
+        assert "dmarc" in r.stdout.lower() and "spf" in r.stdout.lower()
+        assert "Traceback" not in r.stderr
+
+
+def test_dkim_keygen_and_rotate_print_txt(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    mailyard(data, "init", "--domain", "example.test", "--dev")
+    out = mailyard(data, "dkim", "keygen", "example.test", "--selector", "ed1",
+                   "--algorithm", "ed25519").stdout
+    assert out.startswith('ed1._domainkey.example.test. IN TXT "v=DKIM1; k=ed25519; p=')
+    out = mailyard(data, "dkim", "rotate", "example.test", "--selector", "r2").stdout
+    assert 'r2._domainkey.example.test. IN TXT "v=DKIM1; k=rsa; p=' in out
+    listing = mailyard(data, "dkim", "list").stdout
+    assert re.search(r"example\.test\tr2\trsa-sha256\tactive", listing)
+    assert re.search(r"example\.test\ted1\ted25519-sha256\tactive", listing)
+    assert "retired" in listing  # the first RSA key was retired by the rotation
+    r = mailyard(data, "dkim", "keygen", "nowhere.test", check=False)
+    assert r.returncode == 2 and "not a local domain" in r.stderr
