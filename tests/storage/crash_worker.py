@@ -22,17 +22,22 @@ async def main(data_dir: str) -> None:
         acc = await store.add_account("crash@example.com", "h")
     counter = itertools.count()
 
-    async def worker() -> None:
+    async def worker(staged: bool) -> None:
         while True:
             n = next(counter)
             spool = store.blobs.new_spool()
             spool.write(b"Subject: crash %d\r\n\r\n" % n + os.urandom(2000).hex().encode())
-            ref = await store.blobs.commit(spool, prefix=b"Received: test\r\n")
-            (d,) = await store.deliver(ref, [DeliveryTarget(acc.id)])
+            if staged:  # bytes written in the delivery's own batch
+                ref = await store.blobs.stage(spool, prefix=b"Received: test\r\n")
+                (d,) = await store.deliver(ref, [DeliveryTarget(acc.id)])
+                spool.abort()
+            else:  # commit, then deliver: two batches
+                ref = await store.blobs.commit(spool, prefix=b"Received: test\r\n")
+                (d,) = await store.deliver(ref, [DeliveryTarget(acc.id)])
             sys.stdout.write(f"{d.uid} {ref.blob_id}\n")
             sys.stdout.flush()
 
-    await asyncio.gather(*(worker() for _ in range(10)))
+    await asyncio.gather(*(worker(i % 2 == 0) for i in range(10)))
 
 
 if __name__ == "__main__":

@@ -75,14 +75,20 @@ def test_sigkill_during_deliveries(tmp_path: Path) -> None:
         assert stored >= len(total_acked)
     # UIDs are never reused across crashes
     assert len({uid for uid, _ in total_acked}) == len(total_acked)
-    # no temporary files survive the reopen, and no orphan blob files
+    # no temporary files survive the reopen, and no orphan blobs
     assert list((data_dir / "blobs" / "tmp").iterdir()) == []
     db = sqlite3.connect(data_dir / "mailyard.sqlite3")
     try:
         rows = dict(db.execute("SELECT blob_id, refcount FROM blobs"))
         counts = dict(db.execute("SELECT blob_id, count(*) FROM messages GROUP BY blob_id"))
+        locs = {r[0] for r in db.execute("SELECT blob_id FROM blob_locs")}
+        ends = dict(db.execute("SELECT segment, max(start + length) FROM blob_locs "
+                               "GROUP BY segment"))
     finally:
         db.close()
     assert rows == counts
-    files = {p.name for p in (data_dir / "blobs").glob("??/??/*")}
-    assert files == set(rows)
+    assert locs == set(rows)  # every stored body is referenced, every reference is stored
+    # the reopen cut every segment back to its last indexed byte (unacknowledged tails)
+    segs = {int(p.stem): p.stat().st_size for p in (data_dir / "blobs" / "segments").iterdir()}
+    assert segs == ends
+    assert not list((data_dir / "blobs").glob("??/??/*"))  # no per-file blobs

@@ -19,6 +19,8 @@ from mailyard.storage.models import Change, DeliveryTarget
 from mailyard.storage.sqlite import SQLiteStore
 from mailyard.storage.sqlite.schema import MIGRATIONS
 
+from .test_segments import locs, segment_sizes
+
 
 def test_group_commit_shares_transactions(tmp_path: Path) -> None:
     async def main() -> tuple[int, int]:
@@ -102,24 +104,29 @@ def test_store_refuses_use_before_open_and_after_close(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_orphan_blob_files_are_swept_on_open(tmp_path: Path) -> None:
+def test_orphan_blobs_are_swept_on_open(tmp_path: Path) -> None:
     async def main() -> str:
         s = SQLiteStore(tmp_path)
         await s.open()
         ref = await s.blobs.put(b"never delivered")  # crash before the index commit
+        assert await s.blobs.read(ref.blob_id) == b"never delivered"
         await s.close()
         return ref.blob_id
 
     blob_id = asyncio.run(main())
-    assert (tmp_path / "blobs" / blob_id[:2] / blob_id[2:4] / blob_id).exists()
+    assert set(locs(tmp_path)) == {blob_id}
 
     async def reopen() -> None:
         s = SQLiteStore(tmp_path)
         await s.open()
+        with pytest.raises(NotFound):
+            await s.blobs.read(blob_id)
         assert s.blobs.path(blob_id) is None
         await s.close()
 
     asyncio.run(reopen())
+    assert locs(tmp_path) == {}
+    assert segment_sizes(tmp_path) == {}  # the segment held nothing else: removed
 
 
 # -- FileBlobStore -----------------------------------------------------------------------

@@ -61,3 +61,14 @@ async def deliver(store: Store, acc: Account, n: int = 0, *, box: str = "INBOX",
     got = await store.deliver(ref, [DeliveryTarget(acc.id, box, frozenset(flags))], text=text)
     assert len(got) == 1
     return got[0]
+
+
+async def stored(store: Store, blob_id: str) -> bool:
+    """Whether the blob store still holds ``blob_id`` (backend-neutral: ``path`` may be None)."""
+    from mailyard.storage.interface import NotFound
+
+    try:
+        await store.blobs.read(blob_id, 0, 1)
+    except NotFound:
+        return False
+    return True

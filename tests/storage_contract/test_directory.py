@@ -7,7 +7,7 @@ import pytest
 from mailyard.storage.interface import AlreadyExists, NotFound, StorageError, Store
 from mailyard.storage.models import DEFAULT_MAILBOXES
 
-from .helpers import account, deliver, run
+from .helpers import account, deliver, run, stored
 
 
 def test_domains(make_store):
@@ -90,9 +90,9 @@ def test_account_usage_and_removal_releases_blobs(make_store):
         size1 = msgs[0].size
         usage = await s.account_usage(a.id)
         assert usage > size1
-        assert s.blobs.path(msgs[0].blob_id) is not None
+        assert await stored(s, msgs[0].blob_id)
         await s.remove_account(a.address)
-        assert s.blobs.path(msgs[0].blob_id) is None
+        assert not await stored(s, msgs[0].blob_id)
         with pytest.raises(NotFound):
             await s.account_usage(a.id)
 

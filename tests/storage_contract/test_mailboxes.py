@@ -6,7 +6,7 @@ import pytest
 
 from mailyard.storage.interface import AlreadyExists, NotFound, StorageError, Store
 
-from .helpers import account, deliver, mailbox, run
+from .helpers import account, deliver, mailbox, run, stored
 
 
 def test_create_and_lookup(make_store):
@@ -47,7 +47,7 @@ def test_delete(make_store):
         await s.delete_mailbox(a.id, "a")  # only "a"; "a/x" stays
         names = {mb.name for mb in await s.list_mailboxes(a.id)}
         assert "a" not in names and "a/x" in names
-        assert s.blobs.path(m.blob_id) is None
+        assert not await stored(s, m.blob_id)
         assert await s.account_usage(a.id) == 0
         with pytest.raises(NotFound):
             await s.delete_mailbox(a.id, "a")

@@ -1,4 +1,13 @@
-"""Immutable message bodies as files named by content hash.
+"""Spools, and immutable message bodies as files named by content hash.
+
+``FileSpool`` is the bounded-memory spool every backend hands out.
+``FileBlobStore`` (one file per blob) is no longer what ``SQLiteStore`` uses:
+bodies now go into append-only segment files written in the same batch as
+the index (``storage/sqlite/segments.py``), because per-message thread hops,
+file creation and directory fsyncs capped durable deliveries near 1,500/s.
+It stays as a standalone ``BlobStore`` (sendfile-able ``path()``, trivial
+recovery) and as the per-file reference in ``bench/bench_storage.py``;
+``SQLiteStore`` imports a data directory of this layout once at open.
 
 Layout under ``root``::
 

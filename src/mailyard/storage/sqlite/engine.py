@@ -12,13 +12,28 @@ therefore share one fsync. Under no load a batch is a single job, so latency
 is one commit, never a timer.
 
 A job is a plain function ``fn(tx) -> result`` run in the writer thread; ``tx``
-gives it the connection and collects *after-commit* work: changes to publish
-and blob ids whose reference count may have reached zero. Results are handed
-back to the event loop with ``call_soon_threadsafe`` only after COMMIT
-returned, so an awaited write is durable.
+gives it the connection and collects *after-commit* work: changes to publish,
+pins to release, blobs and segments that may have become unreferenced.
+Results are handed back to the event loop with ``call_soon_threadsafe`` only
+after COMMIT returned, so an awaited write is durable.
 
-Readers run in a small thread pool, one connection per thread (WAL readers
-never block the writer and see every committed transaction).
+A job may also carry *staged blobs* (``segments.StagedBlob``: message bytes
+not stored yet). Before BEGIN the writer hands every staged blob of the batch
+to the blob sink, which appends the new ones to a segment file and fdatasyncs
+it once; their index rows are inserted first thing in the transaction. A job
+whose blob could not be written fails alone. One delivery is thus one hop
+(loop -> writer -> loop) and one batch is two fsyncs (segment + WAL).
+
+Reads. Measured on the 2 vCPU test VM (Python 3.11, SQLite 3.40, uvloop off):
+a primary-key SELECT on a connection of the calling thread takes ~3 us; the
+same through ``run_in_executor`` takes ~100 us, nearly all of it the two
+thread hand-offs (more under load, when the GIL is contended). So
+``read_now`` serves small index lookups (an account, an alias, a mailbox, a
+blob location...) synchronously on a connection owned by the calling thread
+(the event loop's), and ``read`` keeps a thread pool for queries whose cost
+grows with the data (message lists, counts, search). WAL readers never block
+the writer and never wait for it; the price is that a lookup needing a page
+that is not cached reads it from disk on the loop (one page, ~0.1 ms on SSD).
 """
 
 from __future__ import annotations
@@ -29,14 +44,15 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mailyard.storage.interface import InsufficientStorage, StorageError
 from mailyard.storage.models import Change
+from mailyard.storage.sqlite.segments import LocRow, StagedBlob
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +84,7 @@ class Tx:
     changes: list[Change] = field(default_factory=list)
     maybe_dead_blobs: list[str] = field(default_factory=list)
     release_pins: list[str] = field(default_factory=list)
+    freed_segments: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -75,17 +92,31 @@ class _Job:
     fn: Callable[[Tx], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    blobs: Sequence[StagedBlob] = ()
 
 
-AfterCommit = Callable[[sqlite3.Connection, list[str], list[str]], None]
+class BlobSink(Protocol):
+    def prepare(self, conn: sqlite3.Connection, blobs: list[StagedBlob]
+                ) -> tuple[list[LocRow], dict[str, BaseException]]:
+        """Writer thread, before BEGIN: make the new blobs durable in their segment."""
+        ...
+
+    def record(self, conn: sqlite3.Connection, rows: list[LocRow]) -> None:
+        """Writer thread, inside the transaction: index what ``prepare`` wrote."""
+        ...
+
+
+# (writer connection, committed jobs' Tx, pins to release) -> None
+AfterCommit = Callable[[sqlite3.Connection, list[Tx], list[str]], None]
 Publish = Callable[[list[Change]], None]
 
 
 class Engine:
     def __init__(self, path: Path, *, readers: int = 4, after_commit: AfterCommit,
-                 publish: Publish) -> None:
+                 publish: Publish, blob_sink: BlobSink | None = None) -> None:
         self.path = path
         self._after_commit = after_commit
+        self._sink = blob_sink
         self._publish = publish
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._wconn = connect(path)
@@ -106,12 +137,15 @@ class Engine:
         self._writer.start()
 
     # -- writes ----------------------------------------------------------------------
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, blobs: Sequence[StagedBlob] = ()) -> T:
+        """Run ``fn`` in the next group commit; ``blobs`` are stored in the same batch."""
         if self._closed:
             raise StorageError("store closed")
+        if blobs and self._sink is None:
+            raise StorageError("this engine has no blob sink")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, fut))
+        self._jobs.put(_Job(fn, loop, fut, blobs))
         return await fut
 
     def _run(self) -> None:
@@ -142,10 +176,26 @@ class Engine:
     def _run_batch(self, batch: list[_Job]) -> None:
         conn = self._wconn
         outcomes: list[tuple[_Job, Tx, Any, BaseException | None]] = []
+        staged: dict[str, StagedBlob] = {}
+        for job in batch:
+            for b in job.blobs:
+                staged.setdefault(b.blob_id, b)
+        rows: list[LocRow] = []
+        failed: dict[str, BaseException] = {}
+        batch_pins: list[str] = []
+        if staged and self._sink is not None:
+            rows, failed = self._sink.prepare(conn, list(staged.values()))
+            batch_pins = list(staged)  # prepare pinned them for the batch
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if rows and self._sink is not None:
+                self._sink.record(conn, rows)
             for job in batch:
                 tx = Tx(conn)
+                bad = next((failed[b.blob_id] for b in job.blobs if b.blob_id in failed), None)
+                if bad is not None:
+                    outcomes.append((job, tx, None, bad))
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(tx)
@@ -161,21 +211,24 @@ class Engine:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             err = _map_error(exc)
+            pins = list(batch_pins)
             for _job, tx, _, _ in outcomes:
-                self._after_commit(conn, [], tx.release_pins)
+                pins.extend(tx.release_pins)
+            with contextlib.suppress(Exception):
+                self._after_commit(conn, [], pins)
             for job in batch:
                 self._resolve(job, exc=err)
             return
         self.batches += 1
         self.jobs_done += len(batch)
-        dead: list[str] = []
-        pins: list[str] = []
+        pins = list(batch_pins)
+        committed: list[Tx] = []
         for _, tx, _, failure in outcomes:
             pins.extend(tx.release_pins)
             if failure is None:
-                dead.extend(tx.maybe_dead_blobs)
+                committed.append(tx)
         try:
-            self._after_commit(conn, dead, pins)
+            self._after_commit(conn, committed, pins)
         except Exception:
             log.exception("after-commit cleanup failed")
         # Publish per loop, in commit order, before waking the callers.
@@ -219,6 +272,15 @@ class Engine:
             with self._rlock:
                 self._rconns.append(conn)
         return conn
+
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a small index lookup synchronously on this thread's own connection."""
+        if self._closed:
+            raise StorageError("store closed")
+        try:
+            return fn(self._reader())
+        except sqlite3.Error as exc:
+            raise _map_error(exc)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:

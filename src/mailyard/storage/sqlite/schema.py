@@ -139,6 +139,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX auth_results_at ON auth_results(at);
     """,
+    # 2: message bodies move into append-only segment files (sqlite/segments.py).
+    # One row per stored blob, written in the transaction that follows the
+    # segment's fdatasync; a blob exists exactly when its row does.
+    """
+    CREATE TABLE blob_locs (
+        blob_id TEXT PRIMARY KEY,
+        segment INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX blob_locs_segment ON blob_locs(segment, start);
+    """,
 )
 
 # Created outside the numbered migrations because the tokenizer depends on the

@@ -1,0 +1,324 @@
+"""Segment blob storage of the SQLite backend: batching, recovery, deletion, reads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mailyard.storage.interface import NotFound, StorageError
+from mailyard.storage.models import DeliveryTarget, QueueEntry, QueueRecipient
+from mailyard.storage.sqlite import SQLiteStore
+from mailyard.storage.sqlite.segments import INLINE_READ_MAX, StagedBlob
+
+
+def locs(data_dir: Path) -> dict[str, tuple[int, int, int]]:
+    db = sqlite3.connect(data_dir / "mailyard.sqlite3")
+    try:
+        return {r[0]: (r[1], r[2], r[3]) for r in
+                db.execute("SELECT blob_id, segment, start, length FROM blob_locs")}
+    finally:
+        db.close()
+
+
+def segment_sizes(data_dir: Path) -> dict[int, int]:
+    d = data_dir / "blobs" / "segments"
+    return {int(p.stem): p.stat().st_size for p in d.iterdir()} if d.exists() else {}
+
+
+def body(n: int, size: int = 3000) -> bytes:
+    head = b"Subject: seg %d\r\n\r\n" % n
+    return head + hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64) + b"\r\n"
+
+
+async def opened(data_dir: Path, **kw: object) -> SQLiteStore:
+    s = SQLiteStore(data_dir, **kw)  # type: ignore[arg-type]
+    await s.open()
+    return s
+
+
+async def staged_deliver(s: SQLiteStore, acc_id: int, data: bytes, *, prefix: bytes = b"",
+                         box: str = "INBOX") -> tuple[str, int]:
+    spool = s.blobs.new_spool()
+    spool.write(data)
+    ref = await s._segs.stage(spool, prefix=prefix)
+    try:
+        (d,) = await s.deliver(ref, [DeliveryTarget(acc_id, box)])
+    finally:
+        spool.abort()
+    return ref.blob_id, d.uid
+
+
+def test_staged_delivery_is_one_batch_and_shares_fsyncs(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            b0 = s.engine.batches
+            blob_id, _uid = await staged_deliver(s, acc.id, body(1), prefix=b"Received: x\r\n")
+            assert s.engine.batches - b0 == 1  # bytes + index in ONE transaction
+            assert await s.blobs.read(blob_id) == b"Received: x\r\n" + body(1)
+            assert hashlib.sha256(await s.blobs.read(blob_id)).hexdigest() == blob_id
+            b0 = s.engine.batches
+            got = await asyncio.gather(*(staged_deliver(s, acc.id, body(i)) for i in range(2, 102)))
+            assert s.engine.batches - b0 < 50  # concurrent deliveries shared batches
+            for i, (bid, _) in zip(range(2, 102), got, strict=True):
+                assert await s.blobs.read(bid) == body(i)
+            assert len({u for _, u in got}) == 100
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+    assert len(locs(tmp_path)) == 101
+
+
+def test_identical_content_staged_concurrently_is_stored_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            got = await asyncio.gather(*(staged_deliver(s, acc.id, body(7)) for _ in range(20)))
+            assert len({b for b, _ in got}) == 1
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None and len(await s.list_messages(inbox.id)) == 20
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+    assert len(locs(tmp_path)) == 1
+    assert sum(segment_sizes(tmp_path).values()) == len(body(7))
+
+
+def test_staged_queue_copy_and_local_copy_in_one_transaction(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            spool = s.blobs.new_spool()
+            spool.write(body(1))
+            # one spool, two blobs (as delivery.py does: Return-Path only on the local copy)
+            local = await s._segs.stage(spool, prefix=b"Return-Path: <x@y>\r\n")
+            remote = await s._segs.stage(spool, prefix=b"")
+            entry = QueueEntry(id="q1", sender="x@y", blob=remote,
+                               recipients=(QueueRecipient("r@remote.example"),),
+                               created=1.0, next_attempt=1.0)
+            b0 = s.engine.batches
+            await s.deliver(local, [DeliveryTarget(acc.id)], queue=entry)
+            spool.abort()
+            assert s.engine.batches - b0 == 1
+            assert await s.blobs.read(local.blob_id) == b"Return-Path: <x@y>\r\n" + body(1)
+            assert await s.blobs.read(remote.blob_id) == body(1)
+            got = await s.queue_get("q1")
+            assert got is not None and got.blob.blob_id == remote.blob_id
+            assert type(got.blob) is not StagedBlob
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+
+
+def test_a_bad_blob_fails_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            spool = s.blobs.new_spool()
+            spool.write(body(1))
+            bad = await s._segs.stage(spool)
+            spool.write(b"written after staging")  # the content no longer matches the id
+
+            async def bad_delivery() -> None:
+                await s.deliver(bad, [DeliveryTarget(acc.id)])
+
+            results = await asyncio.gather(
+                *(staged_deliver(s, acc.id, body(i)) for i in range(2, 6)),
+                bad_delivery(),
+                *(staged_deliver(s, acc.id, body(i)) for i in range(6, 10)),
+                return_exceptions=True)
+            assert isinstance(results[4], StorageError)
+            good = [r for i, r in enumerate(results) if i != 4]
+            for i, (bid, _) in zip([*range(2, 6), *range(6, 10)], good, strict=True):  # type: ignore[misc]
+                assert await s.blobs.read(bid) == body(i)
+            with pytest.raises(NotFound):
+                await s.blobs.read(bad.blob_id)
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None and len(await s.list_messages(inbox.id)) == 8
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+    # the failed write was cut back: the segment holds exactly the 8 good bodies
+    assert sum(segment_sizes(tmp_path).values()) == sum(len(body(i)) for i in range(2, 10))
+
+
+def test_unacknowledged_tail_is_truncated_at_open(tmp_path: Path) -> None:
+    async def first() -> tuple[str, int]:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            return await staged_deliver(s, acc.id, body(1))
+        finally:
+            await s.close()
+
+    blob_id, _uid = asyncio.run(first())
+    (seg,) = segment_sizes(tmp_path)
+    path = tmp_path / "blobs" / "segments" / f"{seg:08d}.seg"
+    with open(path, "ab") as f:  # appended and fdatasynced, but its transaction never committed
+        f.write(b"half a message that was never acknowledged")
+    (tmp_path / "blobs" / "tmp" / "spool-leftover").write_bytes(b"partial")
+
+    async def second() -> None:
+        s = await opened(tmp_path)
+        try:
+            assert segment_sizes(tmp_path) == {seg: len(body(1))}
+            assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
+            assert await s.blobs.read(blob_id) == body(1)
+            acc = await s.get_account("a@example.com")
+            assert acc is not None
+            b2, _ = await staged_deliver(s, acc.id, body(2))  # appended right after body 1
+            assert locs(tmp_path)[b2] == (seg, len(body(1)), len(body(2)))
+            assert await s.blobs.read(b2) == body(2)
+        finally:
+            await s.close()
+
+    asyncio.run(second())
+
+
+def test_rotation_deletion_and_segment_removal(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, segment_size=10_000)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            ids = [(await staged_deliver(s, acc.id, body(i)))[0] for i in range(20)]
+            sizes = segment_sizes(tmp_path)
+            assert len(sizes) >= 5 and max(sizes.values()) < 10_000 + len(body(0))
+            for i, bid in enumerate(ids):
+                assert await s.blobs.read(bid) == body(i)
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None
+            first_seg = locs(tmp_path)[ids[0]][0]
+            in_first = [m.uid for m in await s.list_messages(inbox.id)
+                        if locs(tmp_path)[m.blob_id][0] == first_seg]
+            await s.store_flags(inbox.id, in_first, ["\\Deleted"], "add")
+            await s.expunge(inbox.id)
+            assert first_seg not in segment_sizes(tmp_path)  # its last blob went: unlinked
+            with pytest.raises(NotFound):
+                await s.blobs.read(ids[0])
+            for i, bid in enumerate(ids[len(in_first):], start=len(in_first)):
+                assert await s.blobs.read(bid) == body(i)
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+
+
+def test_half_dead_segments_are_compacted_at_open(tmp_path: Path) -> None:
+    async def first() -> dict[str, bytes]:
+        s = await opened(tmp_path, segment_size=20_000)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            kept: dict[str, bytes] = {}
+            for i in range(24):
+                bid, _uid = await staged_deliver(s, acc.id, body(i))
+                if i % 4 == 0:
+                    kept[bid] = body(i)
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None
+            gone = [m.uid for m in await s.list_messages(inbox.id) if m.blob_id not in kept]
+            await s.store_flags(inbox.id, gone, ["\\Deleted"], "add")
+            await s.expunge(inbox.id)
+            return kept
+        finally:
+            await s.close()
+
+    kept = asyncio.run(first())
+    before = segment_sizes(tmp_path)
+
+    async def second() -> None:
+        s = await opened(tmp_path, segment_size=20_000)
+        try:
+            for bid, data in kept.items():
+                assert await s.blobs.read(bid) == data
+        finally:
+            await s.close()
+
+    asyncio.run(second())
+    after = segment_sizes(tmp_path)
+    assert sum(after.values()) < sum(before.values())
+    assert sum(after.values()) == sum(len(d) for d in kept.values())  # only live bytes left
+    assert set(locs(tmp_path)) == set(kept)
+
+
+def test_per_file_blobs_are_imported(tmp_path: Path) -> None:
+    async def first() -> str:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            bid, _ = await staged_deliver(s, acc.id, body(1))
+            return bid
+        finally:
+            await s.close()
+
+    bid = asyncio.run(first())
+    # rewrite the data directory into the previous per-file layout
+    legacy = tmp_path / "blobs" / bid[:2] / bid[2:4] / bid
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(body(1))
+    orphan = tmp_path / "blobs" / "00" / "00" / ("0" * 64)
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"referenced by nothing")
+    for p in (tmp_path / "blobs" / "segments").iterdir():
+        p.unlink()
+    db = sqlite3.connect(tmp_path / "mailyard.sqlite3")
+    db.execute("DELETE FROM blob_locs")
+    db.commit()
+    db.close()
+
+    async def second() -> None:
+        s = await opened(tmp_path)
+        try:
+            assert await s.blobs.read(bid) == body(1)
+        finally:
+            await s.close()
+
+    asyncio.run(second())
+    assert not legacy.exists() and not orphan.exists()
+    assert set(locs(tmp_path)) == {bid}
+
+
+def test_reads_inline_threaded_and_across_a_dropped_segment(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, segment_size=1000)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            big = os.urandom(INLINE_READ_MAX * 2 + 123)
+            bid, uid = await staged_deliver(s, acc.id, big)
+            small, _ = await staged_deliver(s, acc.id, body(1))
+            assert await s.blobs.read(bid) == big
+            assert await s.blobs.read(bid, 10, 100) == big[10:110]
+            assert await s.blobs.read(bid, len(big) + 5) == b""
+            assert await s.blobs.read(small, 3) == body(1)[3:]
+            # a stream that started keeps reading after the segment is deleted
+            it = s.blobs.stream(bid, chunk=65536)
+            first = await anext(it)  # type: ignore[call-overload]
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None
+            await s.store_flags(inbox.id, [uid], ["\\Deleted"], "add")
+            seg = locs(tmp_path)[bid][0]
+            await s.expunge(inbox.id)
+            assert bid not in locs(tmp_path) and seg not in segment_sizes(tmp_path)
+            rest = [c async for c in it]
+            assert first + b"".join(rest) == big
+            assert max(len(c) for c in [first, *rest]) <= 65536
+            with pytest.raises(NotFound):
+                await s.blobs.read(bid)
+            with pytest.raises(NotFound):
+                [c async for c in s.blobs.stream(bid)]
+        finally:
+            await s.close()
+
+    asyncio.run(main())
