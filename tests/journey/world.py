@@ -338,11 +338,12 @@ class World:
         self.knot.stop()
 
 
-def build_world(tmp: Path, *, extra_zones: dict[str, str] | None = None,
-                ptr: dict[int, str] | None = None) -> World:
+def build_world(tmp: Path, *,
+                extra_zones_for: Callable[[str], dict[str, str]] | None = None) -> World:
     """a.test (alice) and b.test (bob) initialised, Knot serving their zones (and
-    ``extra_zones``) and running. The mailyard servers are not started yet."""
+    ``extra_zones_for(prefix)``) and running. The mailyard servers are not started."""
     prefix = unique_net()
+    extra_zones = extra_zones_for(prefix) if extra_zones_for else {}
     ca = CA.create(tmp / "ca")
     # Knot needs the DKIM keys that init makes, and init needs the name server's
     # address: reserve the port first.
@@ -352,10 +353,10 @@ def build_world(tmp: Path, *, extra_zones: dict[str, str] | None = None,
     a = make_instance(tmp, "a.test", prefix + "2", ca=ca, nameserver=ns, users=("alice",))
     b = make_instance(tmp, "b.test", prefix + "3", ca=ca, nameserver=ns, users=("bob",))
     rev_name, rev = reverse_zone(prefix, {2: "mail.a.test", 3: "mail.b.test",
-                                          4: "mail.c.test", **(ptr or {})})
+                                          4: "mail.c.test"})
     knot.zones = {"a.test": zone_text("a.test", a.ip, a.records),
                   "b.test": zone_text("b.test", b.ip, b.records),
-                  rev_name: rev, "attacker.test": ATTACKER_ZONE, **(extra_zones or {})}
+                  rev_name: rev, "attacker.test": ATTACKER_ZONE, **extra_zones}
     port = knot.port
     knot.start()
     assert knot.port != 0
