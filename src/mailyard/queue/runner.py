@@ -167,8 +167,10 @@ class QueueRunner:
         poll). In-flight entries are skipped: their saved time is a crash fallback."""
         now = self._clock()
         try:
+            # queue_due's order is "oldest first" (SQLite: by next attempt); a batch
+            # is enough to find the earliest, or one close to it.
             upcoming = await self._store.queue_due(now + self.poll_interval,
-                                                   len(self._inflight) + 1)
+                                                   len(self._inflight) + self.batch)
         except Exception:
             return self.poll_interval
         times = [e.next_attempt for e in upcoming if e.id not in self._inflight]
