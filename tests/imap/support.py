@@ -179,3 +179,66 @@ def client_tls() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class RawClient:
+    """A line-level IMAP client for exact protocol checks (no library smoothing)."""
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1", timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        import socket
+
+        sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = tls.wrap_socket(sock) if tls is not None else sock
+        self.buf = b""
+        self.n = 0
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        """One response line, with any literals it announces folded in."""
+        out = b""
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError(f"closed; got {out + self.buf!r}")
+                self.buf += chunk
+            part, _, self.buf = self.buf.partition(b"\r\n")
+            out += part
+            if part.endswith(b"}") and b"{" in part:
+                size = int(part[part.rindex(b"{") + 1 : -1])
+                while len(self.buf) < size:
+                    chunk = self.sock.recv(65536)
+                    if not chunk:
+                        raise EOFError("closed inside a literal")
+                    self.buf += chunk
+                out += b"\r\n" + self.buf[:size]
+                self.buf = self.buf[size:]
+                continue
+            return out
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def cmd(self, text: str | bytes) -> tuple[list[bytes], bytes]:
+        """Send ``tag text`` and read up to the tagged reply: (untagged lines, tagged line)."""
+        self.n += 1
+        tag = b"t%d" % self.n
+        data = text.encode() if isinstance(text, str) else text
+        self.send(tag + b" " + data + b"\r\n")
+        return self.until(tag)
+
+    def until(self, tag: bytes) -> tuple[list[bytes], bytes]:
+        lines: list[bytes] = []
+        while True:
+            ln = self.line()
+            if ln.startswith(tag + b" "):
+                return lines, ln
+            lines.append(ln)
+
+    def login(self, user: str = USER, password: str = PASSWORD) -> None:
+        _, tagged = self.cmd(f'LOGIN "{user}" "{password}"')
+        assert b" OK " in tagged, tagged
+
+    def close(self) -> None:
+        self.sock.close()

@@ -81,8 +81,9 @@ async def handle_imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     except TimeoutError:
         session.try_send(r.bye("Autologout; idle for too long"))
     except asyncio.CancelledError:
+        # Server shutdown. The task ends here instead of re-raising: on Python 3.11 the
+        # stream server's done-callback logs a cancelled handler task as an error.
         session.try_send(r.bye("Server shutting down"))
-        raise
     except Exception:
         ctx.log.exception("imap: session from %s failed", session.remote_ip)
         session.try_send(r.bye("Internal server error", "UNAVAILABLE"))
