@@ -78,21 +78,34 @@ def hardened_server(tmp: Path, nameserver: str, *, users: tuple[str, ...] = ("al
 
 # -- clients -------------------------------------------------------------------------
 
-def pop3_messages(srv: Server, user: str, *, domain: str = "example.test") -> list[bytes]:
-    """Every message of ``user``'s INBOX as stored (RETR, unstuffed, CRLF)."""
+def pop3_retr_all(srv: Server, user: str, *, domain: str = "example.test"
+                  ) -> tuple[list[bytes], list[bytes]]:
+    """(messages, -ERR replies) for RETR of every message of ``user``'s INBOX."""
     p = poplib.POP3(*srv.addr("pop3"), timeout=20)
     try:
         p.user(f"{user}@{domain}")
         p.pass_(PASSWORD)
         count, _ = p.stat()
-        out = []
+        out: list[bytes] = []
+        errors: list[bytes] = []
         for i in range(1, count + 1):
-            _, lines, _ = p.retr(i)
+            try:
+                _, lines, _ = p.retr(i)
+            except poplib.error_proto as e:
+                errors.append(e.args[0] if e.args else b"")
+                continue
             out.append(b"\r\n".join(lines) + b"\r\n")
-        return out
+        return out, errors
     finally:
         with contextlib.suppress(Exception):
             p.quit()
+
+
+def pop3_messages(srv: Server, user: str, *, domain: str = "example.test") -> list[bytes]:
+    """Every message of ``user``'s INBOX as stored (RETR, unstuffed, CRLF); no -ERR allowed."""
+    out, errors = pop3_retr_all(srv, user, domain=domain)
+    assert not errors, errors
+    return out
 
 
 def count_with(messages: list[bytes], marker: bytes) -> int:
@@ -144,7 +157,8 @@ class ThreadedSink:
     ``250`` for a message: the hook a kill -9 "after the remote 250" needs.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, port: int = 0, **kwargs: Any) -> None:
+        self.bind_port = port
         self.after_accept: Callable[[ReceivedMessage], None] | None = None
         outer = self
 
@@ -161,7 +175,7 @@ class ThreadedSink:
 
     def __enter__(self) -> ThreadedSink:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.sink.start("127.0.0.1", 0), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.sink.start("127.0.0.1", self.bind_port), self.loop).result(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
