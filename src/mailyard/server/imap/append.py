@@ -62,8 +62,8 @@ async def append(s: Session, first: c.AppendMessage) -> Reply:
         if isinstance(ev, c.AppendDone):
             break
         if isinstance(ev, c.ParseError):
-            if ev.kind == "toobig":
-                return no(ev.message, ev.code or "TOOBIG")
+            if getattr(ev, "status", "NO" if ev.kind == "toobig" else "BAD") == "NO":
+                return no(ev.message, ev.code)
             return bad(ev.message, ev.code)
         if not isinstance(ev, c.AppendMessage):  # pragma: no cover - parser order
             return bad("unexpected APPEND data")

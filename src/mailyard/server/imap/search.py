@@ -144,15 +144,3 @@ async def cmd_search(s: Session, cmd: c.Search) -> Reply:
         results["MODSEQ"] = highest
     s.send(r.esearch(cmd.tag, uid=cmd.uid, results=results))
     return ok(("UID " if cmd.uid else "") + "SEARCH completed")
-
-
-async def cmd_sort(s: Session, cmd: c.Sort) -> Reply:
-    from mailyard.server.imap.sort import sort
-
-    return await sort(s, cmd)
-
-
-async def cmd_thread(s: Session, cmd: c.Thread) -> Reply:
-    from mailyard.server.imap.thread import thread
-
-    return await thread(s, cmd)

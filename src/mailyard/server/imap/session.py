@@ -149,6 +149,8 @@ class Session:
                  "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES", "CONDSTORE",
                  "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "STATUS=SIZE",
                  f"APPENDLIMIT={self.append_limit}", "MULTIAPPEND", "UTF8=ACCEPT"]
+        if _sorting() is not None:
+            caps += ["SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]
         return caps
 
     # -- output --------------------------------------------------------------------------
@@ -201,13 +203,11 @@ class Session:
         if isinstance(ev, c.NeedContinuation):
             self.send(r.continuation("Ready for literal data"))
         elif isinstance(ev, c.ParseError):
-            tag = ev.tag or "*"
-            if ev.kind == "toobig":
-                self.send(r.tagged(tag, "NO", ev.message, ev.code or "TOOBIG"))
-            elif tag == "*":
-                self.send(r.untagged("BAD", ev.message, ev.code))
+            status = getattr(ev, "status", "NO" if ev.kind == "toobig" else "BAD")
+            if ev.tag is None:
+                self.send(r.untagged(status, ev.message, ev.code))
             else:
-                self.send(r.tagged(tag, "BAD", ev.message, ev.code))
+                self.send(r.tagged(ev.tag, status, ev.message, ev.code))
             if ev.fatal:
                 self.send(r.bye("Too many errors"))
                 self.state = State.LOGOUT
@@ -518,7 +518,25 @@ async def cmd_compress(s: Session, cmd: c.Compress) -> Reply:
     return bad("COMPRESS is not supported")
 
 
+def _sorting() -> Any:
+    """The SORT/THREAD module, or None when the core's sortthread module is missing."""
+    try:
+        from mailyard.server.imap import sorting
+    except ImportError:  # pragma: no cover - the core ships sortthread.py
+        return None
+    return sorting
+
+
+_TABLE: dict[type, Handler] = {}
+
+
 def handler_for(cmd: c.Command) -> Handler | None:
+    if not _TABLE:
+        _TABLE.update(_build_table())
+    return _TABLE.get(type(cmd))
+
+
+def _build_table() -> dict[type, Handler]:
     from mailyard.server.imap import fetch, idle, mailboxes, search, select, store
 
     table: dict[type, Handler] = {
@@ -535,8 +553,12 @@ def handler_for(cmd: c.Command) -> Handler | None:
         c.GetQuotaRoot: mailboxes.cmd_getquotaroot, c.SetQuota: mailboxes.cmd_setquota,
         c.Idle: idle.cmd_idle,
         c.Fetch: fetch.cmd_fetch,
-        c.Search: search.cmd_search, c.Sort: search.cmd_sort, c.Thread: search.cmd_thread,
+        c.Search: search.cmd_search,
         c.Store: store.cmd_store, c.Copy: store.cmd_copy, c.Move: store.cmd_move,
         c.Expunge: store.cmd_expunge,
     }
-    return table.get(type(cmd))
+    sorting = _sorting()
+    if sorting is not None:
+        table[c.Sort] = sorting.cmd_sort
+        table[c.Thread] = sorting.cmd_thread
+    return table

@@ -1,0 +1,61 @@
+"""SORT / THREAD over the session, and the per-session view at 100k messages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mailyard.protocol.imap.sequence import parse_sequence_set
+from mailyard.server.imap.view import MailboxView
+from mailyard.storage.models import Mailbox, MessageRef
+from tests.imap.support import ImapTestServer, RawClient
+
+
+def test_sort_and_thread(tmp_path: Path) -> None:
+    with ImapTestServer(tmp_path) as srv:
+        # M1 "hello there" (Feb 7, bob), M2 "Re: hello there" (Feb 8, carol, replies to
+        # M1), M3 "another topic" (Feb 9, dave); a fourth replies to M2
+        srv.deliver(b"From: eve@example.org\r\nSubject: Re: Re: hello there\r\n"
+                    b"Date: Thu, 10 Feb 1994 08:00:00 +0000\r\nMessage-ID: <m4@example.org>\r\n"
+                    b"References: <m1@example.org> <m2@example.org>\r\n\r\nx\r\n")
+        raw = RawClient(srv.port)
+        raw.login()
+        raw.cmd("SELECT INBOX")
+        assert raw.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == [b"* SORT 3 1 2 4"]
+        assert raw.cmd("SORT (REVERSE DATE) UTF-8 ALL")[0] == [b"* SORT 4 3 2 1"]
+        assert raw.cmd("SORT (FROM) UTF-8 ALL")[0] == [b"* SORT 1 2 3 4"]
+        assert raw.cmd("SORT (SIZE) UTF-8 SUBJECT hello")[0] == [b"* SORT 4 1 2"]
+        assert raw.cmd("UID SORT (ARRIVAL) UTF-8 NOT FROM dave")[0] == [b"* SORT 1 2 4"]
+        assert raw.cmd("THREAD REFERENCES UTF-8 ALL")[0] == [b"* THREAD (1 2 4)(3)"]
+        assert raw.cmd("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == [
+            b"* THREAD (1 (2)(4))(3)"]
+        assert raw.cmd("THREAD REFERENCES UTF-8 FROM nobody")[0] == [b"* THREAD"]
+
+
+def _refs(n: int) -> list[MessageRef]:
+    return [MessageRef(mailbox_id=1, uid=2 * i + 1, modseq=1, flags=frozenset(),
+                       internaldate=0.0, savedate=0.0, size=1, blob_id="b")
+            for i in range(n)]
+
+
+def test_view_maps_100k_messages_quickly() -> None:
+    mb = Mailbox(id=1, account_id=1, name="INBOX", uidvalidity=1, uidnext=200_001,
+                 highestmodseq=1)
+    t0 = time.perf_counter()
+    view = MailboxView(mb, _refs(100_000), readonly=False)
+    assert view.exists == 100_000
+    assert view.seq_of(1) == 1 and view.seq_of(199_999) == 100_000 and view.seq_of(2) is None
+    for uid in range(1, 200_000, 97):  # about 2,000 lookups
+        view.seq_of(uid)
+    # a UID range is selected by bisection, a seqnum range by slicing
+    assert view.select_uids(parse_sequence_set("100:110"), uid=True) == [101, 103, 105,
+                                                                         107, 109]
+    assert view.select_uids(parse_sequence_set("99999:*"), uid=False) == [199_997, 199_999]
+    # removing: EXPUNGE responses in descending order, each valid when sent
+    assert view.remove([199_999, 1, 5]) == [99_999 + 1, 3, 1]
+    assert view.exists == 99_997 and view.seq_of(3) == 1 and view.seq_of(7) == 2
+    view.add([MessageRef(mailbox_id=1, uid=200_001, modseq=2,
+                                    flags=frozenset({"$Work"}), internaldate=0.0,
+                                    savedate=0.0, size=1, blob_id="b")])
+    assert view.seq_of(200_001) == 99_998 and "$Work" in view.keywords
+    assert time.perf_counter() - t0 < 2.0
