@@ -47,7 +47,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -348,17 +348,31 @@ def tree_memory(root: int) -> tuple[int, int, int]:
 
 
 def tree_cpu(root: int) -> float:
-    """CPU seconds (user+sys) used so far by the live processes of the tree."""
+    """CPU seconds (user+sys) used so far by the tree, including reaped children."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for p in tree_pids(root):
         try:
             with open(f"/proc/{p}/stat") as f:
                 parts = f.read().rsplit(")", 1)[1].split()
-            total += int(parts[11]) + int(parts[12])
+            # utime + stime, plus cutime + cstime: children already reaped (Dovecot's
+            # per-connection imap processes that exited) are counted by their parent
+            total += sum(int(x) for x in parts[11:15])
         except (OSError, IndexError, ValueError):
             continue
     return total / tick
+
+
+@contextlib.contextmanager
+def bench_dir() -> Iterator[Path]:
+    """A scratch directory under $BENCH_TMP (or /tmp); kept, and named, if $BENCH_KEEP is set."""
+    if os.environ.get("BENCH_KEEP"):
+        path = Path(tempfile.mkdtemp(prefix="bench-", dir=os.environ.get("BENCH_TMP")))
+        print(f"  (keeping {path})", flush=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
+        yield Path(d)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -378,8 +392,7 @@ class Dovecot:
     proc: subprocess.Popen[bytes]
     imap: int
     imaps: int = 0
-    lmtp: int = 0
-    tmp: Path = field(default_factory=Path)
+    conf: Path = field(default_factory=Path)
 
 
 def dovecot_maildir(tmp: Path, user: str) -> Path:
@@ -404,7 +417,7 @@ def write_maildir(md: Path, items: Iterable[tuple[bytes, float, bool]], *, start
 
 
 def start_dovecot(tmp: Path, users: Iterable[str], *, tls: tuple[Path, Path] | None = None,
-                  lmtp: bool = False, max_connections: int = 1000,
+                  max_connections: int = 1000,
                   client_limit: int = 1) -> Dovecot:
     """Dovecot on loopback with one Maildir per user under ``tmp/dovecot-home``.
 
@@ -413,7 +426,7 @@ def start_dovecot(tmp: Path, users: Iterable[str], *, tls: tuple[Path, Path] | N
     """
     dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
     if not os.path.exists(dovecot) or not os.path.exists("/usr/lib/dovecot/imap"):
-        sys.exit("dovecot not found: apt-get install dovecot-imapd dovecot-lmtpd")
+        sys.exit("dovecot not found: apt-get install dovecot-imapd")
     home = tmp / "dovecot-home"
     home.mkdir(exist_ok=True)
     users = list(users)
@@ -428,17 +441,14 @@ def start_dovecot(tmp: Path, users: Iterable[str], *, tls: tuple[Path, Path] | N
                                                 for u in users))
     imap_port = free_port()
     imaps_port = free_port() if tls else 0
-    lmtp_port = free_port() if lmtp else 0
     procs = max(1, -(-max_connections // client_limit)) + 10
     ssl_conf = (f"ssl = yes\nssl_cert = <{tls[0]}\nssl_key = <{tls[1]}\n" if tls else "ssl = no\n")
-    lmtp_conf = (f"service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n"
-                 f"    port = {lmtp_port}\n  }}\n}}\n" if lmtp else "")
     conf = tmp / "dovecot.conf"
     conf.write_text(textwrap.dedent(f"""\
         base_dir = {run_dir}
         state_dir = {run_dir}
         log_path = {tmp}/dovecot.log
-        protocols = imap{' lmtp' if lmtp else ''}
+        protocols = imap
         listen = 127.0.0.1
         disable_plaintext_auth = no
         auth_mechanisms = plain login
@@ -474,6 +484,7 @@ def start_dovecot(tmp: Path, users: Iterable[str], *, tls: tuple[Path, Path] | N
         }}
         service imap {{
           client_limit = {client_limit}
+          service_count = {1 if client_limit == 1 else 0}
           process_limit = {procs}
         }}
         service anvil {{
@@ -483,11 +494,11 @@ def start_dovecot(tmp: Path, users: Iterable[str], *, tls: tuple[Path, Path] | N
         service auth {{
           client_limit = {3 * procs + 300}
         }}
-        """) + ssl_conf + lmtp_conf)
+        """) + ssl_conf)
     proc = subprocess.Popen([dovecot, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     wait_port(imap_port, proc, "dovecot")
-    return Dovecot(proc, imap_port, imaps_port, lmtp_port, tmp)
+    return Dovecot(proc, imap_port, imaps_port, conf)
 
 
 def chown_dovecot(tmp: Path) -> None:
@@ -746,8 +757,7 @@ def main() -> None:
     names = [f"user{i}@{DOMAIN}" for i in range(1, nusers + 1)]
     logins = [names[i % nusers] for i in range(args.clients)]
     results: dict[str, tuple[Result, float]] = {}
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmpd:
-        tmp = Path(tmpd)
+    with bench_dir() as tmp:
         if args.only != "mailyard":
             for u in names:
                 md = dovecot_maildir(tmp, u)
