@@ -572,3 +572,26 @@ def test_references_exhausted_budget_refuses_links_but_keeps_messages(
     assert _balanced(out)
     monkeypatch.undo()
     assert format_threads(thread_references(msgs)) == "(1 2 3 4 5)"
+
+
+def test_lone_surrogates_and_control_bytes_do_not_raise() -> None:
+    # str header values may carry lone surrogates (surrogateescape'd raw bytes or not).
+    msgs = [
+        SortItem(seq=1, uid=1, size=1, internaldate=0,
+                 headers={"Subject": "\ud800 re: x", "From": "\udcff <a\ud800@b>",
+                          "Date": "\ud800", "Message-ID": "<\ud800>", "References": "<\ud800>"}),
+        SortItem(seq=2, uid=2, size=1, internaldate=0, headers=lambda n: "\udfff\x00\x01"),
+    ]
+    crit = [(False, "SUBJECT"), (False, "DISPLAYFROM"), (True, "DATE"), (False, "FROM")]
+    assert sorted(sort_messages(msgs, crit)) == [1, 2]
+    for alg in ("ORDEREDSUBJECT", "REFERENCES", "REFS"):
+        assert _ids_in(format_threads(thread_messages(msgs, alg))) == [1, 2]
+
+
+def test_thread_node_repr_is_not_recursive() -> None:
+    root = cur = ThreadNode(1)
+    for i in range(2, sys.getrecursionlimit() * 5):
+        nxt = ThreadNode(i)
+        cur.children.append(nxt)
+        cur = nxt
+    assert repr(root) == "ThreadNode(id=1, children=1)"

@@ -19,6 +19,13 @@ Theory of operation
 
 Header values may be given as ``str`` or ``bytes`` exactly as in the message
 (RFC 2047 encoded-words are decoded here).
+
+Wiring (server side), for the messages a SORT/THREAD search matched::
+
+    items = [SortItem(seq=..., uid=..., size=..., internaldate=..., headers=...)]
+    numbers = sort_messages(items, cmd.criteria, uid=cmd.uid)        # * SORT 3 1 2
+    data = format_threads(thread_messages(items, cmd.algorithm, uid=cmd.uid))
+    # -> "* THREAD " + data
 """
 
 from __future__ import annotations
@@ -334,13 +341,19 @@ def sort_messages(items: Iterable[SortItem], criteria: Sequence[tuple[bool, str]
 
 
 # -- THREAD --------------------------------------------------------------------------------
-@dataclass(eq=True, slots=True)
+@dataclass(eq=False, repr=False, slots=True)
 class ThreadNode:
     """One node of a thread tree: ``id`` is the sequence number (or UID), None for
-    a dummy standing in for a missing parent."""
+    a dummy standing in for a missing parent.
+
+    No generated ``__eq__``/``__repr__``: both would recurse down the tree, and a
+    thread may be thousands deep. Compare ``format_threads`` output instead."""
 
     id: int | None
     children: list[ThreadNode] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"ThreadNode(id={self.id!r}, children={len(self.children)})"
 
 
 class _C:
