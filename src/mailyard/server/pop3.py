@@ -56,6 +56,10 @@ __all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
 
 TRANSACTION_TIMEOUT = 600.0  # RFC 1939 §3: at least 10 minutes
 READ_CHUNK = 65536
+# Error replies before the session is cut (RFC 5321 §4.3.2 lets SMTP do the same; POP3
+# says nothing): a client that is not speaking POP3 (an HTTP request, a port scanner)
+# gets a few -ERR lines, not one per line it sends.
+MAX_ERRORS = 10
 TLS_HANDSHAKE_TIMEOUT = 30.0
 
 log = logging.getLogger("mailyard.pop3")
@@ -109,6 +113,7 @@ class _Session:
         self.inbox: Mailbox | None = None
         self.messages: list[MessageRef] = []
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
+        self.errors = 0
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
 
     # -- I/O helpers ---------------------------------------------------------------------
@@ -122,6 +127,22 @@ class _Session:
         data = self.conn.data_to_send()
         if data:
             if self.writer.is_closing():
+                raise _Closed
+            if not self.in_body:
+                self.errors += data.count(b"\r\n-ERR") + data.startswith(b"-ERR")
+            if self.errors >= MAX_ERRORS:
+                # Pipelined junk was answered in one go by the core: send no more than
+                # MAX_ERRORS replies in all, then the last word.
+                lines = data.split(b"\r\n")
+                over = self.errors - MAX_ERRORS
+                while over > 0 and lines:
+                    if lines.pop().startswith(b"-ERR"):
+                        over -= 1
+                data = b"".join(ln + b"\r\n" for ln in lines if ln)
+                self.writer.write(data + b"-ERR Too many errors, closing\r\n")
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self.writer.drain()
                 raise _Closed
             self.writer.write(data)
         async with asyncio.timeout(self.timeout):
@@ -206,15 +227,18 @@ class _Session:
         self.conn.ok_multiline(f"{ref.size} octets")
         self.in_body = True
         if first is not None:
+            # A message that fits one chunk goes out with "+OK" and the final dot in one
+            # write; larger ones are flushed chunk by chunk (backpressure via drain).
             self.conn.send_body(first)
-            await self.flush()
-            while not self.conn.body_done:
+            sent = len(first)
+            while not self.conn.body_done and sent < ref.size:
+                await self.flush()
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
                 self.conn.send_body(chunk)
-                await self.flush()
+                sent += len(chunk)
         with contextlib.suppress(Exception):
             await chunks.aclose()  # type: ignore[attr-defined]
         self.conn.end_body()
