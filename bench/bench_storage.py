@@ -2,17 +2,23 @@
 
     python bench/bench_storage.py [--messages 2000] [--size 5000] [--concurrency 20]
 
-Three measurements, same machine, same run, every write durable (fsync):
+Measurements, same machine, same run, every write durable (fsync):
 
 1. naive     - what a straightforward server does per message: write a file,
                fsync it, rename, fsync the directory, then one SQLite
                transaction (WAL, synchronous=FULL) inserting the message row.
                Concurrent tasks each run it in a thread; the single connection
                is serialised by a lock.
-2. mailyard  - SQLiteStore: FileBlobStore.commit (parallel fsyncs, batched
-               renames + directory fsyncs) + Store.deliver (group commit).
-3. blob layer alone: per-file blobs (FileBlobStore) vs. an append-only segment
-               file with one fdatasync per batch (DESIGN.md's alternative).
+2. mailyard  - SQLiteStore, two ways:
+               staged: ``blobs.stage`` + ``deliver`` (what the SMTP server does):
+                 the body is appended to a segment, fdatasynced and indexed in
+                 the same group-commit batch as the message rows (one hop);
+               commit+deliver: ``blobs.commit`` then ``deliver`` (two batches).
+3. blob layer alone: per-file blobs (FileBlobStore: fsync file, rename, fsync
+               directory) vs. SQLiteStore's segment blobs (``blobs.put``: append,
+               one fdatasync + one commit per batch) vs. a bare segment writer.
+4. lookups   - ``get_account`` on the loop's own connection (what the store
+               does) vs. the same query through the reader thread pool.
 """
 
 from __future__ import annotations
@@ -87,18 +93,25 @@ async def bench_naive(root: Path, datas: list[bytes], concurrency: int) -> float
 
 
 # -- 2. mailyard -----------------------------------------------------------------------
-async def bench_store(root: Path, datas: list[bytes], concurrency: int) -> tuple[float, float]:
+async def bench_store(root: Path, datas: list[bytes], concurrency: int, *,
+                      staged: bool) -> tuple[float, float]:
     s = SQLiteStore(root, sweep_orphans=False)
     await s.open()
     acc = await s.add_account("bench@example.com", "x")
     target = [DeliveryTarget(acc.id)]
     b0, j0 = s.engine.batches, s.engine.jobs_done
+    segs = s._segs
 
     async def one(data: bytes) -> None:
         spool = s.blobs.new_spool()
         spool.write(data)
-        ref = await s.blobs.commit(spool)
-        await s.deliver(ref, target)
+        if staged:
+            ref = await segs.stage(spool, prefix=b"Received: bench\r\n")
+            await s.deliver(ref, target)
+            spool.abort()
+        else:
+            ref = await s.blobs.commit(spool, prefix=b"Received: bench\r\n")
+            await s.deliver(ref, target)
 
     try:
         rate = await run_tasks(datas, concurrency, one)
@@ -165,6 +178,36 @@ class SegmentWriter:
         os.close(self.fd)
 
 
+async def bench_store_blobs(root: Path, datas: list[bytes], concurrency: int) -> float:
+    s = SQLiteStore(root, sweep_orphans=False)
+    await s.open()
+    try:
+        return await run_tasks(datas, concurrency, s.blobs.put)
+    finally:
+        await s.close()
+
+
+async def bench_lookups(root: Path, n: int) -> tuple[float, float]:
+    s = SQLiteStore(root)
+    await s.open()
+    try:
+        for i in range(200):
+            await s.add_account(f"u{i}@example.com", "x")
+        t0 = time.perf_counter()
+        for i in range(n):
+            assert await s.get_account(f"u{i % 200}@example.com") is not None
+        inline = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(n):
+            addr = f"u{i % 200}@example.com"
+            assert await s.engine.read(lambda c, a=addr: c.execute(  # type: ignore[misc]
+                "SELECT id FROM accounts WHERE address = ?", (a,)).fetchone()) is not None
+        pooled = n / (time.perf_counter() - t0)
+        return inline, pooled
+    finally:
+        await s.close()
+
+
 async def bench_blob_segment(root: Path, datas: list[bytes], concurrency: int) -> float:
     root.mkdir(parents=True)  # noqa: ASYNC240 - setup, outside the timed part
     seg = SegmentWriter(root / "segment-000001")
@@ -185,18 +228,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         naive = asyncio.run(bench_naive(root / "naive", datas, args.concurrency))
-        ours, per_tx = asyncio.run(bench_store(root / "store", datas, args.concurrency))
+        staged, per_tx = asyncio.run(bench_store(root / "staged", datas, args.concurrency,
+                                                 staged=True))
+        two, per_tx2 = asyncio.run(bench_store(root / "two", datas, args.concurrency,
+                                               staged=False))
         files = asyncio.run(bench_blob_files(root / "files", datas, args.concurrency))
+        segs = asyncio.run(bench_store_blobs(root / "segs", datas, args.concurrency))
         segment = asyncio.run(bench_blob_segment(root / "segment", datas, args.concurrency))
+        inline, pooled = asyncio.run(bench_lookups(root / "lookups", 20_000))
     print(f"{args.messages} deliveries of {args.size} B, {args.concurrency} concurrent tasks, "
           "all fsynced")
-    print(f"  naive (fsync'd file + 1 commit/msg): {naive:8.0f} deliveries/s")
-    print(f"  mailyard SQLiteStore               : {ours:8.0f} deliveries/s  "
-          f"({ours / naive:.1f}x naive; {per_tx:.1f} deliveries per SQL transaction)")
+    print(f"  naive (fsync'd file + 1 commit/msg)   : {naive:8.0f} deliveries/s")
+    print(f"  SQLiteStore, staged (1 batch/msg)     : {staged:8.0f} deliveries/s  "
+          f"({staged / naive:.1f}x naive; {per_tx:.1f} deliveries per batch)")
+    print(f"  SQLiteStore, commit + deliver         : {two:8.0f} deliveries/s  "
+          f"({two / naive:.1f}x naive; {per_tx2:.1f} jobs per batch)")
     print("blob layer alone:")
-    print(f"  per-file blobs (FileBlobStore)     : {files:8.0f} blobs/s")
-    print(f"  append-only segment, 1 fdatasync/batch: {segment:5.0f} blobs/s "
+    print(f"  per-file blobs (FileBlobStore)        : {files:8.0f} blobs/s")
+    print(f"  segment blobs (SQLiteStore.blobs.put) : {segs:8.0f} blobs/s "
+          f"({segs / files:.1f}x per-file)")
+    print(f"  bare segment writer, 1 fdatasync/batch: {segment:8.0f} blobs/s "
           f"({segment / files:.1f}x per-file)")
+    print("index lookups (get_account, sequential):")
+    print(f"  on the loop's connection              : {inline:8.0f} /s  "
+          f"({1e6 / inline:.1f} us each)")
+    print(f"  through the reader thread pool        : {pooled:8.0f} /s  "
+          f"({1e6 / pooled:.1f} us each)")
 
 
 if __name__ == "__main__":

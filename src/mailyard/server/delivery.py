@@ -18,6 +18,7 @@ from mailyard.server.context import ServerContext
 from mailyard.storage.interface import InsufficientStorage, Spool
 from mailyard.storage.models import (
     Account,
+    BlobRef,
     DeliveryTarget,
     QueueEntry,
     QueueRecipient,
@@ -83,6 +84,19 @@ def searchable(content: bytes) -> SearchableText | None:
     except Exception:  # an unparsable message is stored all the same, just not indexed
         return None
     return SearchableText(headers=headers, body=body)
+
+
+async def _store_blob(ctx: ServerContext, spool: Spool, prefix: bytes) -> BlobRef:
+    """``prefix + spool`` as a blob for the ``deliver``/``queue_add`` that follows.
+
+    A store that can *stage* (the SQLite backend) only hashes here and writes the
+    bytes in the same batch as the index records: one durable step per message.
+    A staged spool is not consumed; it must stay intact until that call returns.
+    """
+    stage = getattr(ctx.store.blobs, "stage", None)
+    if stage is not None:
+        return await stage(spool, prefix=prefix)  # type: ignore[no-any-return]
+    return await ctx.store.blobs.commit(spool, prefix=prefix)
 
 
 async def _copy_spool(ctx: ServerContext, spool: Spool) -> Spool:
@@ -223,15 +237,16 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         queue_blob = None
         if sub.remote_rcpts:
             # The queued copy carries no Return-Path (RFC 5321 §4.4: added at final delivery).
-            src = await _copy_spool(ctx, spool) if account_ids else spool
+            staging = hasattr(ctx.store.blobs, "stage")  # staging leaves the spool intact
+            src = await _copy_spool(ctx, spool) if account_ids and not staging else spool
             seal = b""
             if sub.mode == "mx" and auth_header:
                 seal = await _arc_seal(ctx, sub, src, auth_header, received)
-            queue_blob = await ctx.store.blobs.commit(src, prefix=seal + auth_header + received)
+            queue_blob = await _store_blob(ctx, src, seal + auth_header + received)
         local_blob = None
         if account_ids:
             prefix = _return_path(sub.sender) + auth_header + received
-            local_blob = await ctx.store.blobs.commit(spool, prefix=prefix)
+            local_blob = await _store_blob(ctx, spool, prefix)
         entry = None
         if queue_blob is not None:
             mail = sub.mail
