@@ -22,8 +22,6 @@ from mailyard.storage.models import Change
 if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
 
-READ_CHUNK = 65536
-
 
 async def cmd_idle(s: Session, cmd: c.Idle) -> Reply:
     from mailyard.server.imap.session import Closed
@@ -45,7 +43,7 @@ async def cmd_idle(s: Session, cmd: c.Idle) -> Reply:
             if ev is not c.NEED_DATA:  # pragma: no cover - the parser is in DONE mode
                 return bad("expected DONE")
             if read_task is None:
-                read_task = asyncio.ensure_future(s.reader.read(READ_CHUNK))
+                read_task = asyncio.ensure_future(s.read_raw())
             if change_task is None and sub is not None:
                 change_task = asyncio.ensure_future(sub.get())
             waiting = {t for t in (read_task, change_task) if t is not None}

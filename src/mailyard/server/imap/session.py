@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,6 +55,9 @@ log = logging.getLogger("mailyard.imap")
 
 READ_CHUNK = 65536
 TLS_HANDSHAKE_TIMEOUT = 30.0
+# RFC 4978 §4: raw DEFLATE (RFC 1951), no zlib header; wbits -15 is a 32 KiB window.
+DEFLATE_WBITS = -15
+DEFLATE_LEVEL = 6
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 # Commands after which EXPUNGE responses must wait when they use sequence numbers
@@ -109,6 +113,9 @@ class Session:
         self.condstore = False  # CONDSTORE enabled (explicitly or by a CONDSTORE-enabling command)
         self.saved: list[int] | None = None  # SEARCHRES "$" (RFC 5182), as UIDs
         self.in_literal = False  # a FETCH literal is being streamed: nothing else may be written
+        # COMPRESS=DEFLATE (RFC 4978) once active: see send(), flush() and read_raw().
+        self.deflate: Any = None  # zlib compressobj for what we send
+        self.inflate: Any = None  # zlib decompressobj for what we receive
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -141,7 +148,7 @@ class Session:
             if not self.tls and self.ctx.tls is not None:
                 caps.append("STARTTLS")
             if self.plaintext_ok():
-                caps.append("AUTH=PLAIN")
+                caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
             else:
                 caps.append("LOGINDISABLED")
         caps += ["SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -149,6 +156,8 @@ class Session:
                  "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES", "CONDSTORE",
                  "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "STATUS=SIZE",
                  f"APPENDLIMIT={self.append_limit}", "MULTIAPPEND", "UTF8=ACCEPT"]
+        if self.account is not None and self.deflate is None:
+            caps.append("COMPRESS=DEFLATE")  # RFC 4978 §3: only once authenticated
         if _sorting() is not None:
             caps += ["SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]
         return caps
@@ -157,9 +166,19 @@ class Session:
     def send(self, data: bytes) -> None:
         if self.writer.is_closing():
             raise Closed
+        if self.deflate is not None:
+            data = self.deflate.compress(data)
+            if not data:
+                return
         self.writer.write(data)
 
+    def _sync_flush(self) -> None:
+        """Push out what the compressor holds (RFC 4978 §4: Z_SYNC_FLUSH before waiting)."""
+        if self.deflate is not None and not self.writer.is_closing():
+            self.writer.write(self.deflate.flush(zlib.Z_SYNC_FLUSH))
+
     async def flush(self) -> None:
+        self._sync_flush()
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
 
@@ -167,15 +186,42 @@ class Session:
         if self.in_literal or self.writer.is_closing():
             return
         with contextlib.suppress(Exception):
-            self.writer.write(data)
+            self.send(data)
+            self._sync_flush()
 
     def tagged(self, tag: str, reply: Reply) -> None:
         self.send(r.tagged(tag, reply.status, reply.text, reply.code))
 
     # -- input ---------------------------------------------------------------------------
+    async def read_raw(self) -> bytes:
+        """The next bytes from the client (decompressed once COMPRESS is active);
+        b"" at end of stream. Never returns more than READ_CHUNK octets."""
+        inflate = self.inflate
+        if inflate is None:
+            return await self.reader.read(READ_CHUNK)
+        while True:
+            # Bounded: at most READ_CHUNK octets come out per call; what the
+            # decompressor could not yet expand waits in unconsumed_tail, so a
+            # "zip bomb" costs one chunk of memory at a time (RFC 4978 §6 asks
+            # servers to protect themselves).
+            src = inflate.unconsumed_tail or await self.reader.read(READ_CHUNK)
+            if not src:
+                return b""
+            try:
+                out = inflate.decompress(src, READ_CHUNK)
+            except zlib.error:
+                self.inflate = None  # only the client's stream is broken, not ours
+                self.send(r.bye("Invalid compressed data"))
+                await self.flush()
+                raise Closed from None
+            if inflate.eof:
+                raise Closed  # the client ended the deflate stream: nothing may follow
+            if out:
+                return out
+
     async def read_more(self) -> None:
         async with asyncio.timeout(self.timeout):
-            data = await self.reader.read(READ_CHUNK)
+            data = await self.read_raw()
         if not data:
             raise Closed
         self.parser.feed(data)
@@ -404,6 +450,22 @@ class Session:
                 await self.writer.wait_closed()
 
 
+def take_buffered(reader: asyncio.StreamReader) -> bytes:
+    """Remove and return what a StreamReader already holds (bytes sent after COMPRESS).
+
+    Like streams.discard_buffered this reaches into the reader's private buffer:
+    asyncio has no public "give me what you have without waiting"."""
+    buf = getattr(reader, "_buffer", None)
+    if not isinstance(buf, bytearray) or not buf:
+        return b""
+    data = bytes(buf)
+    buf.clear()
+    resume = getattr(reader, "_maybe_resume_transport", None)
+    if resume is not None:
+        resume()  # the reader may have paused reading on a full buffer
+    return data
+
+
 def flag_atoms(flags: frozenset[str] | set[str]) -> list[r.Atom]:
     return [r.Atom(f) for f in sorted(flags)]
 
@@ -451,12 +513,16 @@ async def cmd_login(s: Session, cmd: c.Login) -> Reply:
     return await s.login(cmd.username, cmd.password)
 
 
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")  # both send the password: TLS or loopback only
+
+
 async def cmd_authenticate(s: Session, cmd: c.Authenticate) -> Reply:
-    if cmd.mechanism.upper() != "PLAIN":
+    name = cmd.mechanism.upper()
+    if name not in AUTH_MECHANISMS:
         return no("Unsupported authentication mechanism")
     if not s.plaintext_ok():
         return no("Use STARTTLS first", "PRIVACYREQUIRED")
-    mech = sasl.server_mechanism("PLAIN")
+    mech = sasl.server_mechanism(name)
     assert mech is not None
     try:
         step = mech.start(cmd.initial_response)
@@ -514,8 +580,29 @@ async def cmd_close(s: Session, cmd: c.Close) -> Reply:
     return ok("CLOSE completed")
 
 
-async def cmd_compress(s: Session, cmd: c.Compress) -> Reply:
-    return bad("COMPRESS is not supported")
+async def cmd_compress(s: Session, cmd: c.Compress) -> Reply | None:
+    """RFC 4978: after the tagged OK, everything both ways is raw DEFLATE."""
+    if cmd.mechanism.upper() != "DEFLATE":
+        return bad("Unknown compression mechanism")  # RFC 4978 §3
+    if s.deflate is not None:
+        return no("Compression is already active", "COMPRESSIONACTIVE")
+    s.send(r.tagged(cmd.tag, "OK", "DEFLATE active"))
+    await s.flush()
+    s.deflate = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, DEFLATE_WBITS)
+    s.inflate = zlib.decompressobj(DEFLATE_WBITS)
+    # Whatever the client sent after COMPRESS (it may pipeline, RFC 4978 §3) is
+    # already compressed: hand it to the decompressor before reading the socket.
+    pending = s.parser.take_buffered() + take_buffered(s.reader)
+    if pending:
+        try:
+            out = s.inflate.decompress(pending, READ_CHUNK)
+        except zlib.error:
+            s.inflate = None
+            s.send(r.bye("Invalid compressed data"))
+            await s.flush()
+            raise Closed from None
+        s.parser.feed(out)
+    return None
 
 
 def _sorting() -> Any:
