@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import errno
 import secrets
 import shutil
 import socket
@@ -32,7 +33,7 @@ from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
 from mailyard.server.delivery import Submission, accept_message
 from mailyard.server.streams import discard_buffered
-from mailyard.storage.interface import Spool
+from mailyard.storage.interface import InsufficientStorage, Spool, StorageError
 from mailyard.storage.models import Account
 
 READ_CHUNK = 64 * 1024
@@ -52,6 +53,7 @@ class Transaction:
     remote_rcpts: list[Any] = field(default_factory=list)  # RcptTo events for the queue
     spool: Spool | None = None
     spf: Any = None  # mailauth SPF result from MAIL FROM time (MX mode)
+    failed: Reply | None = None  # the spool failed (ENOSPC...): the reply to the final dot
 
     def discard(self) -> None:
         if self.spool is not None:
@@ -195,10 +197,21 @@ class SMTPSession:
         if isinstance(ev, core.RcptTo):
             return await self.on_rcpt(ev)
         if isinstance(ev, core.MessageData):
+            if self.txn.failed is not None:
+                return None  # keep reading to the end of DATA, store nothing
             if self.txn.spool is None:
                 self.txn.spool = self.ctx.store.blobs.new_spool()
                 self.data_started = asyncio.get_running_loop().time()
-            self.txn.spool.write(ev.chunk)
+            try:
+                self.txn.spool.write(ev.chunk)
+            except (StorageError, OSError) as e:
+                # ENOSPC while spooling: drop what was spooled now (freeing the space),
+                # read the rest and answer the final dot with 452 (RFC 3463 X.3.1).
+                self.ctx.log.warning("smtp %s: spooling failed: %s", self.remote_ip, e)
+                self.txn.discard()
+                self.txn.failed = (R(452, "4.3.1", "Insufficient system storage")
+                                   if _is_no_space(e) else
+                                   R(451, "4.3.0", "Local error in processing"))
             return None
         if isinstance(ev, core.MessageAborted):
             self.txn.discard()
@@ -318,6 +331,9 @@ class SMTPSession:
     # -- end of DATA ---------------------------------------------------------------------
     async def on_message(self) -> Reply:
         txn = self.txn
+        if txn.failed is not None:
+            self.txn = Transaction()
+            return txn.failed
         spool = txn.spool or self.ctx.store.blobs.new_spool()
         txn.spool = None
         sub = Submission(
@@ -349,6 +365,11 @@ class _Forward:
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     via: str = ""  # the local alias that forwards here (its domain ARC-seals the copy)
+
+
+def _is_no_space(e: Exception) -> bool:
+    return isinstance(e, InsufficientStorage) or (
+        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
 def _is_routable(addr: str) -> bool:
