@@ -68,39 +68,23 @@ OPEN_AT_ONCE = 200
 
 # -- client worker (one per --procs) -----------------------------------------------------
 
-def worker(port: int, count: int, pipe: Connection) -> None:
+def worker(port: int, pipe: Connection) -> None:
     use_uvloop()
-    asyncio.run(_worker(port, count, pipe))
+    asyncio.run(_worker(port, pipe))
 
 
-async def _worker(port: int, count: int, pipe: Connection) -> None:
-    """Open ``count`` idling connections, then record when each one reads every new
-    ``* n EXISTS``; on ("round", k, timeout) report the times the k-th new message was seen."""
+async def _worker(port: int, pipe: Connection) -> None:
+    """Commands from the parent: ("open", n) opens n more idling connections, ("round", k,
+    timeout) reports when each connection read the k-th new ``* n EXISTS``, ("quit",)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     sem = asyncio.Semaphore(OPEN_AT_ONCE)
-    clients: list[tuple[ImapClient, int]] = []
-    errors: list[str] = []
-
-    async def open_one() -> None:
-        async with sem:
-            try:
-                cl = await ImapClient.connect(port, ssl_ctx=ctx)
-                await cl.login(USER)
-                _s, untagged = await cl.command("SELECT INBOX")
-                await cl.idle()
-                clients.append((cl, exists_of(untagged)))
-            except Exception as e:
-                errors.append(repr(e)[:120])
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(open_one() for _ in range(count)))
-    pipe.send(("ready", len(clients), errors[:3], len(errors), time.monotonic() - t0))
-    loop = asyncio.get_running_loop()
-
+    clients: list[ImapClient] = []
+    watchers: list[asyncio.Task[None]] = []
     seen: dict[int, list[float]] = {}  # k-th new message -> monotonic times it was read
     complete: dict[int, asyncio.Event] = {}
+    loop = asyncio.get_running_loop()
 
     def event(k: int) -> asyncio.Event:
         return complete.setdefault(k, asyncio.Event())
@@ -117,18 +101,36 @@ async def _worker(port: int, count: int, pipe: Connection) -> None:
                     event(k).set()
             got = n - n0
 
-    watchers = [asyncio.create_task(watch(cl, n0)) for cl, n0 in clients]
+    async def open_one(errors: list[str]) -> None:
+        async with sem:
+            try:
+                cl = await ImapClient.connect(port, ssl_ctx=ctx)
+                await cl.login(USER)
+                _s, untagged = await cl.command("SELECT INBOX")
+                await cl.idle()
+            except Exception as e:
+                errors.append(repr(e)[:120])
+                return
+            clients.append(cl)
+            watchers.append(asyncio.create_task(watch(cl, exists_of(untagged))))
+
     while True:
         msg = await loop.run_in_executor(None, pipe.recv)
-        if msg[0] != "round":
+        if msg[0] == "open":
+            errors: list[str] = []
+            t0 = time.monotonic()
+            await asyncio.gather(*(open_one(errors) for _ in range(msg[1])))
+            pipe.send(("ready", len(clients), errors[:3], len(errors), time.monotonic() - t0))
+        elif msg[0] == "round":
+            _, k, timeout = msg
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event(k).wait(), timeout)
+            pipe.send(("seen", seen.get(k, [])))
+        else:
             break
-        _, k, timeout = msg
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event(k).wait(), timeout)
-        pipe.send(("seen", seen.get(k, [])))
     for w in watchers:
         w.cancel()
-    for cl, _ in clients:
+    for cl in clients:
         cl.writer.transport.abort()
 
 
@@ -206,23 +208,34 @@ def run(imaps: int, deliveries: list[tuple[str, Deliver]], *, pid: int,
 
     asyncio.run(warm())
     time.sleep(1.0)
-    before = tree_memory(pid)
-    rss_before = proc_kb(pid)
+    mem0 = tree_memory(pid)
+    rss0 = proc_kb(pid)
     mpctx = mp.get_context("fork")
     pipes, workers = [], []
-    t_open = time.monotonic()
-    for i in range(procs):
-        share = connections // procs + (1 if i < connections % procs else 0)
+    for _ in range(procs):
         parent, child = mpctx.Pipe()
-        p = mpctx.Process(target=worker, args=(imaps, share, child), daemon=True)
+        p = mpctx.Process(target=worker, args=(imaps, child), daemon=True)
         p.start()
         pipes.append(parent)
         workers.append(p)
-    ready = [pp.recv() for pp in pipes]
-    open_secs = time.monotonic() - t_open
-    time.sleep(2.0)
-    after = tree_memory(pid)
-    rss_after = proc_kb(pid)
+
+    def open_more(count: int) -> tuple[int, int, list[str], float]:
+        t = time.monotonic()
+        for i, pp in enumerate(pipes):
+            pp.send(("open", count // procs + (1 if i < count % procs else 0)))
+        ready = [pp.recv() for pp in pipes]
+        secs = time.monotonic() - t
+        time.sleep(2.0)
+        return (sum(r[1] for r in ready), sum(r[3] for r in ready),
+                [e for r in ready for e in r[2]][:3], secs)
+
+    # in two halves: the second half's growth is the cost of a connection alone, without
+    # what the first connections warm up once (thread pools, allocator arenas, caches)
+    half = connections // 2
+    ok1, err1, samples1, secs1 = open_more(half)
+    mem1, rss1 = tree_memory(pid), proc_kb(pid)
+    ok, err2, samples2, secs2 = open_more(connections - half)
+    after, rss_after = tree_memory(pid), proc_kb(pid)
     rounds = []
     for k, (how, fn) in enumerate(deliveries, start=1):
         msg, _, _ = make_message(999_000 + k, seed=3, size=3000)
@@ -237,35 +250,43 @@ def run(imaps: int, deliveries: list[tuple[str, Deliver]], *, pid: int,
         p.join(30)
         if p.is_alive():
             p.kill()
+    second = max(1, ok - ok1)
     return {
-        "ok": sum(r[1] for r in ready), "errors": sum(r[3] for r in ready),
-        "error_samples": [e for r in ready for e in r[2]][:3], "open_secs": open_secs,
-        "pss_kb": after[0] - before[0], "rss_kb": after[1] - before[1],
-        "procs_before": before[2], "procs_after": after[2],
-        "main_rss_kb": rss_after - rss_before, "rounds": rounds,
+        "ok": ok, "errors": err1 + err2, "error_samples": (samples1 + samples2)[:3],
+        "open_secs": secs1 + secs2,
+        "pss_kb": after[0] - mem0[0], "rss_kb": after[1] - mem0[1],
+        "pss2_kb": (after[0] - mem1[0]) * ok / second, "rss2_kb": (after[1] - mem1[1]) * ok / second,
+        "procs_before": mem0[2], "procs_after": after[2],
+        "main_rss_kb": rss_after - rss0, "main_rss2_kb": (rss_after - rss1) * ok / second,
+        "rounds": rounds,
     }
 
 
 def report(name: str, r: dict[str, Any], connections: int, *, single: bool) -> None:
     ok = r["ok"]
     err = f", {r['errors']} failed" if r["errors"] else ""
-    print(f"  {name}: {ok}/{connections} connections idling (opened in {r['open_secs']:.1f} s{err})")
+    print(f"  {name}: {ok}/{connections} connections idling (opened in {r['open_secs']:.1f} s, "
+          f"{ok / max(r['open_secs'], 1e-9):.0f}/s{err})")
     for e in r["error_samples"]:
         print(f"      e.g. {e}")
     if ok:
         pss, rss = r["pss_kb"] / ok, r["rss_kb"] / ok
+        pss2, rss2 = r["pss2_kb"] / ok, r["rss2_kb"] / ok
         if single:
             print(f"      memory per connection: {r['main_rss_kb'] / ok:6.1f} KiB VmRSS "
-                  f"({pss:.1f} KiB PSS)   target < 50 KiB")
+                  f"({pss:.1f} KiB PSS); second half alone {r['main_rss2_kb'] / ok:.1f} KiB VmRSS"
+                  "   target < 50 KiB")
         else:
             print(f"      memory per connection: {pss:6.1f} KiB PSS summed over processes "
                   f"({rss:.1f} KiB RSS summed; {r['procs_before']} -> {r['procs_after']} "
-                  "processes)")
+                  f"processes); second half alone {pss2:.1f} KiB PSS ({rss2:.1f} KiB RSS)")
     for how, t_reply, seen in r["rounds"]:
         line = f"      new mail by {how:24s}: delivered in {t_reply * 1e3:6.1f} ms; "
         if seen:
+            fast = sum(1 for t in seen if t < 1.0)
             line += (f"* n EXISTS read by {len(seen)}/{ok}: median "
-                     f"{statistics.median(seen) * 1e3:.0f} ms, all after {seen[-1] * 1e3:.0f} ms")
+                     f"{statistics.median(seen) * 1e3:.0f} ms, all after {seen[-1] * 1e3:.0f} ms"
+                     f" ({fast} within 1 s)")
         else:
             line += "* n EXISTS read by no connection"
         print(line)
@@ -277,7 +298,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=1, help="client processes")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds to wait for every connection to see the new message")
-    ap.add_argument("--dovecot-client-limit", type=int, default=1000)
+    ap.add_argument("--dovecot-client-limit", type=int, default=1,
+                    help="connections per Dovecot imap process (its default: 1)")
     ap.add_argument("--only", choices=("dovecot", "mailyard"))
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -328,6 +350,11 @@ def main() -> None:
                     timeout=args.timeout)
             finally:
                 stop(my.proc)
+    with contextlib.suppress(OSError):
+        inotify = Path("/proc/sys/fs/inotify/max_user_instances").read_text().strip()
+        if "dovecot" in out:
+            print(f"  (Dovecot learns of new mail by inotify, one instance per imap process; the "
+                  f"kernel allows {inotify} per user, past that it polls every 30 s)")
     print(f"IMAP IDLE over TLS: {args.connections} connections as one user, "
           f"{args.procs} client process(es) on {loop_name}, {os.cpu_count()} CPUs, "
           f"RLIMIT_NOFILE {hard}")

@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import os
 import random
@@ -65,6 +66,13 @@ SUBJECT_TERM = "quarterly"  # in ~5 % of subjects
 BODY_TERM = "zanzibar"      # in ~1 % of bodies
 
 
+@functools.cache
+def _line_pool() -> list[str]:
+    rnd = random.Random(1)
+    return [" ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(6, 14)))
+            for _ in range(4096)]
+
+
 def make_message(i: int, *, seed: int = 42, size: int | None = None) -> tuple[bytes, float, bool]:
     """Message number ``i`` (deterministic): (CRLF bytes, date as a timestamp, seen)."""
     rnd = random.Random(seed * 1_000_003 + i)
@@ -84,8 +92,9 @@ def make_message(i: int, *, seed: int = 42, size: int | None = None) -> tuple[by
             f"Message-ID: <{i}.{seed}@bench.remote.example>\r\nMIME-Version: 1.0\r\n")
     lines: list[str] = []
     n = len(head)
+    pool = _line_pool()
     while n < size:
-        line = " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(6, 14)))
+        line = pool[rnd.randrange(len(pool))]
         lines.append(line)
         n += len(line) + 2
     if rnd.random() < 0.01:
