@@ -4,7 +4,8 @@ SPF, DKIM, DMARC p=reject, MTA-STS (mode enforce) and TLS-RPT for both.
 
 alice submits over 587 (STARTTLS + AUTH, certificate verified against the test CA);
 a.test signs with DKIM, fetches b.test's MTA-STS policy over HTTPS, delivers over
-verified TLS; b.test checks SPF, DKIM and DMARC; bob reads over POP3 and IMAP, replies, and the reply reaches alice the same way. A message
+verified TLS; b.test checks SPF, DKIM and DMARC; bob reads over POP3 and IMAP,
+replies, and the reply reaches alice the same way. A message
 forging From: ceo@a.test, sent straight to b.test's MX from another address, is
 refused 550 5.7.1 (DMARC p=reject, RFC 7489 §6.6.4).
 """
