@@ -88,7 +88,8 @@ def test_expunge_waits_during_fetch_store_search(tmp_path: Path) -> None:
         # a flag change by B shows up in A's next command
         b.cmd("UID STORE 3 +FLAGS (\\Answered)")
         untagged, _ = a.cmd("NOOP")
-        assert untagged == [b"* 2 FETCH (UID 3 FLAGS (\\Answered \\Seen))"]
+        # A selected first, so the messages are \\Recent in A (RFC 3501 §2.3.2)
+        assert untagged == [b"* 2 FETCH (UID 3 FLAGS (\\Answered \\Recent \\Seen))"]
 
 
 def test_condstore_fetch_changedsince_and_modseq_search(tmp_path: Path) -> None:
@@ -98,10 +99,10 @@ def test_condstore_fetch_changedsince_and_modseq_search(tmp_path: Path) -> None:
         untagged, _ = raw.cmd("SELECT INBOX (CONDSTORE)")
         hms = int(re.search(rb"HIGHESTMODSEQ (\d+)", b" ".join(untagged)).group(1))  # type: ignore[union-attr]
         untagged, _ = raw.cmd("STORE 2 +FLAGS (\\Flagged)")
-        m = re.match(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged\) MODSEQ \((\d+)\)\)", untagged[0])
+        m = re.match(rb"\* 2 FETCH \(UID 2 FLAGS \(\\Flagged \\Recent\) MODSEQ \((\d+)\)\)", untagged[0])
         assert m and int(m.group(1)) > hms
         untagged, _ = raw.cmd(f"FETCH 1:* (FLAGS) (CHANGEDSINCE {hms})")
-        assert untagged == [b"* 2 FETCH (FLAGS (\\Flagged) MODSEQ (%s))" % m.group(1)]
+        assert untagged == [b"* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ (%s))" % m.group(1)]
         untagged, _ = raw.cmd(f"SEARCH MODSEQ {hms + 1}")
         assert untagged == [b"* SEARCH 2 (MODSEQ %s)" % m.group(1)]
 

@@ -99,7 +99,7 @@ def test_select_and_fetch_items(tmp_path: Path) -> None:
         untagged, tagged = raw.cmd("SELECT INBOX")
         assert tagged == b"t2 OK [READ-WRITE] SELECT completed"
         joined = b"\n".join(untagged)
-        assert b"* 3 EXISTS" in joined and b"* 0 RECENT" in joined
+        assert b"* 3 EXISTS" in joined and b"* 3 RECENT" in joined  # first to select
         assert re.search(rb"\* OK \[UIDVALIDITY \d+\]", joined)
         assert b"* OK [UIDNEXT 4]" in joined and b"HIGHESTMODSEQ" in joined
         assert b"PERMANENTFLAGS (" in joined and b"* OK [UNSEEN 1]" in joined
@@ -127,7 +127,7 @@ def test_select_and_fetch_items(tmp_path: Path) -> None:
         assert again == untagged
         # BODY[] without PEEK sets \Seen and reports the new FLAGS
         untagged, _ = raw.cmd("FETCH 2 (BODY[TEXT]<0.8>)")
-        assert untagged == [b"* 2 FETCH (BODY[TEXT]<0> {8}\r\npreamble FLAGS (\\Seen))"]
+        assert untagged == [b"* 2 FETCH (BODY[TEXT]<0> {8}\r\npreamble FLAGS (\\Recent \\Seen))"]
         assert "\\Seen" in srv.flags(2)
 
 
@@ -188,13 +188,13 @@ def test_store_flags_silent_and_unchangedsince(tmp_path: Path) -> None:
         untagged, tagged = raw.cmd("STORE 1:2 +FLAGS (\\Flagged $Work)")
         assert tagged == b"t3 OK STORE completed"
         assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)" in untagged
-        assert b"* 1 FETCH (FLAGS ($Work \\Flagged))" in untagged
-        assert b"* 2 FETCH (FLAGS ($Work \\Flagged))" in untagged
+        assert b"* 1 FETCH (FLAGS ($Work \\Flagged \\Recent))" in untagged
+        assert b"* 2 FETCH (FLAGS ($Work \\Flagged \\Recent))" in untagged
         untagged, _ = raw.cmd("STORE 1 -FLAGS.SILENT ($Work)")
         assert untagged == []
         assert srv.flags(1) == {"\\Flagged"}
         untagged, _ = raw.cmd("UID STORE 2 FLAGS (\\Seen)")
-        assert untagged == [b"* 2 FETCH (UID 2 FLAGS (\\Seen))"]
+        assert untagged == [b"* 2 FETCH (UID 2 FLAGS (\\Recent \\Seen))"]
         untagged, _ = raw.cmd("FETCH 1:3 (MODSEQ)")
         modseqs = [int(re.search(rb"MODSEQ \((\d+)\)", u).group(1)) for u in untagged]  # type: ignore[union-attr]
         # RFC 7162 §3.1.3: message 2 changed after the given modseq -> MODIFIED
@@ -250,7 +250,7 @@ def test_append_uidplus_multiappend_and_refusals(tmp_path: Path) -> None:
         assert typ == "OK" and re.match(rb"\[APPENDUID \d+ 1\]", data[0])
         c.select("Drafts")
         typ, data = c.fetch("1", "(FLAGS INTERNALDATE)")
-        assert data == [b'1 (FLAGS (\\Draft) INTERNALDATE " 8-Feb-1994 05:52:25 +0000")']
+        assert data == [b'1 (FLAGS (\\Draft \\Recent) INTERNALDATE " 8-Feb-1994 05:52:25 +0000")']
         assert c.search(None, "BODY", "zebra") == ("OK", [b"1"])  # indexed at APPEND
         typ, data = c.append("Nope", None, None, b"Subject: x\r\n\r\nx\r\n")
         assert typ == "NO" and b"TRYCREATE" in data[0]

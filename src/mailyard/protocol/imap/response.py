@@ -267,8 +267,9 @@ def list_response(name: str, *, attributes: Iterable[str] = (), delimiter: str |
     return out + CRLF
 
 
-def status(name: str, items: Mapping[str, int], *, utf8: bool = False) -> bytes:
-    """``* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)``."""
+def status(name: str, items: Mapping[str, Any], *, utf8: bool = False) -> bytes:
+    """``* STATUS blurdybloop (MESSAGES 231 UIDNEXT 44292)``; values go through
+    :func:`serialize` (``MAILBOXID (F2212)``, RFC 8474 §4.2, is a list)."""
     flat: list[Any] = []
     for k, v in items.items():
         flat += [Atom(k), v]

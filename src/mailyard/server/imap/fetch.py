@@ -37,6 +37,7 @@ from mailyard.protocol.imap.fetch import (
     sets_seen,
 )
 from mailyard.protocol.imap.sequence import SequenceSet
+from mailyard.server.imap import objectid
 from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
 from mailyard.storage.models import MessageRef
 
@@ -193,7 +194,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
         if name == "UID":
             add(name, ref.uid)
         elif name == "FLAGS":
-            add(name, [r.Atom(f) for f in sorted(ref.flags)])
+            add(name, [r.Atom(f) for f in sorted(s.flags_of(ref))])
         elif name == "INTERNALDATE":
             add(name, format_datetime(ref.internaldate))
         elif name == "SAVEDATE":
@@ -202,10 +203,16 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
             add(name, ref.size)
         elif name == "MODSEQ":
             add(name, [ref.modseq])
-        elif name == "EMAILID":
-            add(name, [r.Atom(ref.email_id or "M" + ref.blob_id[:24])])
-        elif name == "THREADID":
-            add(name, None)
+        elif name == "EMAILID":  # RFC 8474 §5.1
+            add(name, [r.Atom(objectid.email_id(ref))])
+        elif name == "THREADID":  # RFC 8474 §5.2
+            add(name, [r.Atom(await objectid.thread_id_of(store, ref))])
+        elif name == "PREVIEW":  # RFC 8970 §3; cached per blob like ENVELOPE
+            text = await store.cache_get(ref.blob_id, "imap.PREVIEW")
+            if text is None:
+                _, text = message_item(item, await get_root(True), utf8=utf8)
+                await store.cache_put(ref.blob_id, "imap.PREVIEW", text)
+            add(name, text)
         elif _streamable(item):
             parts.append(_Stream(item.response_name(), ref.blob_id, ref.size))
         elif _whole_partial(item):
@@ -228,10 +235,10 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
             root_ = await get_root(not _header_only(item))
             rname, value = message_item(item, root_, utf8=utf8)
             add(rname, value)
-        else:  # PREVIEW etc. are message items; anything else is unknown to us
+        else:  # the grammar only lets known items through
             add(name, None)
     if extra_flags:
-        add("FLAGS", [r.Atom(f) for f in sorted(ref.flags)])
+        add("FLAGS", [r.Atom(f) for f in sorted(s.flags_of(ref))])
     return parts
 
 

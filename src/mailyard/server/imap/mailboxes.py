@@ -18,10 +18,11 @@ STORAGE in units of 1024 octets (§5.1), from ``account.quota_bytes`` and
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
+from mailyard.server.imap import objectid
 from mailyard.server.imap.reply import Reply, no, ok
 from mailyard.storage.models import Mailbox
 
@@ -62,6 +63,13 @@ async def cmd_list(s: Session, cmd: c.List) -> Reply:
     return ok("LIST completed")
 
 
+def _matches_selection(mb: Mailbox | None, sel: set[str]) -> bool:
+    """RFC 5258 §3.1: a mailbox is selected when it meets every selection option."""
+    if "SUBSCRIBED" in sel and (mb is None or not mb.subscribed):
+        return False
+    return not ("SPECIAL-USE" in sel and (mb is None or not mb.special_use))
+
+
 async def _list(s: Session, boxes: list[Mailbox], cmd: c.List) -> None:
     sel = set(cmd.selection)
     ret = set(cmd.returns)
@@ -71,13 +79,23 @@ async def _list(s: Session, boxes: list[Mailbox], cmd: c.List) -> None:
     has_children = {p for n in names for p in _parents(n)}
     regexes = [pattern_regex(cmd.reference, p) for p in cmd.patterns]
     show_subscribed = "SUBSCRIBED" in sel or "SUBSCRIBED" in ret
+    criteria = sorted(sel & {"SUBSCRIBED", "SPECIAL-USE"})
+    # RFC 5258 §3.5 RECURSIVEMATCH: a mailbox that does not meet the selection but
+    # has a descendant that does is listed too, with CHILDINFO naming the criteria.
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in sel and criteria:
+        for n in names:
+            if _matches_selection(by_name[n], sel):
+                childinfo.update(_parents(n))
     for name in sorted(names | implicit, key=lambda n: (n != "INBOX", n)):
         if not any(rx.fullmatch(name) for rx in regexes):
             continue
         mb = by_name.get(name)
-        if "SUBSCRIBED" in sel and (mb is None or not mb.subscribed):
-            continue
-        if "SPECIAL-USE" in sel and (mb is None or not mb.special_use):
+        selected = _matches_selection(mb, sel)
+        extended: list[tuple[str, object]] = []
+        if name in childinfo:
+            extended.append(("CHILDINFO", criteria))
+        if not selected and not extended:
             continue
         attrs: list[str] = []
         if mb is None:
@@ -87,7 +105,7 @@ async def _list(s: Session, boxes: list[Mailbox], cmd: c.List) -> None:
             attrs.append(mb.special_use)
         if show_subscribed and mb is not None and mb.subscribed:
             attrs.append("\\Subscribed")
-        s.send(r.list_response(name, attributes=attrs, utf8=s.utf8))
+        s.send(r.list_response(name, attributes=attrs, utf8=s.utf8, extended=extended))
         if cmd.status_items is not None and mb is not None:
             s.send(await _status_line(s, mb, cmd.status_items))
 
@@ -111,9 +129,14 @@ async def cmd_namespace(s: Session, cmd: c.Namespace) -> Reply:
 
 async def _status_line(s: Session, mb: Mailbox, items: tuple[str, ...]) -> bytes:
     st = await s.ctx.store.mailbox_status(mb.id)
-    values = {"MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity,
-              "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size, "RECENT": 0,
-              "HIGHESTMODSEQ": st.highestmodseq, "APPENDLIMIT": s.append_limit}
+    values: dict[str, Any] = {
+        "MESSAGES": st.messages, "UIDNEXT": st.uidnext, "UIDVALIDITY": st.uidvalidity,
+        "UNSEEN": st.unseen, "DELETED": st.deleted, "SIZE": st.size,
+        "HIGHESTMODSEQ": st.highestmodseq, "APPENDLIMIT": s.append_limit,
+        "MAILBOXID": [r.Atom(objectid.mailbox_id(mb))],  # RFC 8474 §4.2
+    }
+    if "RECENT" in items:
+        values["RECENT"] = await s.recent_count(mb) if not s.rev2 else 0
     return r.status(mb.name, {k: values[k] for k in items if k in values}, utf8=s.utf8)
 
 
@@ -141,8 +164,8 @@ async def cmd_create(s: Session, cmd: c.Create) -> Reply:
     for parent in _parents(cmd.mailbox):
         if await store.get_mailbox(s.account.id, parent) is None:
             await store.create_mailbox(s.account.id, parent)
-    await store.create_mailbox(s.account.id, cmd.mailbox, special_use=special)
-    return ok("CREATE completed")
+    mb = await store.create_mailbox(s.account.id, cmd.mailbox, special_use=special)
+    return ok("CREATE completed", f"MAILBOXID ({objectid.mailbox_id(mb)})")  # RFC 8474 §4.1
 
 
 async def cmd_delete(s: Session, cmd: c.Delete) -> Reply:

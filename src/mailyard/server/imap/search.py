@@ -17,6 +17,7 @@ substitution in step 1 recurses at most 64 levels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mailyard.message.searchctx import MessageSearchContext
@@ -24,6 +25,7 @@ from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap import search as sk
 from mailyard.protocol.imap.sequence import from_numbers
+from mailyard.server.imap import objectid
 from mailyard.server.imap.reply import Reply, ok
 from mailyard.storage.models import MessageRef
 
@@ -53,10 +55,14 @@ async def _substitute(s: Session, key: sk.SearchKey) -> sk.SearchKey:
 
 
 def _has_modseq(key: sk.SearchKey) -> bool:
+    return _has(key, lambda k: isinstance(k, sk.ModSeqKey))
+
+
+def _has(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
     stack = [key]
     while stack:
         k = stack.pop()
-        if isinstance(k, sk.ModSeqKey):
+        if test(k):
             return True
         if isinstance(k, sk.And):
             stack.extend(k.keys)
@@ -86,15 +92,18 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
     env = sk.SearchEnv(max_seq=view.exists, max_uid=view.uids[-1] if view.uids else 0,
                        now=s.ctx.clock(),
                        saved_uids=frozenset(s.saved) if s.saved is not None else None)
+    threads = _has(key, lambda k: isinstance(k, sk.ObjectIdKey) and k.kind == "THREADID")
     out: list[tuple[int, MessageRef]] = []
     for m in await s.ctx.store.list_messages(view.id):
         seq = view.seq_of(m.uid)
         if seq is None:
             continue
         data = await header_bytes(s, m) if needs else None
-        msg = MessageSearchContext(uid=m.uid, seq=seq, flags=m.flags, size=m.size,
-                                   internaldate=m.internaldate, savedate=m.savedate,
-                                   modseq=m.modseq, email_id=m.email_id, data=data)
+        tid = await objectid.thread_id_of(s.ctx.store, m) if threads else ""
+        msg = MessageSearchContext(uid=m.uid, seq=seq, flags=s.flags_of(m),
+                                   size=m.size, internaldate=m.internaldate,
+                                   savedate=m.savedate, modseq=m.modseq,
+                                   email_id=objectid.email_id(m), thread_id=tid, data=data)
         if sk.evaluate(key, msg, env):
             out.append((seq, m))
     return out

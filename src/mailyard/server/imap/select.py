@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
+from mailyard.server.imap import objectid
 from mailyard.server.imap.reply import Reply, bad, no, ok
 from mailyard.server.imap.view import MailboxView
 
@@ -39,7 +40,8 @@ async def cmd_select(s: Session, cmd: c.Select) -> Reply:
         s.send(r.untagged("OK", "No permanent flags", "PERMANENTFLAGS ()"))
     s.send(r.exists(view.exists))
     if not s.rev2:
-        s.send(b"* 0 RECENT\r\n")  # \Recent is not tracked (RFC 9051 removed it)
+        s.note_recent(view.uids)  # RFC 3501 §6.3.1 (recent.py)
+        s.send(b"* %d RECENT\r\n" % len(view.recent))
         for i, m in enumerate(refs):
             if "\\Seen" not in m.flags:
                 s.send(r.untagged("OK", "First unseen", f"UNSEEN {i + 1}"))
@@ -47,6 +49,7 @@ async def cmd_select(s: Session, cmd: c.Select) -> Reply:
     s.send(r.untagged("OK", "UIDs valid", f"UIDVALIDITY {mb.uidvalidity}"))
     s.send(r.untagged("OK", "Predicted next UID", f"UIDNEXT {mb.uidnext}"))
     s.send(r.untagged("OK", "Highest", f"HIGHESTMODSEQ {mb.highestmodseq}"))
+    s.send(r.untagged("OK", "Ok", f"MAILBOXID ({objectid.mailbox_id(mb)})"))  # RFC 8474 §4.1
     if s.rev2:
         attrs = [mb.special_use] if mb.special_use else []
         s.send(r.list_response(mb.name, attributes=attrs, utf8=s.utf8))

@@ -36,6 +36,7 @@ from mailyard.protocol.imap import states
 from mailyard.protocol.imap.parser import CommandParser
 from mailyard.protocol.imap.states import State
 from mailyard.server.context import ServerContext
+from mailyard.server.imap import recent
 from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
 from mailyard.server.imap.view import MailboxView
 from mailyard.server.streams import discard_buffered
@@ -47,7 +48,7 @@ from mailyard.storage.interface import (
     QuotaExceeded,
     StorageError,
 )
-from mailyard.storage.models import Account, Change, MessageRef
+from mailyard.storage.models import Account, Change, FlagUpdate, Mailbox, MessageRef
 
 __all__ = ["Session", "handle_imap"]
 
@@ -397,6 +398,37 @@ class Session:
             if len(view.keywords) != before:
                 self.send_flags()
             self.send(r.exists(view.exists))
+            if not self.rev2:
+                was = len(view.recent)
+                self.note_recent([m.uid for m in refs])
+                if len(view.recent) != was:  # RFC 3501 §7.3.2: when the count changes
+                    self.send(b"* %d RECENT\r\n" % len(view.recent))
+
+    # -- \Recent (recent.py) -----------------------------------------------------------
+    def note_recent(self, uids: list[int]) -> None:
+        """Mark the UIDs no other session has seen as recent in this view."""
+        view = self.view
+        assert view is not None
+        store = self.ctx.store
+        if view.readonly:
+            view.recent |= recent.peek(store, view.id, uids)
+        else:
+            view.recent |= recent.claim(store, view.id, uids)
+
+    def flags_of(self, m: MessageRef | FlagUpdate) -> frozenset[str]:
+        """The flags to show for a message: its stored flags, plus \\Recent for
+        IMAP4rev1 sessions when it is recent in this session."""
+        view = self.view
+        if view is not None and m.uid in view.recent and not self.rev2:
+            return m.flags | {"\\Recent"}
+        return m.flags
+
+    async def recent_count(self, mb: Mailbox) -> int:
+        view = self.view
+        if view is not None and view.id == mb.id:
+            return len(view.recent)
+        uids = [m.uid for m in await self.ctx.store.list_messages(mb.id)]
+        return recent.unclaimed(self.ctx.store, mb.id, uids)
 
     def report_flags(self, refs: list[MessageRef]) -> None:
         view = self.view
@@ -411,6 +443,9 @@ class Session:
             self.send(self.flags_fetch(seq, m.uid, m.flags, m.modseq))
 
     def flags_fetch(self, seq: int, uid: int, flags: frozenset[str], modseq: int) -> bytes:
+        view = self.view
+        if view is not None and uid in view.recent and not self.rev2:
+            flags = flags | {"\\Recent"}
         items: list[tuple[str, Any]] = [("UID", uid), ("FLAGS", flag_atoms(flags))]
         if self.condstore:
             items.append(("MODSEQ", [modseq]))

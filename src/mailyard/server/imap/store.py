@@ -48,7 +48,7 @@ async def cmd_store(s: Session, cmd: c.Store) -> Reply:
         if cmd.uid or s.condstore:
             items.append(("UID", u.uid))
         if not cmd.silent:
-            items.append(("FLAGS", [r.Atom(f) for f in sorted(u.flags)]))
+            items.append(("FLAGS", [r.Atom(f) for f in sorted(s.flags_of(u))]))
         if s.condstore:
             items.append(("MODSEQ", [u.modseq]))  # RFC 7162 §3.1.3: even with .SILENT
         if not cmd.silent or s.condstore:
@@ -63,7 +63,7 @@ async def cmd_store(s: Session, cmd: c.Store) -> Reply:
                 seq = view.seq_of(m.uid)
                 if seq is not None:
                     items = [("UID", m.uid)] if cmd.uid or s.condstore else []
-                    items.append(("FLAGS", [r.Atom(f) for f in sorted(m.flags)]))
+                    items.append(("FLAGS", [r.Atom(f) for f in sorted(s.flags_of(m))]))
                     if s.condstore:
                         items.append(("MODSEQ", [m.modseq]))
                     s.send(r.fetch(seq, items))

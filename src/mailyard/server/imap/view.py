@@ -34,6 +34,7 @@ class MailboxView:
         self.uids: list[int] = [m.uid for m in messages]
         self.modseq: dict[int, int] = {m.uid: m.modseq for m in messages}
         self.pending_expunge: set[int] = set()
+        self.recent: set[int] = set()  # \Recent for this session (recent.py)
         self.keywords: set[str] = set()
         for m in messages:
             self.note_flags(m.flags)
@@ -94,6 +95,7 @@ class MailboxView:
         for u in present:
             del self.modseq[u]
             self.pending_expunge.discard(u)
+            self.recent.discard(u)
         return sorted(seqs, reverse=True)
 
     # -- sequence sets -------------------------------------------------------------------
