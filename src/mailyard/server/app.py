@@ -60,7 +60,7 @@ class App:
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     queue_runner: Any = None
     http_runner: Any = None
-    http_port: tuple[str, int] | None = None
+    http_ports: dict[str, tuple[str, int]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
@@ -99,7 +99,7 @@ class App:
             except OSError as e:
                 raise ConfigError(f"listen.{name}: cannot listen on {spec}: {e.strerror or e}") from None
             self.listeners.append(lst)
-        if cfg.listen.http:
+        if cfg.listen.http or cfg.listen.https:
             await self._start_http()
 
     def _handlers(self) -> list[tuple[str, Callable[..., Awaitable[None]], bool]]:
@@ -142,9 +142,10 @@ class App:
         from mailyard.web.app import start_http
 
         assert self.ctx is not None
-        host, port = parse_hostport(self.config.listen.http, key="listen.http")
-        self.http_runner, bound = await start_http(self.ctx, host, port)
-        self.http_port = (host, bound)
+        try:
+            self.http_runner, self.http_ports = await start_http(self.ctx)
+        except OSError as e:
+            raise ConfigError(f"listen.http/https: cannot listen: {e.strerror or e}") from None
 
     def reload(self) -> None:
         """SIGHUP: reload the config file, TLS material (in place, so STARTTLS picks it up at
@@ -201,15 +202,18 @@ class App:
         run_dir = Path(self.config.data_dir) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         info = {lst.name: {"host": lst.host, "port": lst.port} for lst in self.listeners}
-        if self.http_port is not None:
-            info["http"] = {"host": self.http_port[0], "port": self.http_port[1]}
+        for name, (host, port) in self.http_ports.items():
+            info[name] = {"host": host, "port": port}
         info["pid"] = os.getpid()  # type: ignore[assignment]
         tmp = run_dir / "listeners.json.tmp"
         tmp.write_text(json.dumps(info), encoding="utf-8")
         os.replace(tmp, run_dir / "listeners.json")
 
     def describe(self) -> list[str]:
-        return [f"{lst.name:<12} {lst.address}" for lst in self.listeners]
+        out = [f"{lst.name:<12} {lst.address}" for lst in self.listeners]
+        for name, (host, port) in self.http_ports.items():
+            out.append(f"{name:<12} {f'[{host}]' if ':' in host else host}:{port}")
+        return out
 
 
 async def serve(config: Config, *, ready: Callable[[App], None] | None = None) -> int:

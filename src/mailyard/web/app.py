@@ -116,22 +116,25 @@ def _bound_port(site: web.TCPSite, port: int) -> int:
     return int(sockets[0].getsockname()[1]) if sockets else port
 
 
-async def start_http(ctx: ServerContext, host: str, port: int) -> tuple[Any, int]:
-    """Start the HTTP site (and the HTTPS one when ``listen.https`` is set).
+async def start_http(ctx: ServerContext) -> tuple[Any, dict[str, tuple[str, int]]]:
+    """Start the HTTP site and/or the HTTPS one (``listen.http`` / ``listen.https``).
 
-    Returns (runner, bound HTTP port). The HTTPS site is logged, not returned (the
-    caller's listeners.json knows HTTP only); give it a fixed port.
+    Returns the runner and the bound address of each site started, by listener name.
     """
     runner = web.AppRunner(make_app(ctx), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    bound: dict[str, tuple[str, int]] = {}
+    if ctx.config.listen.http:
+        host, port = parse_hostport(ctx.config.listen.http, key="listen.http")
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound["http"] = (host, _bound_port(site, port))
     if ctx.config.listen.https:
         if ctx.tls is None:
             ctx.log.warning("listen.https: no TLS certificate, HTTPS not started")
         else:
-            shost, sport = parse_hostport(ctx.config.listen.https, key="listen.https")
-            ssite = web.TCPSite(runner, shost, sport, ssl_context=ctx.tls, reuse_address=True)
-            await ssite.start()
-            ctx.log.info("https listening on %s:%d", shost, _bound_port(ssite, sport))
-    return runner, _bound_port(site, port)
+            host, port = parse_hostport(ctx.config.listen.https, key="listen.https")
+            site = web.TCPSite(runner, host, port, ssl_context=ctx.tls, reuse_address=True)
+            await site.start()
+            bound["https"] = (host, _bound_port(site, port))
+    return runner, bound
