@@ -18,11 +18,20 @@ Results are handed back to the event loop with ``call_soon_threadsafe`` only
 after COMMIT returned, so an awaited write is durable.
 
 A job may also carry *staged blobs* (``segments.StagedBlob``: message bytes
-not stored yet). Before BEGIN the writer hands every staged blob of the batch
-to the blob sink, which appends the new ones to a segment file and fdatasyncs
-it once; their index rows are inserted first thing in the transaction. A job
-whose blob could not be written fails alone. One delivery is thus one hop
-(loop -> writer -> loop) and one batch is two fsyncs (segment + WAL).
+not stored yet). Writing is a two-stage pipeline:
+
+1. the *blob stager* thread takes every job waiting, hands their staged blobs
+   to the blob sink, which appends the new ones to a segment file and
+   fdatasyncs it ONCE, then passes the batch on (jobs without blobs pass
+   straight through, in order);
+2. the *SQLite writer* takes every prepared batch waiting, inserts their blob
+   index rows first thing in ONE transaction, runs the jobs, COMMITs.
+
+So the segment fdatasync of batch k+1 overlaps the WAL fsync of batch k:
+under load the period of the pipeline is the longer of the two fsyncs, not
+their sum (they measured 4-7 ms each on this VM while other test suites ran).
+A job whose blob could not be written fails alone. A caller waits for both
+stages, so an acknowledged blob is on disk and indexed.
 
 Reads. Measured on the 2 vCPU test VM (Python 3.11, SQLite 3.40, uvloop off):
 a primary-key SELECT on a connection of the calling thread takes ~3 us; the
@@ -85,6 +94,7 @@ class Tx:
     maybe_dead_blobs: list[str] = field(default_factory=list)
     release_pins: list[str] = field(default_factory=list)
     freed_segments: set[int] = field(default_factory=set)
+    deleting: list[str] = field(default_factory=list)  # blob rows this job deletes
 
 
 @dataclass
@@ -95,10 +105,21 @@ class _Job:
     blobs: Sequence[StagedBlob] = ()
 
 
+@dataclass
+class _Prepared:
+    """A batch whose new blobs are durable in a segment, waiting for its transaction."""
+
+    jobs: list[_Job]
+    rows: list[LocRow]
+    failed: dict[str, BaseException]
+    pins: list[str]
+
+
 class BlobSink(Protocol):
     def prepare(self, conn: sqlite3.Connection, blobs: list[StagedBlob]
                 ) -> tuple[list[LocRow], dict[str, BaseException]]:
-        """Writer thread, before BEGIN: make the new blobs durable in their segment."""
+        """Stager thread (``conn`` is its read connection): pin the blobs and make
+        the new ones durable in a segment. Never raises."""
         ...
 
     def record(self, conn: sqlite3.Connection, rows: list[LocRow]) -> None:
@@ -106,8 +127,10 @@ class BlobSink(Protocol):
         ...
 
 
-# (writer connection, committed jobs' Tx, pins to release) -> None
-AfterCommit = Callable[[sqlite3.Connection, list[Tx], list[str]], None]
+# (writer connection, committed jobs' Tx, every job's Tx, pins to release, blob rows
+# of the batch) -> None. Called after COMMIT, and after a failed COMMIT with no
+# committed Tx.
+AfterCommit = Callable[[sqlite3.Connection, list[Tx], list[Tx], list[str], list[LocRow]], None]
 Publish = Callable[[list[Change]], None]
 
 
@@ -120,7 +143,9 @@ class Engine:
         self._publish = publish
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._wconn = connect(path)
+        self._prepared: queue.SimpleQueue[_Prepared | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self._stager = threading.Thread(target=self._stage, name="blob-stager", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-read")
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
@@ -135,6 +160,7 @@ class Engine:
 
     def start(self) -> None:
         self._writer.start()
+        self._stager.start()
 
     # -- writes ----------------------------------------------------------------------
     async def write(self, fn: Callable[[Tx], T], *, blobs: Sequence[StagedBlob] = ()) -> T:
@@ -148,44 +174,72 @@ class Engine:
         self._jobs.put(_Job(fn, loop, fut, blobs))
         return await fut
 
-    def _run(self) -> None:
+    @staticmethod
+    def _take(q: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
+        """The first item (blocking) and every other one waiting; (items, stop seen)."""
+        first = q.get()
+        if first is None:
+            return [], True
+        items = [first]
         while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while True:
-                try:
-                    nxt = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
             try:
-                self._run_batch(batch)
-            except BaseException as exc:  # never let the writer die silently
-                log.exception("writer batch failed")
-                for job in batch:
-                    self._resolve(job, exc=_map_error(exc))
+                nxt = q.get_nowait()
+            except queue.Empty:
+                return items, False
+            if nxt is None:
+                return items, True
+            items.append(nxt)
+
+    def _stage(self) -> None:
+        """Stage 1: make the batch's new blobs durable, then hand the batch on."""
+        rconn: sqlite3.Connection | None = None
+        try:
+            while True:
+                batch, stop = self._take(self._jobs)
+                if batch:
+                    staged: dict[str, StagedBlob] = {}
+                    for job in batch:
+                        for b in job.blobs:
+                            staged.setdefault(b.blob_id, b)
+                    rows: list[LocRow] = []
+                    failed: dict[str, BaseException] = {}
+                    if staged and self._sink is not None:
+                        if rconn is None:
+                            rconn = connect(self.path)
+                            rconn.execute("PRAGMA query_only=ON")
+                        rows, failed = self._sink.prepare(rconn, list(staged.values()))
+                    self._prepared.put(_Prepared(batch, rows, failed, list(staged)))
+                if stop:
+                    return
+        finally:
+            self._prepared.put(None)
+            if rconn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    rconn.close()
+
+    def _run(self) -> None:
+        """Stage 2: commit every prepared batch waiting in one transaction."""
+        while True:
+            preps, stop = self._take(self._prepared)
+            if preps:
+                merged = _Prepared([j for p in preps for j in p.jobs],
+                                   [r for p in preps for r in p.rows],
+                                   {k: v for p in preps for k, v in p.failed.items()},
+                                   [b for p in preps for b in p.pins])
+                try:
+                    self._run_batch(merged)
+                except BaseException as exc:  # never let the writer die silently
+                    log.exception("writer batch failed")
+                    for job in merged.jobs:
+                        self._resolve(job, exc=_map_error(exc))
             if stop:
                 return
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, prep: _Prepared) -> None:
         conn = self._wconn
+        batch = prep.jobs
+        rows, failed, batch_pins = prep.rows, prep.failed, prep.pins
         outcomes: list[tuple[_Job, Tx, Any, BaseException | None]] = []
-        staged: dict[str, StagedBlob] = {}
-        for job in batch:
-            for b in job.blobs:
-                staged.setdefault(b.blob_id, b)
-        rows: list[LocRow] = []
-        failed: dict[str, BaseException] = {}
-        batch_pins: list[str] = []
-        if staged and self._sink is not None:
-            rows, failed = self._sink.prepare(conn, list(staged.values()))
-            batch_pins = list(staged)  # prepare pinned them for the batch
         conn.execute("BEGIN IMMEDIATE")
         try:
             if rows and self._sink is not None:
@@ -215,7 +269,7 @@ class Engine:
             for _job, tx, _, _ in outcomes:
                 pins.extend(tx.release_pins)
             with contextlib.suppress(Exception):
-                self._after_commit(conn, [], pins)
+                self._after_commit(conn, [], [o[1] for o in outcomes], pins, rows)
             for job in batch:
                 self._resolve(job, exc=err)
             return
@@ -228,7 +282,7 @@ class Engine:
             if failure is None:
                 committed.append(tx)
         try:
-            self._after_commit(conn, committed, pins)
+            self._after_commit(conn, committed, [o[1] for o in outcomes], pins, rows)
         except Exception:
             log.exception("after-commit cleanup failed")
         # Publish per loop, in commit order, before waking the callers.
@@ -303,6 +357,7 @@ class Engine:
             return
         self._closed = True
         self._jobs.put(None)
+        self._stager.join()
         self._writer.join()
         self._pool.shutdown(wait=True)
         with self._rlock:

@@ -148,6 +148,9 @@ class SegmentFiles:
         self._fsync = fsync
         self.target = target
         self._lock = threading.Lock()
+        # Held by the stager around an append and by the writer around dropping a
+        # segment, so a segment is never dropped while rows for it are on their way.
+        self.append_lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
         self.current = 0  # segment being appended to (0: none yet)
         self.end = 0  # its size: where the next blob goes
@@ -355,11 +358,69 @@ class SegmentBlobStore:
         self._engine = engine
         self._lock = threading.Lock()
         self._pins: Counter[str] = Counter()
+        # Written to a segment by the stager, row not committed yet: blob id -> row.
+        self._inflight: dict[str, LocRow] = {}
+        # Rows a transaction in progress deletes: the stager must not count on them.
+        self._deleting: set[str] = set()
 
     # -- pins (see the module docstring) ------------------------------------------------------
     def pin(self, blob_id: str) -> None:
         with self._lock:
             self._pins[blob_id] += 1
+
+    def claim_for_delete(self, blob_id: str) -> bool:
+        """Writer: may the row of this unreferenced blob be deleted now? (not if pinned)"""
+        with self._lock:
+            if self._pins.get(blob_id, 0) > 0:
+                return False
+            self._deleting.add(blob_id)
+            return True
+
+    def unclaim(self, blob_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._deleting.difference_update(blob_ids)
+
+    def prepare(self, conn: Any, blobs: list[StagedBlob]
+                ) -> tuple[list[LocRow], dict[str, BaseException]]:
+        """Stager thread: pin ``blobs`` for their batch, append those not stored yet.
+
+        A blob counts as stored when its row is committed and no transaction in
+        progress deletes it (pinned first, so none can start), or when an earlier
+        batch still on its way wrote it (its row is recorded again, harmlessly).
+        """
+        with self._lock:
+            for b in blobs:
+                self._pins[b.blob_id] += 1
+            reuse = {b.blob_id: self._inflight[b.blob_id] for b in blobs
+                     if b.blob_id in self._inflight}
+            deleting = {b.blob_id for b in blobs if b.blob_id in self._deleting}
+        try:
+            new = [b for b in blobs if b.blob_id not in reuse and (
+                b.blob_id in deleting or conn.execute(
+                    "SELECT 1 FROM blob_locs WHERE blob_id = ?", (b.blob_id,)).fetchone() is None)]
+            rows: list[LocRow] = []
+            failed: dict[str, BaseException] = {}
+            if new:
+                with self.files.append_lock:
+                    rows, failed = self.files.append(new)
+                    with self._lock:
+                        for r in rows:
+                            self._inflight[r[0]] = r
+            return rows + list(reuse.values()), failed
+        except Exception as exc:  # never let one bad blob take the pipeline down
+            err = exc if isinstance(exc, StorageError) else StorageError(str(exc))
+            return [], {b.blob_id: err for b in blobs}
+
+    def landed(self, rows: Iterable[LocRow]) -> None:
+        """Writer, after its COMMIT (or its failure): these rows are no longer in flight."""
+        with self._lock:
+            for r in rows:
+                if self._inflight.get(r[0]) == r:
+                    del self._inflight[r[0]]
+
+    def in_flight_segment(self, seg: int) -> bool:
+        with self._lock:
+            return any(r[1] == seg for r in self._inflight.values())
 
     def release(self, blob_id: str) -> None:
         with self._lock:

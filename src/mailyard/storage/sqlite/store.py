@@ -81,7 +81,7 @@ from mailyard.storage.models import (
     SearchableText,
 )
 from mailyard.storage.sqlite import names, queue_ops, schema
-from mailyard.storage.sqlite.engine import Engine, Tx, _map_error
+from mailyard.storage.sqlite.engine import Engine, Tx
 from mailyard.storage.sqlite.segments import (
     FileSource,
     LocRow,
@@ -242,29 +242,27 @@ class SQLiteStore:
             raise StorageError("store is not open")
         return self._engine
 
-    # -- engine.BlobSink (writer thread) ---------------------------------------------------
+    # -- engine.BlobSink ------------------------------------------------------------------
     def prepare(self, conn: sqlite3.Connection, blobs: list[StagedBlob]
                 ) -> tuple[list[LocRow], dict[str, BaseException]]:
-        # Pinned for the batch: a job of this batch that drops the last reference of
-        # identical content must not delete the location another job relies on.
-        for b in blobs:
-            self._segs.pin(b.blob_id)
-        try:
-            new = [b for b in blobs if conn.execute(
-                "SELECT 1 FROM blob_locs WHERE blob_id = ?", (b.blob_id,)).fetchone() is None]
-            return self._segs.files.append(new) if new else ([], {})
-        except Exception as exc:  # never let one bad blob take the writer down
-            err = _map_error(exc)
-            return [], {b.blob_id: err for b in blobs}
+        # Stager thread. The batch pins keep a job of an earlier or the same batch
+        # that drops the last reference of identical content from deleting the row.
+        return self._segs.prepare(conn, blobs)
 
     def record(self, conn: sqlite3.Connection, rows: list[LocRow]) -> None:
-        conn.executemany("INSERT INTO blob_locs (blob_id, segment, start, length) "
+        # OR REPLACE: a row written by an earlier batch still in flight is recorded
+        # again; a fresh copy of a blob whose deletion was rolled back supersedes it.
+        conn.executemany("INSERT OR REPLACE INTO blob_locs (blob_id, segment, start, length) "
                          "VALUES (?, ?, ?, ?)", rows)
 
-    def _after_commit(self, conn: sqlite3.Connection, txs: list[Tx], pins: list[str]) -> None:
+    def _after_commit(self, conn: sqlite3.Connection, txs: list[Tx], every: list[Tx],
+                      pins: list[str], rows: list[LocRow]) -> None:
         # Writer thread, after COMMIT. Pins first: the DB now holds the references.
+        segs = self._segs
+        segs.landed(rows)
+        segs.unclaim(b for tx in every for b in tx.deleting)
         for blob_id in pins:
-            self._segs.release(blob_id)
+            segs.release(blob_id)
         freed: set[int] = set()
         for tx in txs:
             freed |= tx.freed_segments
@@ -272,12 +270,13 @@ class SQLiteStore:
         # reference (a commit never delivered) leaves its blob until the sweep at
         # the next open, as the seam allows: a committed blob may still be delivered.
         candidates = dict.fromkeys(b for tx in txs for b in tx.maybe_dead_blobs)
-        orphans = [b for b in candidates if not self._segs.pinned(b) and conn.execute(
-            "SELECT 1 FROM blobs WHERE blob_id = ?", (b,)).fetchone() is None]
+        orphans = [b for b in candidates if conn.execute(
+            "SELECT 1 FROM blobs WHERE blob_id = ?", (b,)).fetchone() is None
+            and segs.claim_for_delete(b)]
         if orphans:
             # Rare: the pin is gone now and nothing references them.
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 for b in orphans:
                     row = conn.execute("DELETE FROM blob_locs WHERE blob_id = ? AND blob_id NOT IN "
                                        "(SELECT blob_id FROM blobs) RETURNING segment",
@@ -289,11 +288,16 @@ class SQLiteStore:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
-        files = self._segs.files
-        for seg in freed:
-            if seg != files.current and conn.execute(
-                    "SELECT 1 FROM blob_locs WHERE segment = ? LIMIT 1", (seg,)).fetchone() is None:
-                files.drop(seg)
+            finally:
+                segs.unclaim(orphans)
+        if freed:
+            files = segs.files
+            with files.append_lock:  # no append (and no rotation) meanwhile
+                for seg in freed:
+                    if seg != files.current and not segs.in_flight_segment(seg) and conn.execute(
+                            "SELECT 1 FROM blob_locs WHERE segment = ? LIMIT 1",
+                            (seg,)).fetchone() is None:
+                        files.drop(seg)
 
     async def _write(self, fn: Callable[[Tx], Any]) -> Any:
         return await self.engine.write(fn)
@@ -356,9 +360,10 @@ class SQLiteStore:
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
             tx.conn.execute("DELETE FROM msg_text WHERE rowid = ?", (row[0],))
             tx.conn.execute("DELETE FROM blob_cache WHERE blob_id = ?", (blob_id,))
-            if self._segs.pinned(blob_id):  # a commit in flight holds it; re-checked on release
+            if not self._segs.claim_for_delete(blob_id):  # a commit in flight pinned it
                 tx.maybe_dead_blobs.append(blob_id)
                 return
+            tx.deleting.append(blob_id)
             loc = tx.conn.execute("DELETE FROM blob_locs WHERE blob_id = ? RETURNING segment",
                                   (blob_id,)).fetchone()
             if loc is not None:
