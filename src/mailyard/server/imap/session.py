@@ -156,7 +156,8 @@ class Session:
                  "UIDPLUS", "MOVE", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
                  "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES", "CONDSTORE",
                  "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "STATUS=SIZE",
-                 f"APPENDLIMIT={self.append_limit}", "MULTIAPPEND", "UTF8=ACCEPT"]
+                 f"APPENDLIMIT={self.append_limit}", "MULTIAPPEND", "UTF8=ACCEPT",
+                 "OBJECTID", "PREVIEW", "SAVEDATE", "WITHIN"]
         if self.account is not None and self.deflate is None:
             caps.append("COMPRESS=DEFLATE")  # RFC 4978 §3: only once authenticated
         if _sorting() is not None:
@@ -425,8 +426,8 @@ class Session:
 
     async def recent_count(self, mb: Mailbox) -> int:
         view = self.view
-        if view is not None and view.id == mb.id:
-            return len(view.recent)
+        if view is not None and view.id == mb.id and not view.readonly:
+            return len(view.recent)  # what this session claimed
         uids = [m.uid for m in await self.ctx.store.list_messages(mb.id)]
         return recent.unclaimed(self.ctx.store, mb.id, uids)
 
