@@ -203,3 +203,34 @@ def test_corrupt_deflate_stream_gets_bye(tmp_path: Path) -> None:
         other.login()
         _, tagged = other.cmd("NOOP")
         assert tagged == b"t2 OK NOOP completed"
+
+
+def test_read_raw_releases_output_held_back_by_the_chunk_limit() -> None:
+    """Inputs whose expansion ends around READ_CHUNK (the limit falls inside
+    back-references): every octet comes out in bounded chunks without waiting for
+    more client data. (With CPython's zlib the held-back case did not show up in
+    these inputs; session.read_raw also guards it with ``inflate_full``.)"""
+    import asyncio
+
+    from mailyard.server.imap.session import READ_CHUNK, Session
+
+    async def drain(payload: bytes) -> bytes:
+        z = zlib.compressobj(9, zlib.DEFLATED, -15)
+        reader = asyncio.StreamReader()
+        data = z.compress(payload) + z.flush(zlib.Z_SYNC_FLUSH)
+        assert data.endswith(b"\x00\x00\xff\xff")
+        # without the empty stored block that ends a sync flush, nothing is left in
+        # unconsumed_tail when the limit cuts a back-reference: zlib holds the rest
+        reader.feed_data(data[:-4])
+        s = Session.__new__(Session)
+        s.reader, s.inflate, s.inflate_full = reader, zlib.decompressobj(-15), False
+        got = b""
+        while len(got) < len(payload):
+            chunk = await asyncio.wait_for(s.read_raw(), 2.0)  # no EOF: must not block
+            assert 0 < len(chunk) <= READ_CHUNK
+            got += chunk
+        return got
+
+    for extra in range(-300, 300, 7):
+        payload = b"x1 NOOP " + b"ab" * ((READ_CHUNK + extra) // 2) + b"\r\n"
+        assert asyncio.run(drain(payload)) == payload

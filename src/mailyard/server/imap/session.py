@@ -117,6 +117,7 @@ class Session:
         # COMPRESS=DEFLATE (RFC 4978) once active: see send(), flush() and read_raw().
         self.deflate: Any = None  # zlib compressobj for what we send
         self.inflate: Any = None  # zlib decompressobj for what we receive
+        self.inflate_full = False  # the last decompress hit READ_CHUNK: more may be pending
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -203,12 +204,18 @@ class Session:
             return await self.reader.read(READ_CHUNK)
         while True:
             # Bounded: at most READ_CHUNK octets come out per call; what the
-            # decompressor could not yet expand waits in unconsumed_tail, so a
-            # "zip bomb" costs one chunk of memory at a time (RFC 4978 §6 asks
-            # servers to protect themselves).
-            src = inflate.unconsumed_tail or await self.reader.read(READ_CHUNK)
-            if not src:
-                return b""
+            # decompressor could not yet expand waits in unconsumed_tail (or, when
+            # the limit cut a back-reference short, inside zlib: decompress(b"")
+            # releases it), so a "zip bomb" costs one chunk of memory at a time
+            # (RFC 4978 §6 asks servers to protect themselves).
+            if inflate.unconsumed_tail:
+                src = inflate.unconsumed_tail
+            elif self.inflate_full:
+                src = b""
+            else:
+                src = await self.reader.read(READ_CHUNK)
+                if not src:
+                    return b""
             try:
                 out = inflate.decompress(src, READ_CHUNK)
             except zlib.error:
@@ -216,6 +223,7 @@ class Session:
                 self.send(r.bye("Invalid compressed data"))
                 await self.flush()
                 raise Closed from None
+            self.inflate_full = len(out) >= READ_CHUNK
             if inflate.eof:
                 raise Closed  # the client ended the deflate stream: nothing may follow
             if out:
@@ -637,6 +645,7 @@ async def cmd_compress(s: Session, cmd: c.Compress) -> Reply | None:
             s.send(r.bye("Invalid compressed data"))
             await s.flush()
             raise Closed from None
+        s.inflate_full = len(out) >= READ_CHUNK
         s.parser.feed(out)
     return None
 
