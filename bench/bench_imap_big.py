@@ -14,7 +14,8 @@ then times, on each server:
     SEARCH SUBJECT quarterly
     SEARCH BODY zanzibar
 
-Each is run once cold and then ``--repeat`` times; the median of the repeats is printed.
+Each is run once cold and then ``--repeat`` times (once when the cold run took over 2 s);
+the median of the warm runs is printed.
 Targets for mailyard: SELECT < 50 ms, FLAGS of all < 1 s, SEARCH BODY < 1 s. Dovecot runs
 as Debian ships it, without an FTS plugin: its SEARCH BODY reads every message file (and
 keeps nothing), its SEARCH SUBJECT fills dovecot.index.cache on first use.
@@ -71,7 +72,9 @@ async def measure(port: int, repeat: int) -> dict[str, tuple[float, float, int |
         for name, cmd, _ in CHECKS:
             times: list[float] = []
             count: int | str = 0
-            for _ in range(repeat + 1):
+            for i in range(repeat + 1):
+                if i == 2 and times[0] > 2.0:
+                    break  # a slow check: the cold run and one warm run are enough
                 if name == "SELECT" and selected:
                     status, _u = await cl.command("UNSELECT", check=False)
                     if b" OK" not in status[:12]:
@@ -111,7 +114,7 @@ def fmt_ms(s: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--messages", type=int, default=100_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=500, help="store API deliveries in flight")
     ap.add_argument("--only", choices=("dovecot", "mailyard"))
     args = ap.parse_args()
@@ -144,21 +147,21 @@ def main() -> None:
             finally:
                 stop(my.proc)
     print(f"IMAP big mailbox: {n} messages in one INBOX, one connection, client on {loop_name}; "
-          f"cold = first run, warm = median of {args.repeat}")
+          f"cold = first run, warm = median of up to {args.repeat}")
     for name, secs in load_time.items():
         print(f"  {name} loaded in {secs:.0f} s ({n / secs:.0f} msg/s)")
     names = list(results)
-    head = "".join(f" | {s:^30s}" for s in names)
+    head = "".join(f" | {s:^33s}" for s in names)
     print(f"  {'':26s}{head}")
-    print(f"  {'':26s}" + " | {:>14s}{:>16s}".format("cold", "warm (count)") * len(names))
+    print(f"  {'':26s}" + " | {:>12s}{:>12s} {:>8s}".format("cold", "warm", "(count)") * len(names))
     for check, _cmd, target in CHECKS:
         row = f"  {check:26s}"
         for s in names:
             cold, warm, count = results[s].get(check, (0.0, 0.0, "-"))
             if isinstance(count, str):
-                row += f" | {count[:30]:>30s}"
+                row += f" | {count[:33]:>33s}"
             else:
-                row += f" | {fmt_ms(cold):>14s}{fmt_ms(warm):>10s} ({count})"
+                row += f" | {fmt_ms(cold):>12s}{fmt_ms(warm):>12s} {f'({count})':>8s}"
         if target is not None and "mailyard" in results:
             _c, w, cnt = results["mailyard"].get(check, (0.0, 0.0, "-"))
             ok = not isinstance(cnt, str) and w < target
