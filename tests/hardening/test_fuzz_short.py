@@ -65,43 +65,22 @@ def test_seed_corpus_is_committed_and_clean(name: str) -> None:
         targets.TARGETS[name](seed)
 
 
-# Crashes the fuzzer found in mailyard.message.parse (not yet fixed there). Each is pinned
-# by a strict xfail below, which turns red once it is fixed; until then the MIME fuzz
-# run skips exactly these two signatures and nothing else.
+# Crashes the fuzzer once found in mailyard.message.parse, kept as regression cases.
 KNOWN_MIME_CRASHES = [
-    (b"Content-Type: \x80multipart/mixed; boundary=b\r\n\r\n--b--\r\n", UnicodeDecodeError),
-    (b"Subject: =?utf\x00-8?q?x?=\r\n\r\n", ValueError),
+    b"Content-Type: \x80multipart/mixed; boundary=b\r\n\r\n--b--\r\n",
+    b"Subject: =?utf\x00-8?q?x?=\r\n\r\n",
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="message/parse.py: parse_content_type decodes a "
-                   "non-ASCII token as ASCII; _decode_ew passes a NUL charset to codecs.lookup")
-@pytest.mark.parametrize("data", [d for d, _ in KNOWN_MIME_CRASHES], ids=["ct-8bit", "ew-nul"])
+@pytest.mark.parametrize("data", KNOWN_MIME_CRASHES, ids=["ct-8bit", "ew-nul"])
 def test_known_mime_crash_fixed(data: bytes) -> None:
     targets.mime_structure(data)
-
-
-def _mime_tolerating_known(data: bytes) -> None:
-    try:
-        targets.mime_structure(data)
-    except UnicodeDecodeError as e:
-        if "parse_content_type" not in _where(e):
-            raise
-    except ValueError as e:
-        if "embedded null" not in str(e) or "_decode_ew" not in _where(e):
-            raise
-
-
-def _where(e: BaseException) -> str:
-    import traceback
-
-    return "".join(traceback.format_tb(e.__traceback__))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fuzz_short(name: str) -> None:
     seeds = _seeds(name)
-    target = _mime_tolerating_known if name == "mime" else targets.TARGETS[name]
+    target = targets.TARGETS[name]
     budget = 150 if name == "dkim" else 1000
 
     @settings(max_examples=budget, deadline=None, database=None,

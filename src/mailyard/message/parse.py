@@ -114,9 +114,9 @@ def _decode_ew(charset: bytes, enc: bytes, text: bytes) -> str | None:
         return None
     try:
         codecs.lookup(cs)
-    except LookupError:
+        return raw.decode(cs, "replace")
+    except (LookupError, ValueError, UnicodeError):  # unknown, NUL-bearing or odd charset names
         return None
-    return raw.decode(cs, "replace")
 
 
 def decode_header(value: bytes) -> str:
@@ -243,8 +243,8 @@ def parse_content_type(value: bytes | None) -> tuple[str, str, list[tuple[str, b
         return None
     i = _skip_ws_comments(value, i + 1)
     sub, i = _token(value, i)
-    if not sub:
-        return None
+    if not sub or not (typ.isascii() and sub.isascii()):
+        return None  # 8-bit octets in a type are not a MIME type (RFC 2045 §5.1 token)
     return (typ.decode("ascii"), sub.decode("ascii"), parse_params(value, i))
 
 
@@ -253,6 +253,6 @@ def parse_disposition(value: bytes | None) -> tuple[str, list[tuple[str, bytes]]
         return None
     i = _skip_ws_comments(value, 0)
     typ, i = _token(value, i)
-    if not typ:
+    if not typ or not typ.isascii():
         return None
     return typ.decode("ascii"), parse_params(value, i)

@@ -82,7 +82,9 @@ class App:
         )
         await self._start_queue()
         limits = ConnectionLimits(max_connections=cfg.limits.max_connections,
-                                  max_per_ip=cfg.limits.max_connections_per_ip)
+                                  max_per_ip=cfg.limits.max_connections_per_ip,
+                                  # a handshake is pre-authentication time too
+                                  tls_handshake_timeout=min(30.0, cfg.limits.preauth_timeout))
         group = ConnectionGroup()
         for name, handler, implicit in self._handlers():
             spec = getattr(cfg.listen, name)
