@@ -68,6 +68,8 @@ _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "COPY"})
 Handler = Callable[["Session", Any], Awaitable[Reply | None]]
 
 
+MAX_BAD = 10  # BAD replies before "* BYE" (what SMTP and POP3 allow too)
+
 class Closed(Exception):
     """The peer went away, a write failed, or LOGOUT completed: stop quietly."""
 
@@ -102,6 +104,7 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.ctx = ctx
+        self.bad_replies = 0  # protocol errors so far; MAX_BAD ends the session
         peer = writer.get_extra_info("peername")
         self.remote_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.tls = implicit_tls
@@ -264,7 +267,7 @@ class Session:
                 self.send(r.untagged(status, ev.message, ev.code))
             else:
                 self.send(r.tagged(ev.tag, status, ev.message, ev.code))
-            if ev.fatal:
+            if ev.fatal or (status == "BAD" and self.count_bad()):
                 self.send(r.bye("Too many errors"))
                 self.state = State.LOGOUT
         elif isinstance(ev, c.AppendMessage):
@@ -280,6 +283,12 @@ class Session:
             await self.dispatch(ev)
         # AppendChunk/End/Done, IdleDone, SaslResponse outside their flows cannot occur:
         # the parser only yields them after the events handled by append()/idle/auth.
+
+    def count_bad(self) -> bool:
+        """Count a BAD reply; True once a client has earned MAX_BAD of them (cross-protocol
+        junk such as an HTTP request, or a broken client looping) and must be cut off."""
+        self.bad_replies += 1
+        return self.bad_replies >= MAX_BAD
 
     async def guard(self, work: Awaitable[Reply | None]) -> Reply:
         """Run a handler; turn expected failures into NO replies."""
@@ -300,13 +309,16 @@ class Session:
 
     async def dispatch(self, cmd: c.Command) -> None:
         err = states.check(cmd, self.state)
+        if handler_for(cmd) is None:
+            err = f"{cmd.name} not supported"
         if err is not None:
             self.send(r.tagged(cmd.tag, "BAD", err))
+            if self.count_bad():
+                self.send(r.bye("Too many errors"))
+                self.state = State.LOGOUT
             return
         handler = handler_for(cmd)
-        if handler is None:
-            self.send(r.tagged(cmd.tag, "BAD", f"{cmd.name} not supported"))
-            return
+        assert handler is not None
         before = self.state
         try:
             reply = await handler(self, cmd)
