@@ -214,8 +214,10 @@ def _neomutt_session(t: Tmux) -> None:
     screen = t.wait_for(r"Lunch plans")
     assert "Old newsletter" in screen
     # read "Lunch plans": move the cursor onto it, open it in the pager
-    t.keys("/", "Lunch", "Enter")
-    t.wait_for(r"Lunch plans")
+    t.keys("/")
+    t.wait_for(r"Search for")
+    t.keys("Lunch", "Enter")
+    time.sleep(0.5)
     t.keys("Enter")
     t.wait_for(r"zebra crossing")
     # reply from the pager: the editor script writes the text, "y" sends
@@ -225,12 +227,16 @@ def _neomutt_session(t: Tmux) -> None:
     t.wait_for(r"Mail sent|Sending message")
     t.keys("i")  # back to the index
     t.wait_for(r"Old newsletter")
-    # save "Old newsletter" to Archive (moves it: deleted here, expunged on sync)
-    t.keys("/", "newsletter", "Enter")
-    t.keys("s")
-    t.wait_for(r"Save to mailbox")
+    # save "Old newsletter" to Archive (moves it: deleted here, expunged on sync).
+    # Tag it by pattern: the tag mark is visible on the screen, the cursor is not.
+    t.keys("T")
+    t.wait_for(r"Tag messages matching")
+    t.keys("~s newsletter", "Enter")
+    t.wait_for(r"(?m)^\s*2 [ NOr+]{0,4}\*.*Old newsletter")
+    t.keys("\\;", "s")  # tag-prefix; a lone ";" would end the tmux command
+    t.wait_for(r"Save tagged to mailbox|to mailbox")
     t.keys("C-u", "=Archive", "Enter")
-    t.wait_for(r"Saving|saved|Archive|Deleted|Copying|Moving", timeout=20)
+    t.wait_for(r"(?m)^\s*2 [ NOr*+]{0,4}D.*Old newsletter", timeout=20)  # D: deleted here
     t.keys("$")  # sync: expunge what was saved elsewhere
     t.keys("q")
     assert t.gone(timeout=20), t.screen()
