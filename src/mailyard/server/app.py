@@ -33,10 +33,12 @@ log = logging.getLogger("mailyard")
 GRACE_SECONDS = 20.0
 
 
-def open_store(config: Config) -> Store:
+def open_store(config: Config, *, serving: bool = False) -> Store:
+    """The configured store. The server must own its data directory (no second server on it);
+    admin commands open it beside a running server without recovery (storage/sqlite/store.py)."""
     from mailyard.storage import open_store as open_backend
 
-    return open_backend(config.data_dir)
+    return open_backend(config.data_dir, require_owner=serving)
 
 
 def load_tls(config: Config) -> ssl.SSLContext | None:
@@ -67,7 +69,7 @@ class App:
         cfg = self.config
         tls = load_tls(cfg)
         if self.store is None:
-            self.store = open_store(cfg)
+            self.store = open_store(cfg, serving=True)
         await self.store.open()
         if self.resolver is None:
             self.resolver = DnsResolver(cfg.dns.nameservers or None, timeout=cfg.dns.timeout)

@@ -162,6 +162,10 @@ class SegmentFiles:
         self.end = 0  # its size: where the next blob goes
         self._wfd = -1
         self._next = 1
+        # False in a process that opened the store without owning it (an admin command
+        # next to a running server): it must never unlink a segment the owner may be
+        # appending to; the owner reclaims space at its next open.
+        self.may_drop = True
 
     def path(self, seg: int) -> Path:
         return self.dir / f"{seg:08d}.seg"
@@ -328,7 +332,7 @@ class SegmentFiles:
 
     def drop(self, seg: int) -> None:
         """Unlink a segment nothing references any more (writer thread, after commit)."""
-        if seg == self.current:
+        if seg == self.current or not self.may_drop:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(seg))

@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -94,6 +96,7 @@ from mailyard.storage.sqlite.segments import (
 
 log = logging.getLogger(__name__)
 
+LOCK_NAME = "mailyard.lock"
 DB_NAME = "mailyard.sqlite3"
 _MBOX_COLS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
 _MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id"
@@ -131,8 +134,11 @@ class SQLiteStore:
     def __init__(self, data_dir: str | Path, *, clock: Callable[[], float] = time.time,
                  readers: int = 4, fsync: bool = True, verify_blobs: bool = False,
                  sweep_orphans: bool = True, change_queue_size: int = 1024,
-                 segment_size: int = 64 * 1024 * 1024) -> None:
+                 segment_size: int = 64 * 1024 * 1024, require_owner: bool = False) -> None:
         self.data_dir = Path(data_dir)
+        self._require_owner = require_owner
+        self._lock_fd = -1
+        self.owner = False
         self._clock = clock
         self._readers = readers
         self._fsync = fsync
@@ -152,8 +158,31 @@ class SQLiteStore:
             return
         await asyncio.to_thread(self._open_sync)
 
+    def _take_owner_lock(self) -> bool:
+        """One process owns a data directory: the server (or a lone admin command).
+
+        Only the owner may recover at open (truncate segment tails, sweep spool files and
+        orphan rows, compact) and unlink segments: another process doing so next to a live
+        server would cut bytes the server has written but not yet committed. The lock is
+        an flock on ``DIR/mailyard.lock``, released by the kernel if the owner dies.
+        """
+        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
     def _open_sync(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.owner = self._take_owner_lock()
+        if not self.owner and self._require_owner:
+            raise StorageError(f"{self.data_dir} is in use by another mailyard process "
+                               "(is a server already running on it?)")
+        if not self.owner:
+            self._segs.files.may_drop = False
         path = self.data_dir / DB_NAME
         engine = Engine(path, readers=self._readers, after_commit=self._after_commit,
                         publish=self.bus.publish_many, blob_sink=self)
@@ -162,6 +191,10 @@ class SQLiteStore:
             conn.execute("PRAGMA synchronous=OFF")
         schema.migrate(conn)
         self._trigram = schema.fts_is_trigram(conn)
+        if not self.owner:  # an admin command beside a running server: no recovery
+            engine.start()
+            self._engine = engine
+            return
         self._segs.recover_tmp()
         if self._sweep_orphans:
             # Committed but never delivered (a crash in between): nobody holds them.
@@ -235,6 +268,9 @@ class SQLiteStore:
         if engine is not None:
             await asyncio.to_thread(engine.close)
         self._segs.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the owner lock
+            self._lock_fd = -1
 
     @property
     def engine(self) -> Engine:
