@@ -57,7 +57,7 @@ def test_starttls_twice_and_login_before_tls(srv: Server) -> None:
     with pytest.raises(imaplib.IMAP4.error):
         c.login("alice@example.test", PASSWORD)
     c.starttls(client_tls())
-    with pytest.raises(imaplib.IMAP4.error, match="(?i)bad|no"):
+    with pytest.raises(imaplib.IMAP4.error, match=r"(?i)bad|no"):
         c._simple_command("STARTTLS")  # a second STARTTLS inside TLS is refused
     c.login("alice@example.test", PASSWORD)
     c.logout()

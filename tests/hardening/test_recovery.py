@@ -12,8 +12,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.hardening.helpers import (
     PASSWORD,
     ThreadedSink,
@@ -43,9 +41,6 @@ def _quarantined(data: Path) -> list[Path]:
     return [p for p in q.rglob("*") if p.is_file()] if q.is_dir() else []
 
 
-@pytest.mark.xfail(strict=True, reason="gap: a torn segment/blob is logged and RETR answers -ERR, "
-                   "but nothing is quarantined: the store scrubs only with verify_blobs=True, "
-                   "which serve does not set (storage/sqlite/store.py)")
 def test_truncated_blob_is_quarantined_and_the_rest_served(tmp_path: Path,
                                                             nameserver: str) -> None:
     srv = hardened_server(tmp_path, nameserver)
@@ -104,9 +99,6 @@ def _queue(srv_data: Path) -> list[tuple[str, str]]:
         db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="gap: one queue record with an unknown recipient state "
-                   "makes queue_due raise, so no entry is ever delivered again "
-                   "(storage/sqlite/queue_ops.py _load)")
 def test_corrupt_queue_record_does_not_block_the_queue(tmp_path: Path, nameserver: str) -> None:
     with ThreadedSink() as sink:
         port = sink.port

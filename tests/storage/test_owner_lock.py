@@ -24,8 +24,7 @@ def test_second_owner_is_refused_and_admin_open_skips_recovery(tmp_path: Path) -
         await owner.deliver(blob, [DeliveryTarget(acct.id)])
         segs = sorted(seg_dir.glob("*.seg"))
         assert segs
-        with open(segs[-1], "ab") as f:
-            f.write(b"uncommitted tail written by the owner")
+        segs[-1].write_bytes(segs[-1].read_bytes() + b"uncommitted tail written by the owner")
         size = segs[-1].stat().st_size
         (tmp_path / "blobs" / "tmp").mkdir(parents=True, exist_ok=True)
         spool_file = tmp_path / "blobs" / "tmp" / "in-progress"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 
@@ -10,6 +11,8 @@ from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient, Recipie
 _ENTRY_COLS = ("id, sender, blob_id, blob_size, created, next_attempt, attempts, ret, envid, "
                "smtputf8, body_8bit, last_error")
 
+
+log = logging.getLogger("mailyard.queue")
 
 def _pending(recipients: Sequence[QueueRecipient]) -> int:
     return sum(1 for r in recipients if r.state == RecipientState.PENDING)
@@ -54,6 +57,7 @@ def _load(conn: sqlite3.Connection, rows: list[tuple]) -> list[QueueEntry]:
         return []
     ids = [r[0] for r in rows]
     rcpts: dict[str, list[QueueRecipient]] = {i: [] for i in ids}
+    corrupt: set[str] = set()
     for start in range(0, len(ids), 500):
         part = ids[start : start + 500]
         marks = ",".join("?" * len(part))
@@ -62,9 +66,18 @@ def _load(conn: sqlite3.Connection, rows: list[tuple]) -> list[QueueEntry]:
             f"FROM queue_recipients WHERE entry_id IN ({marks}) ORDER BY entry_id, idx",
             part,
         ):
+            try:
+                rstate = RecipientState(state)
+            except ValueError:
+                corrupt.add(entry_id)
+                continue
             rcpts[entry_id].append(QueueRecipient(
-                address=address, state=RecipientState(state), notify=notify, orcpt=orcpt,
+                address=address, state=rstate, notify=notify, orcpt=orcpt,
                 last_status=last_status, attempts=attempts))
+    for entry_id in corrupt:
+        # One damaged record must not stop the queue: leave it where it is (an operator
+        # can inspect it with `mailyard queue show`) and deliver everything else.
+        log.error("queue entry %s has a damaged recipient record: skipped", entry_id)
     return [
         QueueEntry(
             id=r[0], sender=r[1], blob=BlobRef(blob_id=r[2], size=r[3]),
@@ -72,6 +85,7 @@ def _load(conn: sqlite3.Connection, rows: list[tuple]) -> list[QueueEntry]:
             ret=r[7], envid=r[8], smtputf8=bool(r[9]), body_8bit=bool(r[10]), last_error=r[11],
         )
         for r in rows
+        if r[0] not in corrupt
     ]
 
 

@@ -202,6 +202,7 @@ class SQLiteStore:
         files = self._segs.files
         files.recover(dict(conn.execute(
             "SELECT segment, max(start + length) FROM blob_locs GROUP BY segment").fetchall()))
+        self._quarantine_torn(conn)
         self._import_legacy(conn)
         self._compact(conn)
         if self._verify_blobs:
@@ -211,6 +212,29 @@ class SQLiteStore:
                 conn.execute("DELETE FROM blob_locs WHERE blob_id = ?", (blob_id,))
         engine.start()
         self._engine = engine
+
+    def _quarantine_torn(self, conn: sqlite3.Connection) -> None:
+        """Blobs that reach past the end of their segment (a torn or truncated file) are
+        copied, as far as they go, to ``blobs/quarantine/`` and their location rows removed:
+        reads of them fail cleanly (POP3 -ERR, IMAP NO) and everything else is served."""
+        sizes = self._segs.files.on_disk()
+        torn: list[tuple[str, int, int, int]] = []
+        for blob_id, seg, start, length in conn.execute(
+                "SELECT blob_id, segment, start, length FROM blob_locs"):
+            if start + length > sizes.get(seg, 0):
+                torn.append((blob_id, seg, start, length))
+        if not torn:
+            return
+        qdir = self._segs.root / "quarantine"
+        qdir.mkdir(parents=True, exist_ok=True)
+        for blob_id, seg, start, length in torn:
+            with contextlib.suppress(OSError), open(self._segs.files.path(seg), "rb") as f:
+                f.seek(start)
+                (qdir / f"{blob_id}.partial").write_bytes(f.read(length))
+            conn.execute("DELETE FROM blob_locs WHERE blob_id = ?", (blob_id,))
+            log.error("quarantined blob %s: segment %d ends before its %d bytes at %d "
+                      "(torn or truncated file)", blob_id, seg, length, start)
+        conn.commit()
 
     def _store_now(self, conn: sqlite3.Connection, blobs: list[StagedBlob]) -> list[LocRow]:
         """Open-time helper: append ``blobs`` (fdatasynced) or raise."""
