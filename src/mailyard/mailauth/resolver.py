@@ -12,6 +12,7 @@ Results are values; the three outcomes SPF/DMARC/MX routing must tell apart are:
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 
@@ -58,6 +59,11 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
     return spec, 53
 
 
+MAX_CACHE = 20_000  # cached answers
+MAX_TTL = 3600.0  # seconds an answer is kept at most, whatever its TTL says
+NEGATIVE_TTL = 60.0  # NXDOMAIN / NODATA (RFC 2308 allows the SOA minimum; we keep it short)
+
+
 class DnsResolver:
     """dnspython-backed resolver with its own cache."""
 
@@ -75,24 +81,55 @@ class DnsResolver:
             res = dns.asyncresolver.Resolver()
         res.lifetime = timeout
         res.timeout = timeout
-        res.cache = dns.resolver.LRUCache(10000)
         self._res = res
+        # Our own answer cache, in front of dnspython's resolver: a hit costs a dict lookup
+        # instead of building a query, and NXDOMAIN/NODATA are cached too (RFC 2308), which
+        # matters for SPF/DMARC/iprev lookups on every inbound message.
+        self._cache: dict[tuple[str, str], tuple[float, list | None]] = {}  # type: ignore[type-arg]
+        self._clock = time.monotonic
+
+    def _cached(self, key: tuple[str, str]) -> tuple[bool, list | None]:  # type: ignore[type-arg]
+        hit = self._cache.get(key)
+        if hit is None:
+            return False, None
+        if hit[0] < self._clock():
+            del self._cache[key]
+            return False, None
+        return True, hit[1]
+
+    def _remember(self, key: tuple[str, str], ttl: float, value: list | None) -> None:  # type: ignore[type-arg]
+        if len(self._cache) >= MAX_CACHE:
+            # Drop the oldest tenth (dicts keep insertion order): bounded memory.
+            for k in list(self._cache)[: MAX_CACHE // 10]:
+                del self._cache[k]
+        self._cache[key] = (self._clock() + max(0.0, min(ttl, MAX_TTL)), value)
 
     async def _query(self, name: str, rdtype: str) -> list:  # type: ignore[type-arg]
         import dns.exception
         import dns.resolver
 
+        key = (name.lower().rstrip("."), rdtype)
+        found, value = self._cached(key)
+        if found:
+            if value is None:
+                raise NXDomain(name)
+            return value
         try:
             answer = await self._res.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
+            self._remember(key, NEGATIVE_TTL, None)
             raise NXDomain(name) from None
         except dns.resolver.NoAnswer:
+            self._remember(key, NEGATIVE_TTL, [])
             return []
         except (dns.resolver.NoNameservers, dns.exception.Timeout, OSError) as e:
             raise TempError(f"{name}/{rdtype}: {e.__class__.__name__}") from None
         except dns.exception.DNSException as e:
             raise TempError(f"{name}/{rdtype}: {e}") from None
-        return list(answer)
+        records = list(answer)
+        ttl = answer.rrset.ttl if answer.rrset is not None else NEGATIVE_TTL
+        self._remember(key, ttl, records)
+        return records
 
     async def txt(self, name: str) -> list[str]:
         out = []
