@@ -15,6 +15,8 @@ anvil and Dovecot's auth penalty do):
 from __future__ import annotations
 
 import asyncio
+import hmac
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -79,6 +81,50 @@ class FailureTable:
         return len(self._entries)
 
 
+class CredentialCache:
+    """Recently verified credentials, so a client that logs in again and again (IMAP
+    clients open several connections, phones reconnect constantly) does not pay a full
+    argon2 verification each time — Dovecot's auth_cache makes the same trade.
+
+    It holds an HMAC of the password under a per-process random key, never the password,
+    together with the stored hash it was verified against: a password change (a new
+    stored hash) misses the cache at once. Entries expire after ``ttl`` seconds.
+    """
+
+    def __init__(self, *, ttl: float = 300.0, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[str, tuple[bytes, str, float]] = OrderedDict()
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+
+    def _mac(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode("utf-8", "surrogatepass"), "sha256").digest()
+
+    def hit(self, address: str, password: str, stored_hash: str) -> bool:
+        entry = self._entries.get(address)
+        if entry is None:
+            return False
+        mac, verified_hash, expires = entry
+        if expires < self._clock() or verified_hash != stored_hash:
+            del self._entries[address]
+            return False
+        return hmac.compare_digest(mac, self._mac(password))
+
+    def remember(self, address: str, password: str, stored_hash: str) -> None:
+        self._entries[address] = (self._mac(password), stored_hash, self._clock() + self.ttl)
+        self._entries.move_to_end(address)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, address: str) -> None:
+        self._entries.pop(address, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 class Authenticator:
     def __init__(self, store: Store, *, base_delay: float = 1.0, max_delay: float = 15.0,
                  account_lock_after: int = 20) -> None:
@@ -88,6 +134,7 @@ class Authenticator:
         self.account_lock_after = account_lock_after
         self.by_ip = FailureTable()
         self.by_account = FailureTable()
+        self.cache = CredentialCache()
 
     def delay_for(self, remote_ip: str) -> float:
         n = self.by_ip.failures(remote_ip)
@@ -116,12 +163,18 @@ class Authenticator:
             except AddressError:
                 authz_ok = False
         stored = account.password_hash if account and not account.disabled else _DUMMY_HASH
-        ok = await asyncio.to_thread(verify_password, stored, password)
+        if account is not None and self.cache.hit(address, password, stored):
+            ok = True
+        else:
+            ok = await asyncio.to_thread(verify_password, stored, password)
         locked = address != "" and self.by_account.failures(address) >= self.account_lock_after
         if ok and account is not None and not account.disabled and authz_ok and not locked:
             self.by_ip.clear(remote_ip)
             self.by_account.clear(address)
+            self.cache.remember(address, password, stored)
             return account
+        if address:
+            self.cache.forget(address)
         self.by_ip.record(remote_ip)
         if address:
             self.by_account.record(address)

@@ -177,6 +177,7 @@ class App:
         self.config = new
         self.ctx.config = new
         self.ctx.recipients.invalidate()
+        self.ctx.auth.cache.clear()
         log.info("reloaded configuration, certificates and users")
 
     async def stop(self) -> None:
