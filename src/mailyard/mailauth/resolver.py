@@ -12,6 +12,7 @@ Results are values; the three outcomes SPF/DMARC/MX routing must tell apart are:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Protocol
 
@@ -57,6 +58,14 @@ def parse_nameserver(spec: str) -> tuple[str, int]:
         host, _, port_s = spec.partition(":")
         return host, int(port_s)
     return spec, 53
+
+
+@functools.lru_cache(maxsize=4096)
+def _reverse_name(ip: str) -> str:
+    """1.2.3.4 -> 4.3.2.1.in-addr.arpa. (RFC 1035 §3.5, RFC 3596 §2.5 for IPv6)."""
+    import dns.reversename
+
+    return str(dns.reversename.from_address(ip).to_text())
 
 
 MAX_CACHE = 20_000  # cached answers
@@ -151,7 +160,5 @@ class DnsResolver:
         return [r.address for r in await self._query(name, "AAAA")]
 
     async def ptr(self, ip: str) -> list[str]:
-        import dns.reversename
-
-        rev = dns.reversename.from_address(ip).to_text()
-        return [r.target.to_text(omit_final_dot=True) for r in await self._query(rev, "PTR")]
+        return [r.target.to_text(omit_final_dot=True)
+                for r in await self._query(_reverse_name(ip), "PTR")]

@@ -17,6 +17,7 @@ Results are values (:class:`SPFResult`); DNS outcomes come from the resolver as 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -256,6 +257,12 @@ def parse_record(text: str) -> Record:
     """Parse an SPF record ("v=spf1 ..."). Raises :class:`SPFSyntaxError`, nothing else."""
     if not isinstance(text, str):
         raise SPFSyntaxError("record must be text")
+    return _parse_record_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_record_cached(text: str) -> Record:
+    """Records are immutable values: a domain's record is parsed once, not per message."""
     if len(text) > MAX_RECORD_LEN:
         raise SPFSyntaxError("record too long")
     if not is_spf_record(text):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 
@@ -22,6 +23,7 @@ def _has_controls(s: str) -> bool:
                for c in s)
 
 
+@functools.lru_cache(maxsize=8192)
 def canonical_domain(domain: str) -> str:
     d = unicodedata.normalize("NFKC", domain.strip()).casefold().rstrip(".")
     if not d or len(d) > 253 or _has_controls(d) or " " in d:
@@ -55,6 +57,7 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+@functools.lru_cache(maxsize=8192)
 def canonical_address(address: str) -> str:
     """'Alice@Example.TEST' -> 'alice@example.test'. Raises AddressError."""
     local, domain = split_address(address.strip())

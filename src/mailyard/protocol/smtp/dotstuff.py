@@ -65,6 +65,9 @@ class DotUnstuffer:
     def feed(self, data: bytes) -> tuple[bytes, int]:
         if self.done:
             return b"", 0
+        fast = self._feed_clean(data)
+        if fast is not None:
+            return fast
         out: list[bytes] = []
         n = len(data)
         i = 0
@@ -112,6 +115,24 @@ class DotUnstuffer:
                 self.bare_line_ending = True
                 i = j + 1
         return b"".join(out), i
+
+    def _feed_clean(self, data: bytes) -> tuple[bytes, int] | None:
+        """The common case in one pass of C-level scans: a chunk with only CRLF line
+        endings, no line starting with "." and no end of data. None: take the slow path.
+
+        Every CR and every LF belongs to a CRLF exactly when the three counts agree; a
+        trailing CR is held back, as the slow path does, since its LF is still to come.
+        """
+        if self.bare_line_ending or not data or (self._line_start and data[0] == _DOT):
+            return None
+        end = len(data) - 1 if data[-1] == _CR else len(data)
+        body = data[:end] if end != len(data) else data
+        crlf = body.count(b"\r\n")
+        if b"\r\n." in body or body.count(b"\r") != crlf or body.count(b"\n") != crlf:
+            return None
+        if body:
+            self._line_start = body.endswith(b"\r\n")
+        return body, end
 
     def _emit(self, out: list[bytes], piece: bytes) -> None:
         if piece and not self.bare_line_ending:
