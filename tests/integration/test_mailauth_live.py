@@ -88,6 +88,7 @@ def test_spoofed_message_rejected_by_dmarc_reject(server: Server, dns_server: DN
         _send_mx(server, f"ceo@{d}", _message(d))
     assert e.value.smtp_code == 550 and b"5.7.1" in e.value.smtp_error
     assert _inbox(server) == []
+    assert _recorded(server, d) == [("fail", "reject")]
 
 
 def test_quarantine_goes_to_junk(server: Server, dns_server: DNSServer) -> None:
@@ -101,6 +102,17 @@ def test_quarantine_goes_to_junk(server: Server, dns_server: DNSServer) -> None:
         "where a.address = 'bob@example.test' and b.name = 'Junk'").fetchone()
     db.close()
     assert junk == 1
+    assert _recorded(server, d) == [("fail", "quarantine")]
+
+
+def _recorded(server: Server, domain: str) -> list[tuple[str, str]]:
+    """The verdicts kept for DMARC aggregate reports."""
+    db = sqlite3.connect(f"file:{server.data / 'mailyard.sqlite3'}?mode=ro", uri=True)
+    try:
+        return db.execute("select dmarc, disposition from auth_results where header_from = ?",
+                          (domain,)).fetchall()
+    finally:
+        db.close()
 
 
 def test_tampered_body_fails_dkim(server: Server, dns_server: DNSServer) -> None:

@@ -132,6 +132,7 @@ async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
+    await _record(ctx, sub, verdict)
     header = verdict.header
     if not header.endswith("\r\n"):
         header += "\r\n"
@@ -177,6 +178,19 @@ async def _arc_seal(ctx: ServerContext, sub: Submission, spool: Spool, auth_head
     except ValueError as e:
         ctx.log.warning("ARC sealing for %s failed: %s", via, e)
         return b""
+
+
+async def _record(ctx: ServerContext, sub: Submission, verdict: Any) -> None:
+    """Keep each verdict for DMARC aggregate reports (RFC 7489 §7.2); never fails delivery."""
+    try:
+        dkim = ",".join(f"{r.domain}:{r.result}" for r in verdict.dkim) or "none"
+        disposition = {"reject": "reject", "junk": "quarantine"}.get(verdict.action, "none")
+        await ctx.store.record_auth_result(
+            when=ctx.clock(), source_ip=sub.remote_ip,
+            header_from=verdict.dmarc.domain or "", spf=verdict.spf.result, dkim=dkim,
+            dmarc=verdict.dmarc.result, disposition=disposition)
+    except Exception:
+        ctx.log.exception("could not record the authentication results")
 
 
 async def _sign(ctx: ServerContext, sub: Submission, spool: Spool) -> bytes:
