@@ -21,7 +21,9 @@ INBOX is case-insensitive (RFC 9051 §5.1) and always stored as "INBOX".
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from mailyard.storage.models import (
@@ -126,6 +128,22 @@ class ChangeSubscription(Protocol):
 FlagMode = Literal["set", "add", "remove"]
 
 
+@dataclass(frozen=True, slots=True)
+class MailboxIndex:
+    """What SELECT needs of a mailbox, without one object per message.
+
+    ``uids`` is ascending and compact (4 octets a message: 100k messages cost 400 KB,
+    against ~30 MB of MessageRef rows); ``modseq`` is the highest modseq among them
+    (0 when empty); ``keywords`` are the non-system flags in use; ``first_unseen`` is
+    the lowest UID without ``\\Seen`` (None when all are seen).
+    """
+
+    uids: array[int]
+    modseq: int
+    keywords: frozenset[str]
+    first_unseen: int | None
+
+
 @runtime_checkable
 class Store(Protocol):
     blobs: BlobStore
@@ -220,6 +238,21 @@ class Store(Protocol):
         ...
 
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRef]: ...
+
+    async def mailbox_index(self, mailbox_id: int) -> MailboxIndex:
+        """UIDs, highest modseq, keywords and first unseen UID of a mailbox (SELECT).
+
+        Added for speed; equivalent to deriving them from ``list_messages``.
+        """
+        ...
+
+    async def flag_rows(self, mailbox_id: int, lo: int, hi: int
+                        ) -> list[tuple[int, int, str]]:
+        """``(uid, modseq, flags)`` of the messages with ``lo <= uid <= hi``, ascending
+        by UID; ``flags`` is the flag names separated by single spaces. Added for FETCH
+        FLAGS over large ranges: one indexed range scan, no MessageRef per row.
+        """
+        ...
 
     async def changed_since(self, mailbox_id: int, modseq: int) -> list[MessageRef]:
         """Messages whose modseq is greater than ``modseq`` (CONDSTORE/QRESYNC)."""

@@ -32,20 +32,22 @@ async def cmd_select(s: Session, cmd: c.Select) -> Reply:
         return no("No such mailbox", "NONEXISTENT")
     if cmd.condstore or cmd.qresync is not None:
         s.condstore = True
-    refs = await store.list_messages(mb.id)
-    view = MailboxView(mb, refs, readonly=cmd.readonly)
+    index = getattr(store, "mailbox_index", None)
+    if index is not None:  # compact: no object per message (interface.MailboxIndex)
+        view = MailboxView.from_index(mb, await index(mb.id), readonly=cmd.readonly)
+    else:
+        view = MailboxView(mb, await store.list_messages(mb.id), readonly=cmd.readonly)
     s.view = view
     s.send_flags()
     if view.readonly:
         s.send(r.untagged("OK", "No permanent flags", "PERMANENTFLAGS ()"))
     s.send(r.exists(view.exists))
     if not s.rev2:
-        s.note_recent(view.uids)  # RFC 3501 §6.3.1 (recent.py)
+        s.note_recent(view.uids.tolist())  # RFC 3501 §6.3.1 (recent.py)
         s.send(b"* %d RECENT\r\n" % len(view.recent))
-        for i, m in enumerate(refs):
-            if "\\Seen" not in m.flags:
-                s.send(r.untagged("OK", "First unseen", f"UNSEEN {i + 1}"))
-                break
+        first = view.seq_of(view.first_unseen) if view.first_unseen is not None else None
+        if first is not None:
+            s.send(r.untagged("OK", "First unseen", f"UNSEEN {first}"))
     s.send(r.untagged("OK", "UIDs valid", f"UIDVALIDITY {mb.uidvalidity}"))
     s.send(r.untagged("OK", "Predicted next UID", f"UIDNEXT {mb.uidnext}"))
     s.send(r.untagged("OK", "Highest", f"HIGHESTMODSEQ {mb.highestmodseq}"))

@@ -4,26 +4,67 @@ RFC 9051 §2.3.1.2: sequence numbers are positions in the session's view, which 
 only when the session *tells* the client (EXISTS, EXPUNGE/VANISHED). So the view is the
 session's own copy, updated from the store's change feed at command boundaries:
 
-* ``uids`` is a sorted list (UIDs only grow, so appends are ``list.append``); the sequence
-  number of a UID is ``bisect_left + 1`` — O(log n) for 100k messages;
+* ``uids`` is a sorted ``array('I')`` (UIDs only grow, so appends are ``append``); the
+  sequence number of a UID is ``bisect_left + 1`` — O(log n) for 100k messages;
 * ``modseq`` maps UID -> the modseq the client was last told about (or that SELECT saw),
   so a ``flags`` change that this session already reported (its own STORE) is not sent
-  twice: only a row whose modseq moved past the known one is announced;
+  twice: only a row whose modseq moved past the known one is announced. It is kept as
+  one baseline (the highest modseq SELECT saw: every later change has a higher one,
+  since modseqs grow mailbox-wide) plus the UIDs told about since; ``uid in modseq``
+  means "in the view";
 * expunges that arrive while EXPUNGE responses are not allowed (during FETCH, STORE,
   SEARCH, RFC 9051 §7.5.1) wait in ``pending_expunge``; the UIDs stay in the view (their
   sequence numbers must not shift) until the session announces them.
 
-Memory: one int in a list and one dict entry per message (about 100 octets), so 100k
-messages cost about 10 MB per selected session; MessageRef rows are fetched on demand.
+Memory: 4 octets per message (100k messages: 400 KB per selected session) plus a dict
+entry per message whose flags changed since SELECT; MessageRef rows are fetched on demand.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 
 from mailyard.protocol.imap.sequence import SequenceSet
+from mailyard.storage.interface import MailboxIndex
 from mailyard.storage.models import Mailbox, MessageRef
+
+
+class KnownModseq:
+    """UID -> known modseq for the UIDs of a view: a baseline plus exceptions."""
+
+    __slots__ = ("_told", "_view", "baseline")
+
+    def __init__(self, view: MailboxView, baseline: int) -> None:
+        self._view = view
+        self.baseline = baseline
+        self._told: dict[int, int] = {}
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, int) and self._view.seq_of(uid) is not None
+
+    def __getitem__(self, uid: int) -> int:
+        if uid not in self:
+            raise KeyError(uid)
+        return self._told.get(uid, self.baseline)
+
+    def get(self, uid: int, default: int | None = None) -> int | None:
+        if uid not in self:
+            return default
+        return self._told.get(uid, self.baseline)
+
+    def __setitem__(self, uid: int, modseq: int) -> None:
+        self._told[uid] = modseq
+
+    def __delitem__(self, uid: int) -> None:
+        self._told.pop(uid, None)
+
+    def __len__(self) -> int:
+        return len(self._view.uids)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._view.uids)
 
 
 class MailboxView:
@@ -31,13 +72,27 @@ class MailboxView:
                  readonly: bool) -> None:
         self.mailbox = mailbox
         self.readonly = readonly
-        self.uids: list[int] = [m.uid for m in messages]
-        self.modseq: dict[int, int] = {m.uid: m.modseq for m in messages}
+        self.uids: array[int] = array("I", sorted(m.uid for m in messages))
+        self.modseq = KnownModseq(self, max((m.modseq for m in messages), default=0))
         self.pending_expunge: set[int] = set()
         self.recent: set[int] = set()  # \Recent for this session (recent.py)
         self.keywords: set[str] = set()
+        self.first_unseen: int | None = None  # UID, as SELECT saw it
         for m in messages:
             self.note_flags(m.flags)
+            if self.first_unseen is None and "\\Seen" not in m.flags:
+                self.first_unseen = m.uid
+
+    @classmethod
+    def from_index(cls, mailbox: Mailbox, index: MailboxIndex, *,
+                   readonly: bool) -> MailboxView:
+        """The view from ``Store.mailbox_index``: no per-message objects at all."""
+        view = cls(mailbox, (), readonly=readonly)
+        view.uids = array("I", index.uids)
+        view.modseq.baseline = index.modseq
+        view.keywords = set(index.keywords)
+        view.first_unseen = index.first_unseen
+        return view
 
     @property
     def id(self) -> int:
@@ -69,7 +124,7 @@ class MailboxView:
         """Add new messages (UIDs above the current ones); returns how many were new."""
         n = 0
         for m in sorted(refs, key=lambda r: r.uid):
-            if m.uid in self.modseq:
+            if self.seq_of(m.uid) is not None:
                 continue
             if self.uids and m.uid < self.uids[-1]:
                 bisect.insort(self.uids, m.uid)  # cannot happen with growing UIDs
@@ -91,7 +146,7 @@ class MailboxView:
         if len(present) == 1:
             del self.uids[seqs[0] - 1]
         else:
-            self.uids = [u for u in self.uids if u not in gone]
+            self.uids = array("I", [u for u in self.uids if u not in gone])
         for u in present:
             del self.modseq[u]
             self.pending_expunge.discard(u)
