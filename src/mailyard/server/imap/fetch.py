@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 BATCH = 256  # messages read from the index per round trip
 HEADER_PROBE = 65536  # octets read when only the header is needed
 THREAD_PARSE = 1 << 20  # parse messages larger than this in a worker thread
+FLAG_CHUNK = 4096  # messages per index range scan for UID/FLAGS/MODSEQ-only FETCH
+_FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
 _CACHED = frozenset({"ENVELOPE", "BODYSTRUCTURE"})
 _HEADER_ONLY = frozenset({"ENVELOPE", "RFC822.HEADER"})
 
@@ -116,6 +118,9 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
         if gone:
             s.send(r.vanished(gone, earlier=True))
     set_seen = sets_seen(items) and not view.readonly
+    if {i.name for i in items} <= _FLAG_ITEMS and await _fetch_flags(
+            s, uids, [i.name for i in items], cmd.changedsince):
+        return ok(("UID " if cmd.uid else "") + "FETCH completed")
     for i in range(0, len(uids), BATCH):
         refs = await s.ctx.store.get_messages(view.id, uids[i : i + BATCH])
         if cmd.changedsince is not None:
@@ -134,6 +139,40 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
                 return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
             await _write(s, seq, parts)
     return ok(("UID " if cmd.uid else "") + "FETCH completed")
+
+
+async def _fetch_flags(s: Session, uids: list[int], names: list[str],
+                       changedsince: int | None) -> bool:
+    """UID/FLAGS/MODSEQ only (what a client's flag resync asks, often for 1:*): one
+    range scan of the index per chunk (``Store.flag_rows``), no MessageRef, the lines
+    of a chunk written in one piece. False (nothing sent) when the store has no
+    ``flag_rows`` or the UIDs are too sparse for a range scan to pay."""
+    view = s.view
+    assert view is not None
+    flag_rows = getattr(s.ctx.store, "flag_rows", None)
+    if flag_rows is None or not uids or uids[-1] - uids[0] >= 2 * len(uids):
+        return False
+    fields = {"UID": "UID {0}", "FLAGS": "FLAGS ({2})", "MODSEQ": "MODSEQ ({1})"}
+    line = "* {3} FETCH (" + " ".join(fields[n] for n in names) + ")\r\n"
+    recent = view.recent if not s.rev2 else set()
+    seq_of = view.seq_of
+    for i in range(0, len(uids), FLAG_CHUNK):
+        part = uids[i : i + FLAG_CHUNK]
+        keep = set(part)
+        out: list[str] = []
+        for uid, modseq, text in await flag_rows(view.id, part[0], part[-1]):
+            if uid not in keep or (changedsince is not None and modseq <= changedsince):
+                continue
+            seq = seq_of(uid)
+            if seq is None:
+                continue  # appended since the last announcement: not in this view yet
+            if uid in recent:
+                text = " ".join(sorted({*text.split(), "\\Recent"}))
+            out.append(line.format(uid, modseq, text, seq))
+        if out:
+            s.send("".join(out).encode("utf-8"))
+            await s.flush()
+    return True
 
 
 async def _mark_seen(s: Session, refs: list[MessageRef]

@@ -1,0 +1,85 @@
+"""The bulk fast paths (compact SELECT, UID/FLAGS/MODSEQ FETCH from index rows) answer
+exactly what the per-message paths answer (RFC 9051 §6.3.2, §7.5.2; RFC 7162 §3.1.4)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.imap.support import ImapTestServer, RawClient
+
+
+def _msg(i: int) -> bytes:
+    return (f"From: a{i}@example.org\r\nSubject: note {i}\r\n"
+            f"Message-ID: <m{i}@example.org>\r\n\r\nbody {i}\r\n").encode()
+
+
+def _without_size(lines: list[bytes]) -> list[bytes]:
+    """The per-message path's answer with RFC822.SIZE removed (it forces that path)."""
+    return [re.sub(rb" ?RFC822\.SIZE \d+", b"", ln).replace(b"( ", b"(") for ln in lines]
+
+
+def _fill(srv: ImapTestServer) -> None:
+    kinds = [(), ("\\Seen",), ("\\Seen", "$Work"), ("\\Flagged",), ("Later", "\\Seen")]
+    for i in range(30):
+        srv.deliver(_msg(i), flags=kinds[i % len(kinds)])
+
+
+def test_flag_fetch_matches_per_message_path(tmp_path: Path) -> None:
+    with ImapTestServer(tmp_path, seed=False) as srv:
+        _fill(srv)
+        raw = RawClient(srv.port)
+        raw.login()
+        untagged, _ = raw.cmd("SELECT INBOX")  # claims \Recent (IMAP4rev1)
+        assert b"* 30 EXISTS" in untagged and b"* 30 RECENT" in untagged
+        assert b"* OK [UNSEEN 1] First unseen" in untagged  # UID 1 has no flags
+        other = RawClient(srv.port)
+        other.login()
+        assert other.cmd("SELECT INBOX")[1].startswith(b"t2 OK")
+        # a gap in the UIDs: 4 and 5 are expunged by the other session
+        other.cmd("UID STORE 4:5 +FLAGS.SILENT (\\Deleted)")
+        other.cmd("EXPUNGE")
+        assert raw.cmd("NOOP")[0] == [b"* 5 EXPUNGE", b"* 4 EXPUNGE"]
+        for spec in ("UID FETCH 1:* (FLAGS)", "FETCH 1:* (FLAGS UID)",
+                     "FETCH 2:9 (UID FLAGS MODSEQ)", "UID FETCH 3:20 (MODSEQ FLAGS)",
+                     "UID FETCH 1:* (FLAGS) (CHANGEDSINCE 3)"):
+            fast, ok_ = raw.cmd(spec)
+            assert b" OK " in ok_, ok_
+            slow_spec = spec.replace("(FLAGS", "(RFC822.SIZE FLAGS")
+            slow_spec = slow_spec.replace("(UID FLAGS", "(UID RFC822.SIZE FLAGS")
+            slow_spec = slow_spec.replace("(MODSEQ FLAGS", "(MODSEQ RFC822.SIZE FLAGS")
+            slow, _ = raw.cmd(slow_spec)
+            assert fast and fast == _without_size(slow), (spec, fast[:3], slow[:3])
+        lines, _ = raw.cmd("UID FETCH 1:* (FLAGS)")
+        assert lines[0] == b"* 1 FETCH (UID 1 FLAGS (\\Recent))"
+        assert lines[3] == b"* 4 FETCH (UID 6 FLAGS (\\Recent))"
+        assert lines[2] == b"* 3 FETCH (UID 3 FLAGS ($Work \\Recent \\Seen))"  # keywords sorted with system flags
+        raw.close()
+        other.close()
+
+
+def test_select_counts_from_index(tmp_path: Path) -> None:
+    with ImapTestServer(tmp_path, seed=False) as srv:
+        for i in range(6):
+            srv.deliver(_msg(i), flags=("\\Seen", "$A") if i < 3 else ("\\Seen",))
+        raw = RawClient(srv.port)
+        raw.login()
+        untagged, _ = raw.cmd("SELECT INBOX")
+        joined = b"\n".join(untagged)
+        assert b"* 6 EXISTS" in joined and b"UNSEEN" not in joined  # all seen
+        assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $A)" in joined
+        srv.deliver(_msg(9))
+        raw.cmd("NOOP")
+        raw.cmd("UNSELECT")
+        untagged, _ = raw.cmd("EXAMINE INBOX")
+        assert b"* OK [UNSEEN 7] First unseen" in untagged
+        # a flag change by another session after SELECT is announced (modseq baseline)
+        other = RawClient(srv.port)
+        other.login()
+        other.cmd("SELECT INBOX")
+        other.cmd("STORE 2 -FLAGS (\\Seen)")
+        untagged, _ = raw.cmd("NOOP")
+        assert untagged == [b"* 2 FETCH (UID 2 FLAGS ($A))"]
+        assert raw.cmd("NOOP")[0] == []  # told once
+        raw.close()
+        other.close()
