@@ -49,7 +49,7 @@ class KnownModseq:
             raise KeyError(uid)
         return self._told.get(uid, self.baseline)
 
-    def get(self, uid: int, default: int | None = None) -> int | None:
+    def get(self, uid: int, default: int = 0) -> int:
         if uid not in self:
             return default
         return self._told.get(uid, self.baseline)
