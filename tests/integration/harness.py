@@ -38,6 +38,7 @@ class Server:
     ports: dict[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"
     log_path: Path | None = None
+    max_open_files: int | None = None  # RLIMIT_NOFILE of the server process (fd exhaustion tests)
 
     def addr(self, name: str) -> tuple[str, int]:
         return self.host, self.ports[name]
@@ -49,9 +50,17 @@ class Server:
         self.log_path = self.data / "server.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        limit = self.max_open_files
+
+        def preexec() -> None:
+            if limit is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailyard.cli.main", "--data", str(self.data), "serve"],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
+            stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
