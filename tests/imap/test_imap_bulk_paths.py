@@ -83,3 +83,37 @@ def test_select_counts_from_index(tmp_path: Path) -> None:
         assert raw.cmd("NOOP")[0] == []  # told once
         raw.close()
         other.close()
+
+
+def test_search_header_prefilter_is_exact(tmp_path: Path) -> None:
+    with ImapTestServer(tmp_path, seed=False) as srv:
+        for i in range(12):
+            srv.deliver(_msg(i), flags=("\\Seen",) if i % 2 else ())
+        # an encoded-word subject: matched on its decoded text
+        srv.deliver(b"From: z@example.org\r\nSubject: =?utf-8?q?Quarterly_r=C3=A9sum=C3=A9?="
+                    b"\r\n\r\nx\r\n")
+
+        async def no_text() -> int:  # delivered without a full-text row
+            store = srv.store
+            assert store is not None
+            mb = await store.get_mailbox(srv.account_id, "INBOX")
+            assert mb is not None
+            body = b"From: y@example.org\r\nSubject: quarterly plain\r\n\r\nzanzibar\r\n"
+            d = await store.append(mb.id, await store.blobs.put(body))
+            return d.uid
+
+        assert srv.run(no_text()) == 14
+        raw = RawClient(srv.port)
+        raw.login()
+        raw.cmd("SELECT INBOX")
+        assert raw.cmd("SEARCH SUBJECT quarterly")[0] == [b"* SEARCH 13 14"]
+        assert raw.cmd("SEARCH SUBJECT QUARTERLY UNSEEN")[0] == [b"* SEARCH 13 14"]
+        assert raw.cmd("SEARCH SUBJECT \"note 1\"")[0] == [b"* SEARCH 2 11 12"]
+        assert raw.cmd("SEARCH OR FROM a3@ SUBJECT \"note 5\"")[0] == [b"* SEARCH 4 6"]
+        assert raw.cmd("SEARCH SEEN NOT SUBJECT \"note\"")[0] == [b"* SEARCH"]
+        assert raw.cmd("SEARCH NOT SUBJECT note")[0] == [b"* SEARCH 13 14"]
+        assert raw.cmd("UID SEARCH UID 2:5 FROM example")[0] == [b"* SEARCH 2 3 4 5"]
+        assert raw.cmd("SEARCH HEADER Message-ID m7@")[0] == [b"* SEARCH 8"]
+        assert raw.cmd("SEARCH SUBJECT nothing-like-this")[0] == [b"* SEARCH"]
+        assert raw.cmd("SEARCH BODY \"body 3\" SUBJECT \"note 3\"")[0] == [b"* SEARCH 4"]
+        raw.close()

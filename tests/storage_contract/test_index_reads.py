@@ -62,3 +62,19 @@ def test_flag_rows_and_dense_get_messages(make_store):
             assert all(m == refs[m.uid] for m in got)
 
     run(make_store, body)
+
+
+def test_unindexed_uids(make_store):
+    async def body(s: Store) -> None:
+        from mailyard.storage.models import SearchableText
+
+        a = await account(s)
+        inbox = await mailbox(s, a)
+        assert await s.unindexed_uids(inbox.id) == set()
+        for i in range(4):
+            text = SearchableText(headers=f"Subject: n{i}") if i % 2 else None
+            await s.deliver(await blob(s, message(i)), [DeliveryTarget(a.id)], text=text)
+        assert await s.unindexed_uids(inbox.id) == {1, 3}
+        assert await s.search_text(inbox.id, "Subject: n", field="headers") == {2, 4}
+
+    run(make_store, body)

@@ -291,6 +291,14 @@ class Store(Protocol):
         """UIDs whose indexed text contains ``query`` (case-insensitive substring)."""
         ...
 
+    async def unindexed_uids(self, mailbox_id: int) -> set[int]:
+        """UIDs of the messages that have no full-text row (delivered without ``text``).
+
+        Added so SEARCH can use ``search_text(field="headers")`` as a prefilter for
+        header keys: its result plus these is a superset of the matches.
+        """
+        ...
+
     async def cache_get(self, blob_id: str, kind: str) -> str | None:
         """Per-blob cached parse results (envelope, bodystructure, ...)."""
         ...

@@ -6,7 +6,14 @@ How a search runs:
 1. BODY and TEXT keys are answered by the full-text index (``store.search_text``, fed
    at delivery and APPEND) and replaced in the key tree by the set of matching UIDs, so
    no message body is read for them;
-2. every message of the view is evaluated with the core's evaluator
+2. the candidates are narrowed without reading any message: a UID set from step 1 or
+   from the client, and for a header key (SUBJECT, FROM, HEADER ...) with an ASCII
+   value of 3+ characters the messages whose indexed header text contains the value
+   (``search_text(field="headers")``, plus ``unindexed_uids``: a superset, since the
+   index holds ``name: decoded value`` lines made by the same decoder the evaluator
+   uses). AND intersects, OR unites, NOT and other keys leave "all". What we give up:
+   a header past the index's first 10^6 characters of header text is not seen;
+3. the candidates (or every message of the view) are evaluated with the core's evaluator
    (protocol/imap/search.py) on a :class:`MessageSearchContext` built from its index
    row; only when the tree has header or sent-date keys is the message header read
    (the first 64 KiB, or the whole message when the header is longer).
@@ -54,6 +61,33 @@ async def _substitute(s: Session, key: sk.SearchKey) -> sk.SearchKey:
     return key
 
 
+async def _candidates(s: Session, key: sk.SearchKey) -> set[int] | None:
+    """A superset of the UIDs ``key`` can match, or None for "any" (step 2 above)."""
+    view = s.view
+    assert view is not None
+    store = s.ctx.store
+    if isinstance(key, sk.UidKey) and not key.sequence.saved:
+        return set(key.sequence.select(view.uids))
+    if (isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii()
+            and hasattr(store, "unindexed_uids")):
+        found = await store.search_text(view.id, key.value, field="headers")
+        return found | await store.unindexed_uids(view.id)
+    if isinstance(key, sk.And):
+        out: set[int] | None = None
+        for k in key.keys:
+            got = await _candidates(s, k)
+            if got is not None:
+                out = got if out is None else out & got
+                if not out:
+                    break
+        return out
+    if isinstance(key, sk.Or):
+        left = await _candidates(s, key.left)
+        right = await _candidates(s, key.right) if left is not None else None
+        return None if left is None or right is None else left | right
+    return None
+
+
 def _has_modseq(key: sk.SearchKey) -> bool:
     return _has(key, lambda k: isinstance(k, sk.ModSeqKey))
 
@@ -94,7 +128,14 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
                        saved_uids=frozenset(s.saved) if s.saved is not None else None)
     threads = _has(key, lambda k: isinstance(k, sk.ObjectIdKey) and k.kind == "THREADID")
     out: list[tuple[int, MessageRef]] = []
-    for m in await s.ctx.store.list_messages(view.id):
+    wanted = await _candidates(s, key)
+    if wanted is None:
+        refs = await s.ctx.store.list_messages(view.id)
+    elif wanted:
+        refs = await s.ctx.store.get_messages(view.id, sorted(wanted))
+    else:
+        refs = []
+    for m in refs:
         seq = view.seq_of(m.uid)
         if seq is None:
             continue

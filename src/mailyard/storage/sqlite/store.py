@@ -1091,6 +1091,13 @@ class SQLiteStore:
 
         return await self._read(scan)  # type: ignore[no-any-return]
 
+    async def unindexed_uids(self, mailbox_id: int) -> set[int]:
+        sql = ("SELECT m.uid FROM messages m JOIN blobs b ON b.blob_id = m.blob_id "
+               "WHERE m.mailbox_id = ? AND NOT EXISTS "
+               "(SELECT 1 FROM msg_text t WHERE t.rowid = b.id)")
+        rows = await self._read(lambda c: c.execute(sql, (mailbox_id,)).fetchall())
+        return {r[0] for r in rows}
+
     async def cache_get(self, blob_id: str, kind: str) -> str | None:
         row = self._lookup(lambda c: c.execute(
             "SELECT value FROM blob_cache WHERE blob_id = ? AND kind = ?",
