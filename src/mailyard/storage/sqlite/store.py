@@ -1070,10 +1070,13 @@ class SQLiteStore:
             # Trigram FTS5: a quoted phrase is an indexed, case-insensitive substring match.
             phrase = '"' + query.replace('"', '""') + '"'
             match = ("{" + " ".join(cols) + "} : " + phrase)
-            sql = ("SELECT m.uid FROM messages m JOIN blobs b ON b.blob_id = m.blob_id "
-                   "WHERE m.mailbox_id = ? AND b.id IN "
-                   "(SELECT rowid FROM msg_text WHERE msg_text MATCH ?)")
-            rows = await self._read(lambda c: c.execute(sql, (mailbox_id, match)).fetchall())
+            # From the index outwards: matching rows -> blobs -> messages by blob_id.
+            # Left to itself the planner walks the whole mailbox and probes the match
+            # list per message (3 s for 20k messages, against 6 ms this way).
+            sql = ("SELECT m.uid FROM (SELECT rowid AS id FROM msg_text WHERE msg_text "
+                   "MATCH ?) t JOIN blobs b ON b.id = t.id JOIN messages m "
+                   "INDEXED BY messages_blob ON m.blob_id = b.blob_id WHERE m.mailbox_id = ?")
+            rows = await self._read(lambda c: c.execute(sql, (match, mailbox_id)).fetchall())
             return {r[0] for r in rows}
         # Short queries (or no trigram tokenizer): scan this mailbox's texts.
         needle = query.casefold()
@@ -1094,7 +1097,7 @@ class SQLiteStore:
     async def unindexed_uids(self, mailbox_id: int) -> set[int]:
         sql = ("SELECT m.uid FROM messages m JOIN blobs b ON b.blob_id = m.blob_id "
                "WHERE m.mailbox_id = ? AND NOT EXISTS "
-               "(SELECT 1 FROM msg_text t WHERE t.rowid = b.id)")
+               "(SELECT 1 FROM msg_text_docsize t WHERE t.id = b.id)")  # FTS5 row sizes
         rows = await self._read(lambda c: c.execute(sql, (mailbox_id,)).fetchall())
         return {r[0] for r in rows}
 
