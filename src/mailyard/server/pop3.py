@@ -50,6 +50,14 @@ from mailyard.server.context import ServerContext
 from mailyard.server.streams import discard_buffered
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
+def _below_high_water(transport: asyncio.BaseTransport) -> bool:
+    try:
+        size = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        return bool(size <= transport.get_write_buffer_limits()[1])  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return False
+
+
 SEEN_BATCH = 256  # RETRs per batched \\Seen write
 
 __all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
@@ -145,6 +153,8 @@ class _Session:
                         await self.writer.drain()
                 raise _Closed
             self.writer.write(data)
+        if _below_high_water(self.writer.transport):
+            return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
 

@@ -35,7 +35,8 @@ class DotStuffer:
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
             return b""
-        out = chunk.replace(b"\n.", b"\n..")
+        # Scanning is cheaper than copying: most chunks have no line starting with ".".
+        out = chunk.replace(b"\n.", b"\n..") if b"\n." in chunk else chunk
         if self._at_line_start and chunk[:1] == b".":
             out = b"." + out
         self._at_line_start = chunk[-1:] == b"\n"
