@@ -50,6 +50,7 @@ from mailyard.server.context import ServerContext
 from mailyard.server.streams import discard_buffered
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
+
 def _below_high_water(transport: asyncio.BaseTransport) -> bool:
     try:
         size = transport.get_write_buffer_size()  # type: ignore[attr-defined]
