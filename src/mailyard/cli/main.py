@@ -164,7 +164,7 @@ def _connect_help(cfg: Config, user: str | None, password: str | None) -> str:
             "",
             f"Demo account: {user}  password: {password}",
             "Try it:",
-            f"  swaks --server {sub} --tls --tls-verify=no --auth-user {user} --auth-password "
+            f"  swaks --server {sub} --tls --auth-user {user} --auth-password "
             f"{password} --from {user} --to {user}" if sub else "",
             f"  curl -k --ssl-reqd --url pop3://{pop}/1 --user {user}:{password}" if pop else "",
             f"  python3 -c \"import imaplib,ssl; c=imaplib.IMAP4('{(cfg.listen.imap or '').rpartition(':')[0]}',"
