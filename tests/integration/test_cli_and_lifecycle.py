@@ -127,3 +127,36 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     blocker.close()
     assert r.returncode == 2
     assert "listen.smtp" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_quickstart_creates_the_demo_and_serves(tmp_path: Path) -> None:
+    import json
+    import poplib
+    import re
+    import time
+
+    data = tmp_path / "qs"
+    mailyard(data, "init", "--domain", "example.test", "--dev")
+    cfg = data / "mailyard.toml"
+    cfg.write_text(re.sub(r'(?m)^(\w+) = "127\.0\.0\.1:\d+"$', r'\1 = "127.0.0.1:0"', cfg.read_text()))
+    proc = subprocess.Popen([sys.executable, "-m", "mailyard.cli.main", "--data", str(data),
+                             "quickstart"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        runtime = data / "run" / "listeners.json"
+        deadline = time.monotonic() + 30
+        while not runtime.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        ports = json.loads(runtime.read_text())
+        p = poplib.POP3("127.0.0.1", ports["pop3"]["port"], timeout=10)
+        p.stls(client_tls())
+        p.user("demo@example.test")
+        p.pass_("demo-password")
+        assert p.stat()[0] == 0
+        p.quit()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Demo account: demo@example.test" in out and "swaks --server" in out
