@@ -65,12 +65,11 @@ class DotUnstuffer:
     def feed(self, data: bytes) -> tuple[bytes, int]:
         if self.done:
             return b"", 0
-        fast = self._feed_clean(data)
-        if fast is not None:
-            return fast
         out: list[bytes] = []
         n = len(data)
-        i = 0
+        i = self._feed_clean(data, out)
+        if self.done or i == n:
+            return b"".join(out), i
         while i < n:
             if self._line_start:
                 if data[i] == _DOT:
@@ -116,23 +115,44 @@ class DotUnstuffer:
                 i = j + 1
         return b"".join(out), i
 
-    def _feed_clean(self, data: bytes) -> tuple[bytes, int] | None:
-        """The common case in one pass of C-level scans: a chunk with only CRLF line
-        endings, no line starting with "." and no end of data. None: take the slow path.
+    def _feed_clean(self, data: bytes, out: list[bytes]) -> int:
+        """The common case in C-level scans: runs of lines with only CRLF line endings,
+        from one line starting with "." to the next (and the end of data). Returns how far
+        it got; the octet-by-octet loop in :meth:`feed` takes over from there.
 
-        Every CR and every LF belongs to a CRLF exactly when the three counts agree; a
-        trailing CR is held back, as the slow path does, since its LF is still to come.
+        Every CR and every LF of a run belongs to a CRLF exactly when the three counts
+        agree; a trailing CR is held back, as the slow path does, since its LF is still
+        to come.
         """
-        if self.bare_line_ending or not data or (self._line_start and data[0] == _DOT):
-            return None
-        end = len(data) - 1 if data[-1] == _CR else len(data)
-        body = data[:end] if end != len(data) else data
-        crlf = body.count(b"\r\n")
-        if b"\r\n." in body or body.count(b"\r") != crlf or body.count(b"\n") != crlf:
-            return None
-        if body:
-            self._line_start = body.endswith(b"\r\n")
-        return body, end
+        if self.bare_line_ending:
+            return 0
+        n = len(data)
+        i = 0
+        while i < n:
+            if self._line_start:
+                if data[i] == _DOT:
+                    if i + 2 >= n:
+                        return i  # too short to decide: the slow path holds it back
+                    if data[i + 1] == _CR and data[i + 2] == _LF:
+                        self.done = True  # <CRLF>.<CRLF> (RFC 5321 §4.1.1.4)
+                        return i + 3
+                    i += 1  # RFC 5321 §4.5.2: a leading period is deleted
+                self._line_start = False
+                continue
+            k = data.find(b"\r\n.", i)
+            # A run ends with the CRLF before the next dot-line, or at the end of data
+            # (less a trailing CR).
+            end = k + 2 if k >= 0 else (n - 1 if data[n - 1] == _CR else n)
+            crlf = data.count(b"\r\n", i, end)
+            if data.count(b"\r", i, end) != crlf or data.count(b"\n", i, end) != crlf:
+                return i
+            if end > i:
+                out.append(data[i:end] if i or end != n else data)
+                self._line_start = data[end - 1] == _LF
+            i = end
+            if k < 0:
+                return i
+        return i
 
     def _emit(self, out: list[bytes], piece: bytes) -> None:
         if piece and not self.bare_line_ending:
