@@ -554,8 +554,16 @@ async def cmd_starttls(s: Session, cmd: c.StartTLS) -> Reply | None:
         return bad("TLS is already active")
     if s.ctx.tls is None:
         return no("TLS is not available")
-    # Tagged OK, then straight into the handshake: no await in between, and whatever
-    # the client pipelined in plaintext is dropped (CVE-2011-0411 class, RFC 9051 §6.2.1).
+    # Stop reading *before* the tagged OK: the client's ClientHello may follow the OK
+    # at once, and StreamWriter.start_tls awaits drain() before it takes over the
+    # socket; a ClientHello read into the StreamReader meanwhile would be lost and
+    # both sides would wait for each other (seen under load with offlineimap).
+    # loop.start_tls resumes reading once the TLS protocol is in place. Whatever
+    # the client pipelined in plaintext before our OK is dropped (CVE-2011-0411
+    # class, RFC 9051 §6.2.1).
+    pause = getattr(s.writer.transport, "pause_reading", None)  # asyncio's and uvloop's
+    if pause is not None:
+        pause()
     s.send(r.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
     s.parser.take_buffered()
     discard_buffered(s.reader)
