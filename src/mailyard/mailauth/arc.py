@@ -31,6 +31,9 @@ class ARCResult:
     sealer: str = ""
 
 
+NOT_SIGNED = ARCResult("none", reason="message is not ARC signed")
+
+
 async def _fetch(resolver: Resolver, name: str) -> str | TempError | None:
     try:
         txts = await resolver.txt(name)
@@ -41,14 +44,18 @@ async def _fetch(resolver: Resolver, name: str) -> str | TempError | None:
     return txts[0] if txts else None
 
 
-async def verify_arc(message: bytes, *, resolver: Resolver) -> ARCResult:
-    """Validate the ARC chain of ``message`` (RFC 8617 §5.2). Never raises."""
-    import dkim as dkimpy
-
-    fields, _ = split_message(message)
+async def verify_arc(
+    message: bytes, *, resolver: Resolver, fields: list[tuple[str, str]] | None = None
+) -> ARCResult:
+    """Validate the ARC chain of ``message`` (RFC 8617 §5.2). Never raises.
+    ``fields``: ``split_message(message)[0]`` when the caller already has it."""
+    if fields is None:
+        fields, _ = split_message(message)
     arc = [(n.lower(), v) for n, v in fields if n.lower() in _ARC_NAMES]
     if not arc and not any(n.lower() == "arc-authentication-results" for n, _ in fields):
-        return ARCResult("none", reason="message is not ARC signed")
+        return NOT_SIGNED
+    import dkim as dkimpy
+
     names: set[str] = set()
     newest = (0, "")
     for hname, value in arc:

@@ -59,7 +59,10 @@ async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
             return e
 
     checked = names[:MAX_PTR_NAMES]
-    answers = await asyncio.gather(*(forward(n) for n in checked))
+    if len(checked) == 1:  # the usual case: no task for one lookup
+        answers = [await forward(checked[0])]
+    else:
+        answers = list(await asyncio.gather(*(forward(n) for n in checked)))
     temp = False
     for name, ans in zip(checked, answers, strict=True):
         if isinstance(ans, TempError):

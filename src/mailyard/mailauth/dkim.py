@@ -238,17 +238,23 @@ async def _fetch_key(resolver: Resolver, name: str) -> list[str] | Exception:
 
 
 async def verify_dkim(
-    message: bytes, *, resolver: Resolver, now: float | None = None
+    message: bytes,
+    *,
+    resolver: Resolver,
+    now: float | None = None,
+    fields: list[tuple[str, str]] | None = None,
 ) -> list[DKIMResult]:
     """Verify every DKIM-Signature of ``message``: one :class:`DKIMResult` per signature,
-    in header order (topmost first). An empty list means the message is unsigned."""
-    import dkim as dkimpy
-
-    now = time.time() if now is None else now
-    fields, _ = split_message(message)
+    in header order (topmost first). An empty list means the message is unsigned.
+    ``fields``: ``split_message(message)[0]`` when the caller already has it."""
+    if fields is None:
+        fields, _ = split_message(message)
     raw_sigs = [v for n, v in fields if n.lower() == "dkim-signature"]
     if not raw_sigs:
         return []
+    import dkim as dkimpy
+
+    now = time.time() if now is None else now
     sigs: list[_Sig] = []
     for i, raw in enumerate(raw_sigs):
         try:

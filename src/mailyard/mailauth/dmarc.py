@@ -108,6 +108,13 @@ def parse_record(text: str) -> DMARCRecord:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse_record_cached(text: str) -> DMARCRecord:
+    """parse_record for check_dmarc: the same few records come with every message.
+    (A DMARCSyntaxError is not cached: broken records cost a parse each time.)"""
+    return parse_record(text)
+
+
 @functools.lru_cache(maxsize=1)
 def _psl():  # type: ignore[no-untyped-def]
     from publicsuffixlist import PublicSuffixList
@@ -158,6 +165,18 @@ def from_domains(values: list[str]) -> tuple[str | None, str]:
         return None, "no From header field"
     if len(values) > 1:
         return None, f"{len(values)} From header fields"
+    if len(values[0]) > 998:  # longer than a line may be (RFC 5322 §2.1.1): not cached
+        return _from_domain(values[0])
+    return _from_domain_cached(values[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _from_domain_cached(value: str) -> tuple[str | None, str]:
+    return _from_domain(value)
+
+
+def _from_domain(value: str) -> tuple[str | None, str]:
+    values = [value]
     addrs = email.utils.getaddresses(values)
     domains = set()
     for _name, addr in addrs:
@@ -219,7 +238,7 @@ async def check_dmarc(
             reason=f"{len(records)} DMARC records at _dmarc.{record_domain}",
         )  # fmt: skip
     try:
-        rec = parse_record(records[0])
+        rec = _parse_record_cached(records[0])
     except DMARCSyntaxError as e:
         return DMARCResult(
             "permerror", domain=domain, org_domain=org, record_domain=record_domain, reason=str(e)

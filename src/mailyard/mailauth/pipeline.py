@@ -31,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from mailyard.mailauth.arc import NOT_SIGNED as ARC_NOT_SIGNED
 from mailyard.mailauth.arc import ARCResult, verify_arc
 from mailyard.mailauth.authresults import IprevResult, check_iprev, format_authentication_results
-from mailyard.mailauth.dkim import DKIMResult, verify_dkim
+from mailyard.mailauth.dkim import DKIMResult, split_message, verify_dkim
 from mailyard.mailauth.dmarc import DMARCResult, check_dmarc
 from mailyard.mailauth.resolver import Resolver
 from mailyard.mailauth.spf import SPFResult, check_spf
@@ -102,22 +103,44 @@ async def authenticate_message(
     now: float | None = None,
     rand: Callable[[], float] = random.random,
 ) -> AuthVerdict:
-    """SPF (unless given), DKIM, ARC and iprev concurrently, then DMARC and the decision."""
+    """SPF (unless given), DKIM, ARC and iprev concurrently, then DMARC and the decision.
 
-    async def spf_task() -> SPFResult:
-        if spf_result is not None:
-            return spf_result
-        return await check_spf(ip, mail_from, helo, resolver=resolver, now=now)
+    The header block is parsed once and shared. Checks with nothing to look up (no
+    DKIM-Signature, no ARC set, SPF given) are not scheduled as tasks: then only iprev
+    (usually an answer from the resolver's cache) is awaited.
+    """
+    fields, _ = split_message(message)
+    has_dkim = has_arc = False
+    from_values: list[str] = []
+    for name, value in fields:
+        lname = name.lower()
+        if lname == "from":
+            from_values.append(value)
+        elif lname == "dkim-signature":
+            has_dkim = True
+        elif lname.startswith("arc-"):
+            has_arc = True
 
-    spf, dkim, arc, iprev = await asyncio.gather(
-        spf_task(),
-        verify_dkim(message, resolver=resolver, now=now),
-        verify_arc(message, resolver=resolver),
-        check_iprev(ip, resolver=resolver),
-    )
+    if spf_result is None or has_dkim or has_arc:
+
+        async def spf_task() -> SPFResult:
+            if spf_result is not None:
+                return spf_result
+            return await check_spf(ip, mail_from, helo, resolver=resolver, now=now)
+
+        spf, dkim, arc, iprev = await asyncio.gather(
+            spf_task(),
+            verify_dkim(message, resolver=resolver, now=now, fields=fields),
+            verify_arc(message, resolver=resolver, fields=fields),
+            check_iprev(ip, resolver=resolver),
+        )
+    else:
+        spf, dkim, arc = spf_result, [], ARC_NOT_SIGNED
+        iprev = await check_iprev(ip, resolver=resolver)
     mf = mail_from.strip().strip("<>")
     mail_from_domain = mf.rpartition("@")[2].lower() if mf else None
-    dmarc = await check_dmarc(message, spf, mail_from_domain, dkim, resolver=resolver, rand=rand)
+    dmarc = await check_dmarc(from_values, spf, mail_from_domain, dkim, resolver=resolver,
+                              rand=rand)
     header = format_authentication_results(authserv_id, spf, dkim, dmarc, arc=arc, iprev=iprev)
     action, code, text = decide(spf, dkim, dmarc, arc, trusted_arc_sealers=trusted_arc_sealers)
     return AuthVerdict(spf, dkim, dmarc, arc, iprev, header, action, code, text)
