@@ -47,7 +47,7 @@ from mailyard.protocol.pop3 import (
     Top,
 )
 from mailyard.server.context import ServerContext
-from mailyard.server.streams import discard_buffered
+from mailyard.server.streams import upgrade_to_tls
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
 
@@ -278,11 +278,8 @@ class _Session:
         # in the StreamReader; they were sent in the clear, so they are dropped
         # (CVE-2011-0411).
         assert self.ctx.tls is not None
-        data = self.conn.data_to_send()
-        self.writer.write(data)
-        discard_buffered(self.reader)
-        await self.writer.start_tls(self.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        discard_buffered(self.reader)
+        await upgrade_to_tls(self.reader, self.writer, self.ctx.tls, self.conn.data_to_send(),
+                             handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         self.conn.tls_started()
 
     async def update(self, deleted: tuple[int, ...]) -> None:

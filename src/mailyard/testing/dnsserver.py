@@ -129,12 +129,6 @@ class DNSServer:
                 if out is not None:
                     self.transport.sendto(out, addr)  # type: ignore[attr-defined]
 
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET,
-                             socket.SOCK_DGRAM)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(UDP, sock=sock)
-
         async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while True:
@@ -146,7 +140,23 @@ class DNSServer:
                     await writer.drain()
             writer.close()
 
-        tcp_server = await asyncio.start_server(tcp, self.host, self.port)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # UDP and TCP must share one port number. With port 0 the UDP port is picked by the
+        # kernel, and another process may hold that number for TCP: try again with a new one.
+        for attempt in range(50):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((self.host, self.port))
+            port = sock.getsockname()[1]
+            try:
+                tcp_server = await asyncio.start_server(tcp, self.host, port)
+            except OSError:
+                sock.close()
+                if self.port != 0 or attempt == 49:
+                    raise
+                continue
+            break
+        self.port = port
+        transport, _ = await loop.create_datagram_endpoint(UDP, sock=sock)
         self._ready.set()
         await self._stop.wait()
         tcp_server.close()

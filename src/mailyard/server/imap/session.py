@@ -39,7 +39,7 @@ from mailyard.server.context import ServerContext
 from mailyard.server.imap import recent
 from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
 from mailyard.server.imap.view import MailboxView
-from mailyard.server.streams import discard_buffered
+from mailyard.server.streams import discard_buffered, pause_reading
 from mailyard.storage.changes import RESYNC
 from mailyard.storage.interface import (
     AlreadyExists,
@@ -561,9 +561,7 @@ async def cmd_starttls(s: Session, cmd: c.StartTLS) -> Reply | None:
     # loop.start_tls resumes reading once the TLS protocol is in place. Whatever
     # the client pipelined in plaintext before our OK is dropped (CVE-2011-0411
     # class, RFC 9051 §6.2.1).
-    pause = getattr(s.writer.transport, "pause_reading", None)  # asyncio's and uvloop's
-    if pause is not None:
-        pause()
+    pause_reading(s.writer)
     s.send(r.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
     s.parser.take_buffered()
     discard_buffered(s.reader)
