@@ -3,7 +3,9 @@ small tmpfs mounted by the test (we run as root in CI), so space runs out for re
 
 - under ``limits.min_free_bytes`` MAIL gets ``452 4.3.1``;
 - ENOSPC in the middle of DATA gives 452/451, never 250, and the partial data is
-  removed; the server stays up and accepts mail again once space returns.
+  removed; the server stays up and accepts mail again once space returns;
+- an IMAP APPEND that hits ENOSPC gets NO, leaves nothing behind, and works again
+  once space returns.
 """
 
 from __future__ import annotations
@@ -111,5 +113,36 @@ def test_enospc_mid_data_never_250_and_recovers(tmp_path: Path, tmpfs: Path,
         msgs = pop3_messages(srv, "alice")
         assert count_with(msgs, b"after-space-returns") == 1
         assert count_with(msgs, b"too-big-for-disk") == 0
+    finally:
+        srv.stop()
+
+
+def test_append_on_a_full_disk_is_no_and_recovers(tmp_path: Path, tmpfs: Path,
+                                                  nameserver: str) -> None:
+    import imaplib
+
+    from tests.hardening.helpers import PASSWORD
+
+    srv = hardened_server(tmp_path, nameserver, users=("alice",), imap=True,
+                          limits={"min_free_bytes": 0})
+    srv.start()
+    try:
+        filler = _fill(tmpfs, 1 * MIB)
+        c = imaplib.IMAP4(*srv.addr("imap"), timeout=30)
+        c.login("alice@example.test", PASSWORD)
+        big = simple_message("append-too-big") + (b"z" * 998 + b"\r\n") * 3000  # ~3 MB
+        typ, _data = c.append("INBOX", None, None, big)
+        assert typ == "NO"
+        assert _spool_bytes(srv.data) == 0, "the partial APPEND was left on disk"
+        assert srv.proc is not None and srv.proc.poll() is None, "the server died"
+        filler.unlink()
+        typ, _data = c.append("INBOX", None, None, simple_message("append-after-space"))
+        assert typ == "OK"
+        c.select("INBOX")
+        typ, found = c.search(None, "SUBJECT", "append-after-space")
+        assert typ == "OK" and len(found[0].split()) == 1
+        typ, found = c.search(None, "SUBJECT", "append-too-big")
+        assert found[0] == b""
+        c.logout()
     finally:
         srv.stop()

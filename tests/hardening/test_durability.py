@@ -8,7 +8,9 @@ it again on the same data directory and reads the mailboxes back over POP3:
   recipient's mailbox or in none (a duplicate would be tolerable, a partial
   delivery or a lost acknowledged message never);
 - killed right after the remote MX said ``250`` to our queue: the message is
-  delivered (possibly twice), and the queue ends empty.
+  delivered (possibly twice), and the queue ends empty;
+- killed in the middle of an IMAP APPEND literal: the cut-off message never shows up,
+  the one that got OK before is there.
 """
 
 from __future__ import annotations
@@ -213,5 +215,47 @@ def test_kill_while_idle_then_clean_restart_accepts_mail(tmp_path: Path, nameser
     try:
         send_mx(srv, ["alice@example.test"], simple_message("after-restart"))
         assert count_with(pop3_messages(srv, "alice"), b"after-restart") == 1
+    finally:
+        srv.stop()
+
+
+def test_kill_during_imap_append(tmp_path: Path, nameserver: str) -> None:
+    """An APPEND that got OK survives kill -9; one cut off mid-literal never shows up."""
+    import imaplib
+
+    srv = hardened_server(tmp_path, nameserver, users=("alice",), imap=True)
+    srv.start()
+    try:
+        c = imaplib.IMAP4(*srv.addr("imap"), timeout=30)
+        c.login("alice@example.test", PASSWORD)
+        typ, data = c.append("INBOX", None, None, simple_message("appended-before-kill"))
+        assert typ == "OK", data
+        c.logout()
+        # A second APPEND: announce 200 KB, send half of it, then kill the server.
+        body = simple_message("cut-off-append") + (b"q" * 98 + b"\r\n") * 2000
+        raw = socket.create_connection(srv.addr("imap"), timeout=10)
+        f = raw.makefile("rb")
+        f.readline()
+        raw.sendall(f'a1 LOGIN alice@example.test "{PASSWORD}"\r\n'.encode())
+        while not f.readline().startswith(b"a1 "):
+            pass
+        raw.sendall(b"a2 APPEND INBOX {%d}\r\n" % len(body))
+        assert f.readline().startswith(b"+")
+        raw.sendall(body[: len(body) // 2])
+        time.sleep(0.3)
+        srv.kill9()
+        raw.close()
+        srv.start()
+        assert not _spool_files(srv.data)  # whatever the kill left in the spool is gone
+        c = imaplib.IMAP4(*srv.addr("imap"), timeout=30)
+        c.login("alice@example.test", PASSWORD)
+        c.select("INBOX")
+        typ, found = c.search(None, "SUBJECT", "appended-before-kill")
+        assert len(found[0].split()) == 1
+        typ, found = c.search(None, "SUBJECT", "cut-off-append")
+        assert found[0] == b""
+        typ, found = c.search(None, "ALL")
+        assert len(found[0].split()) == 1
+        c.logout()
     finally:
         srv.stop()
