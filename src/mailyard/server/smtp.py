@@ -23,6 +23,7 @@ import errno
 import secrets
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ from mailyard.storage.models import Account
 
 READ_CHUNK = 64 * 1024
 MIN_DATA_RATE = 1024  # octets per second a DATA sender must sustain beyond data_timeout
+DISK_MARGIN = 1024 * 1024 * 1024  # free space above min_free_bytes that is re-read once a second
+_disk_ok_until: dict[Any, float] = {}  # data_dir -> loop time until which it has room
 
 
 def R(code: int, enhanced: str | None, text: str) -> Reply:
@@ -90,18 +93,27 @@ class SMTPSession:
             allow_auth=(mode == "submission"),
         )
         self.conn = core.SMTPServerConnection(self.settings, tls_active=implicit_tls)
+        self.loop = asyncio.get_running_loop()
+        self.deadline = 0.0
+        self.data_started = 0.0
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading = False
+        self._timed_out = False
+        self._quotas: dict[int, tuple[float, int | None]] = {}
 
     # -- I/O helpers --------------------------------------------------------------------
     async def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
             self.writer.write(out)
+            if _below_high_water(self.writer.transport):
+                return  # drain() would return at once
             await self.writer.drain()
 
     def _arm_deadline(self) -> None:
         """Commands must complete within command_timeout, however slowly bytes trickle in."""
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + self.ctx.config.limits.command_timeout
+        self.deadline = self.loop.time() + self.ctx.config.limits.command_timeout
 
     def _current_deadline(self) -> float:
         if self.txn.spool is None:
@@ -111,26 +123,56 @@ class SMTPSession:
         return self.data_started + self.ctx.config.limits.data_timeout + \
             self.txn.spool.size / MIN_DATA_RATE
 
+    # One lazy timer per session instead of a timeout context per read: moving the
+    # deadline costs an assignment; when the timer fires it either finds the deadline
+    # moved (and sleeps again until then) or cancels the read it is waiting on.
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        deadline = self._current_deadline()
+        if now < deadline:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        elif self._reading and self._task is not None:
+            self._timed_out = True
+            self._task.cancel()
+        # else: not waiting on the peer; read_more finds the deadline passed and says so
+
     async def read_more(self) -> bool:
-        remaining = self._current_deadline() - asyncio.get_running_loop().time()
+        deadline = self._current_deadline()
+        if deadline <= self.loop.time():
+            return await self._timeout()
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        elif self._timer.when() > deadline:  # an earlier deadline (rare): re-arm
+            self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._reading = True
         try:
-            if remaining <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(remaining):
-                data = await self.reader.read(READ_CHUNK)
-        except TimeoutError:
-            self.writer.write(R(421, "4.4.2", f"{self.ctx.hostname} timeout, closing").to_bytes())
-            with contextlib.suppress(Exception):
-                await self.writer.drain()
-            return False
+            data = await self.reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if not self._timed_out or self._task is None:
+                raise
+            self._timed_out = False
+            if self._task.uncancel() > 0:
+                raise  # cancelled from outside as well: shutting down
+            return await self._timeout()
+        finally:
+            self._reading = False
         if not data:
             self.conn.receive_eof()
             return True
         self.conn.receive_data(data)
         return True
 
+    async def _timeout(self) -> bool:
+        self.writer.write(R(421, "4.4.2", f"{self.ctx.hostname} timeout, closing").to_bytes())
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+        return False
+
     # -- main loop ----------------------------------------------------------------------
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         self._arm_deadline()
         self.data_started = 0.0
         self.writer.write(self.conn.greeting())
@@ -138,11 +180,15 @@ class SMTPSession:
         try:
             await self._loop()
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.txn.discard()
 
     async def _loop(self) -> None:
+        conn = self.conn
         while True:
-            ev = self.conn.next_event()
+            ev = conn.next_event()
             if ev is core.NEED_DATA:
                 await self.flush()
                 if not await self.read_more():
@@ -150,22 +196,22 @@ class SMTPSession:
                 continue
             if ev is core.PAUSED:  # pragma: no cover - we always answer before asking again
                 raise RuntimeError("SMTP core paused without an outstanding decision")
-            if isinstance(ev, core.ConnectionClosed):
+            kind = type(ev)
+            if kind is core.MessageData:
+                await self.dispatch(ev)
+                continue
+            if kind is core.ConnectionClosed or kind is core.Quit:
                 await self.flush()
                 return
-            if isinstance(ev, core.Quit):
-                await self.flush()
-                return
-            if isinstance(ev, core.StartTLS):
+            if kind is core.StartTLS:
                 await self.flush()
                 if not await self._start_tls():
                     return
                 continue
-            if not isinstance(ev, core.MessageData):
-                self._arm_deadline()
+            self._arm_deadline()
             reply = await self.dispatch(ev)
             if getattr(ev, "needs_decision", False):
-                self.conn.respond(reply)  # None: the core's default acceptance
+                conn.respond(reply)  # None: the core's default acceptance
 
     async def _start_tls(self) -> bool:
         if self.ctx.tls is None:
@@ -201,7 +247,7 @@ class SMTPSession:
                 return None  # keep reading to the end of DATA, store nothing
             if self.txn.spool is None:
                 self.txn.spool = self.ctx.store.blobs.new_spool()
-                self.data_started = asyncio.get_running_loop().time()
+                self.data_started = self.loop.time()
             try:
                 self.txn.spool.write(ev.chunk)
             except (StorageError, OSError) as e:
@@ -234,11 +280,22 @@ class SMTPSession:
 
     # -- MAIL ------------------------------------------------------------------------------
     def _disk_low(self) -> bool:
+        threshold = self.ctx.config.limits.min_free_bytes
+        if threshold <= 0:
+            return False
+        # A reading far above the threshold stays good for a second: no statvfs per
+        # MAIL under load. Near the threshold every MAIL looks again. (This is the early
+        # warning; ENOSPC while spooling still gets 452, see dispatch.)
+        now = time.monotonic()
+        if now < _disk_ok_until.get(self.ctx.config.data_dir, 0.0):
+            return False
         try:
             free = shutil.disk_usage(self.ctx.config.data_dir).free
         except OSError:
             return False
-        return free < self.ctx.config.limits.min_free_bytes
+        if free >= threshold + DISK_MARGIN:
+            _disk_ok_until[self.ctx.config.data_dir] = now + 1.0
+        return free < threshold
 
     async def on_mail(self, ev: Any) -> Reply:
         self.txn.discard()
@@ -322,9 +379,22 @@ class SMTPSession:
         return R(554, "5.7.1", "Relay access denied")
 
     async def _has_room(self, account_id: int) -> bool:
-        account = await self.ctx.store.get_account_by_id(account_id)
-        if account is None or account.quota_bytes is None:
+        # The account's quota, remembered for a second within the session (a session
+        # delivering many messages to one mailbox looks it up once, not per RCPT).
+        now = self.loop.time()
+        hit = self._quotas.get(account_id)
+        if hit is not None and hit[0] > now:
+            quota = hit[1]
+        else:
+            account = await self.ctx.store.get_account_by_id(account_id)
+            quota = None if account is None else account.quota_bytes
+            if len(self._quotas) >= 64:
+                self._quotas.clear()
+            self._quotas[account_id] = (now + 1.0, quota)
+        if quota is None:
             return True
+        usage = await self.ctx.store.account_usage(account_id)
+        return usage < quota
         usage = await self.ctx.store.account_usage(account_id)
         return usage < account.quota_bytes
 
@@ -365,6 +435,14 @@ class _Forward:
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     via: str = ""  # the local alias that forwards here (its domain ARC-seals the copy)
+
+
+def _below_high_water(transport: asyncio.BaseTransport) -> bool:
+    try:
+        size = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        return bool(size <= transport.get_write_buffer_limits()[1])  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return False
 
 
 def _is_no_space(e: Exception) -> bool:
