@@ -117,3 +117,46 @@ def test_search_header_prefilter_is_exact(tmp_path: Path) -> None:
         assert raw.cmd("SEARCH SUBJECT nothing-like-this")[0] == [b"* SEARCH"]
         assert raw.cmd("SEARCH BODY \"body 3\" SUBJECT \"note 3\"")[0] == [b"* SEARCH 4"]
         raw.close()
+
+
+def test_bulk_envelope_fetch_cached_uncached_and_compressed(tmp_path: Path) -> None:
+    """FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE) over more than one batch (256) and more
+    than one output piece (64 KiB): the answer from parsed messages (first FETCH), from
+    the per-batch cache lookup (second), for a single message, and through COMPRESS
+    are the same."""
+    import imaplib
+
+    from tests.imap.support import PASSWORD, USER
+    from tests.imap.test_imap_compress import DeflateIMAP4
+
+    n = 300
+    with ImapTestServer(tmp_path, seed=False) as srv:
+        for i in range(n):
+            srv.deliver(_msg(i) + b"x" * (i % 7) * 40, flags=("\\Seen",) if i % 2 else ())
+        raw = RawClient(srv.port)
+        raw.login()
+        raw.cmd("SELECT INBOX")
+        spec = "FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE)"
+        first, ok1 = raw.cmd(spec)
+        second, ok2 = raw.cmd(spec)
+        assert b"OK" in ok1 and b"OK" in ok2
+        assert len(first) == n and first == second
+        assert sum(len(x) for x in first) > 65536
+        assert first[7].startswith(b"* 8 FETCH (FLAGS (\\Recent \\Seen) ENVELOPE (")
+        assert b'"note 7"' in first[7] and b"BODYSTRUCTURE (" in first[7]
+        one, _ = raw.cmd("FETCH 123 (FLAGS ENVELOPE BODYSTRUCTURE)")
+        assert one == [first[122]]
+        raw.close()
+
+        c = DeflateIMAP4("127.0.0.1", srv.port, timeout=10)
+        c.login(USER, PASSWORD)
+        c.compress()
+        assert c.select("INBOX")[0] == "OK"
+        typ, data = c.fetch("1:*", "(FLAGS ENVELOPE BODYSTRUCTURE)")
+        assert typ == "OK" and len(data) == n
+        # this session did not claim \Recent: same answer without it
+        want = [ln[2:].replace(b" FETCH ", b" ", 1).replace(b"\\Recent ", b"")
+                .replace(b"(\\Recent)", b"()") for ln in first]
+        assert [d if isinstance(d, bytes) else d[0] for d in data] == want
+        assert c.logout()[0] == "BYE"
+        del imaplib

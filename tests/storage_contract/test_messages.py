@@ -289,6 +289,31 @@ def test_cache(make_store):
     run(make_store, body)
 
 
+def test_cache_get_many(make_store):
+    async def body(s: Store) -> None:
+        a = await account(s)
+        for i in range(1, 4):
+            await deliver(s, a, i)
+        mb = await mailbox(s, a)
+        m1, m2, m3 = await s.list_messages(mb.id)
+        assert await s.cache_get_many([], "envelope") == {}
+        assert await s.cache_get_many([m1.blob_id, m2.blob_id], "envelope") == {}
+        await s.cache_put(m1.blob_id, "envelope", "(E1)")
+        await s.cache_put(m3.blob_id, "envelope", "(E3)")
+        await s.cache_put(m2.blob_id, "bodystructure", "(B2)")
+        ids = [m1.blob_id, m2.blob_id, m3.blob_id, m1.blob_id, "no-such-blob"]
+        assert await s.cache_get_many(ids, "envelope") == {m1.blob_id: "(E1)",
+                                                           m3.blob_id: "(E3)"}
+        assert await s.cache_get_many(ids, "bodystructure") == {m2.blob_id: "(B2)"}
+        # agrees with cache_get one by one
+        for m in (m1, m2, m3):
+            one = await s.cache_get(m.blob_id, "envelope")
+            many = await s.cache_get_many([m.blob_id], "envelope")
+            assert many.get(m.blob_id) == one
+
+    run(make_store, body)
+
+
 def test_maildrop_lock(make_store):
     async def body(s: Store) -> None:
         a = await account(s)

@@ -303,6 +303,13 @@ class Store(Protocol):
         """Per-blob cached parse results (envelope, bodystructure, ...)."""
         ...
 
+    async def cache_get_many(self, blob_ids: Sequence[str], kind: str) -> dict[str, str]:
+        """``cache_get`` for many blobs at once: blob id -> value for those that have
+        one (absent ids are left out). Added for FETCH of ENVELOPE/BODYSTRUCTURE over
+        many messages: one lookup per batch instead of one per message.
+        """
+        ...
+
     async def cache_put(self, blob_id: str, kind: str, value: str) -> None: ...
 
     # -- POP3 maildrop lock ----------------------------------------------------------

@@ -121,6 +121,8 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
     if {i.name for i in items} <= _FLAG_ITEMS and await _fetch_flags(
             s, uids, [i.name for i in items], cmd.changedsince):
         return ok(("UID " if cmd.uid else "") + "FETCH completed")
+    kinds = {k for k in (_cache_kind(i, s.utf8) for i in items) if k is not None}
+    get_many = getattr(s.ctx.store, "cache_get_many", None)
     for i in range(0, len(uids), BATCH):
         refs = await s.ctx.store.get_messages(view.id, uids[i : i + BATCH])
         if cmd.changedsince is not None:
@@ -128,16 +130,22 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
         seen_changed: set[int] = set()
         if set_seen:
             refs, seen_changed = await _mark_seen(s, refs)
+        # One cache lookup per kind for the whole batch, not one per message.
+        pre: dict[str, dict[str, str]] = {}
+        if get_many is not None and refs:
+            for kind in kinds:
+                pre[kind] = await get_many([m.blob_id for m in refs], kind)
         for ref in refs:
             seq = view.seq_of(ref.uid)
             if seq is None:
                 continue
             extra_flags = ref.uid in seen_changed and "FLAGS" not in names
             try:
-                parts = await _render(s, ref, items, extra_flags=extra_flags)
+                parts = await _render(s, ref, items, extra_flags=extra_flags, pre=pre)
             except UnknownCTE:
                 return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
             await _write(s, seq, parts)
+        await s.flush()
     return ok(("UID " if cmd.uid else "") + "FETCH completed")
 
 
@@ -199,8 +207,28 @@ async def _mark_seen(s: Session, refs: list[MessageRef]
     return out, set(by_uid)
 
 
+def _cache_kind(item: c.FetchItem, utf8: bool) -> str | None:
+    """The ``blob_cache`` kind an item's value is cached under, or None."""
+    name = item.name
+    if name == "PREVIEW":
+        return "imap.PREVIEW"
+    if name in _CACHED or (name == "BODY" and item.section is None):
+        return f"imap.{name}" + (".u8" if utf8 else "")
+    return None
+
+
+async def _cached(s: Session, ref: MessageRef, kind: str,
+                  pre: dict[str, dict[str, str]] | None) -> str | None:
+    if pre is not None and kind in pre:
+        return pre[kind].get(ref.blob_id)
+    return await s.ctx.store.cache_get(ref.blob_id, kind)
+
+
 async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
-                  extra_flags: bool) -> list[bytes | _Stream]:
+                  extra_flags: bool, pre: dict[str, dict[str, str]] | None = None
+                  ) -> list[bytes | _Stream]:
+    """The response items for one message. ``pre``: cache values already looked up
+    for this message's batch, by kind (a kind present there is not looked up again)."""
     store = s.ctx.store
     utf8 = s.utf8
     parts: list[bytes | _Stream] = []
@@ -247,7 +275,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
         elif name == "THREADID":  # RFC 8474 §5.2
             add(name, [r.Atom(await objectid.thread_id_of(store, ref))])
         elif name == "PREVIEW":  # RFC 8970 §3; cached per blob like ENVELOPE
-            text = await store.cache_get(ref.blob_id, "imap.PREVIEW")
+            text = await _cached(s, ref, "imap.PREVIEW", pre)
             if text is None:
                 _, text = message_item(item, await get_root(True), utf8=utf8)
                 await store.cache_put(ref.blob_id, "imap.PREVIEW", text)
@@ -261,7 +289,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
             add(item.response_name(), r.Literal(data))
         elif name in _CACHED or (name == "BODY" and item.section is None):
             kind = f"imap.{name}" + (".u8" if utf8 else "")
-            cached = await store.cache_get(ref.blob_id, kind)
+            cached = await _cached(s, ref, kind, pre)
             if cached is None:
                 root_ = await get_root(name not in _HEADER_ONLY)
                 _, value = message_item(item, root_, utf8=utf8)
@@ -302,5 +330,4 @@ async def _write(s: Session, seq: int, parts: list[bytes | _Stream]) -> None:
         if sent < p.size:  # a short blob: keep the literal length honest
             s.send(b" " * (p.size - sent))
         s.in_literal = False
-    s.send(b")\r\n")
-    await s.flush()
+    s.send(b")\r\n")  # the caller flushes (once per batch)

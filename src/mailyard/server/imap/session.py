@@ -55,6 +55,7 @@ __all__ = ["Session", "handle_imap"]
 log = logging.getLogger("mailyard.imap")
 
 READ_CHUNK = 65536
+WRITE_CHUNK = 65536  # collected output handed to the transport in pieces of this size
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # RFC 4978 §4: raw DEFLATE (RFC 1951), no zlib header; wbits -15 is a 32 KiB window.
 DEFLATE_WBITS = -15
@@ -69,6 +70,15 @@ Handler = Callable[["Session", Any], Awaitable[Reply | None]]
 
 
 MAX_BAD = 10  # BAD replies before "* BYE" (what SMTP and POP3 allow too)
+
+def _below_high_water(transport: Any) -> bool:
+    """True when the transport's write buffer is at or below its high-water mark, so
+    that ``drain()`` would not wait."""
+    try:
+        return bool(transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1])
+    except (AttributeError, NotImplementedError, TypeError):
+        return False
+
 
 class Closed(Exception):
     """The peer went away, a write failed, or LOGOUT completed: stop quietly."""
@@ -121,6 +131,8 @@ class Session:
         self.deflate: Any = None  # zlib compressobj for what we send
         self.inflate: Any = None  # zlib decompressobj for what we receive
         self.inflate_full = False  # the last decompress hit READ_CHUNK: more may be pending
+        self.out: list[bytes] = []  # sent but not yet handed to the transport (see send())
+        self.out_size = 0
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -169,9 +181,28 @@ class Session:
         return caps
 
     # -- output --------------------------------------------------------------------------
+    # What handlers send collects in ``self.out`` and goes to the transport in pieces of
+    # WRITE_CHUNK or at flush(): a FETCH of 300 envelopes is one or two socket writes
+    # instead of thousands of small ones (each transport.write() of a small piece is a
+    # send() system call when the transport's buffer is empty). COMPRESS compresses at
+    # that point too, so the compressor sees large inputs.
     def send(self, data: bytes) -> None:
         if self.writer.is_closing():
             raise Closed
+        out = self.out
+        out.append(data)
+        self.out_size += len(data)
+        if self.out_size >= WRITE_CHUNK:
+            self._push()
+
+    def _push(self) -> None:
+        """Hand what send() collected to the transport (compressed once COMPRESS is on)."""
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.out_size = 0
         if self.deflate is not None:
             data = self.deflate.compress(data)
             if not data:
@@ -179,12 +210,18 @@ class Session:
         self.writer.write(data)
 
     def _sync_flush(self) -> None:
-        """Push out what the compressor holds (RFC 4978 §4: Z_SYNC_FLUSH before waiting)."""
-        if self.deflate is not None and not self.writer.is_closing():
+        """Push out what is collected and what the compressor holds (RFC 4978 §4:
+        Z_SYNC_FLUSH before waiting)."""
+        if self.writer.is_closing():
+            return
+        self._push()
+        if self.deflate is not None:
             self.writer.write(self.deflate.flush(zlib.Z_SYNC_FLUSH))
 
     async def flush(self) -> None:
         self._sync_flush()
+        if _below_high_water(self.writer.transport):
+            return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
 
@@ -499,6 +536,9 @@ class Session:
             with contextlib.suppress(Exception):
                 self.sub.close()
             self.sub = None
+        if not self.in_literal:
+            with contextlib.suppress(Exception):
+                self._sync_flush()  # e.g. the BYE after a timeout
         with contextlib.suppress(Exception):
             self.writer.close()
         with contextlib.suppress(Exception):
@@ -565,6 +605,7 @@ async def cmd_starttls(s: Session, cmd: c.StartTLS) -> Reply | None:
     s.send(r.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
     s.parser.take_buffered()
     discard_buffered(s.reader)
+    s._sync_flush()
     await s.writer.start_tls(s.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
     discard_buffered(s.reader)
     s.tls = True

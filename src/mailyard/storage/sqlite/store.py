@@ -1107,6 +1107,23 @@ class SQLiteStore:
             (blob_id, kind)).fetchone())
         return row[0] if row else None
 
+    async def cache_get_many(self, blob_ids: Sequence[str], kind: str) -> dict[str, str]:
+        wanted = list(dict.fromkeys(blob_ids))
+        if not wanted:
+            return {}
+
+        def q(c: sqlite3.Connection) -> dict[str, str]:
+            got: dict[str, str] = {}
+            for i in range(0, len(wanted), _CHUNK):
+                part = wanted[i : i + _CHUNK]
+                marks = ",".join("?" * len(part))
+                got.update(c.execute(
+                    f"SELECT blob_id, value FROM blob_cache WHERE kind = ? AND blob_id IN "
+                    f"({marks})", (kind, *part)).fetchall())
+            return got
+
+        return self._lookup(q)  # type: ignore[no-any-return]
+
     async def cache_put(self, blob_id: str, kind: str, value: str) -> None:
         def job(tx: Tx) -> None:
             # Only for stored blobs: the row goes when the blob's last reference does.
