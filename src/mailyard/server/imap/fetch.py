@@ -258,18 +258,21 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
 
     for item in items:
         name = item.name
+        # The common index items are formatted here directly (what r.serialize would
+        # give: flags are atoms, written as they are).
         if name == "UID":
-            add(name, ref.uid)
+            parts.append(b"UID %d" % ref.uid)
         elif name == "FLAGS":
-            add(name, [r.Atom(f) for f in sorted(s.flags_of(ref))])
+            parts.append(b"FLAGS (" + " ".join(sorted(s.flags_of(ref))).encode("utf-8")
+                         + b")")
+        elif name == "RFC822.SIZE":
+            parts.append(b"RFC822.SIZE %d" % ref.size)
+        elif name == "MODSEQ":
+            parts.append(b"MODSEQ (%d)" % ref.modseq)
         elif name == "INTERNALDATE":
             add(name, format_datetime(ref.internaldate))
         elif name == "SAVEDATE":
             add(name, format_datetime(ref.savedate))
-        elif name == "RFC822.SIZE":
-            add(name, ref.size)
-        elif name == "MODSEQ":
-            add(name, [ref.modseq])
         elif name == "EMAILID":  # RFC 8474 §5.1
             add(name, [r.Atom(objectid.email_id(ref))])
         elif name == "THREADID":  # RFC 8474 §5.2
@@ -310,6 +313,9 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
 
 
 async def _write(s: Session, seq: int, parts: list[bytes | _Stream]) -> None:
+    if not any(isinstance(p, _Stream) for p in parts):  # one piece: no literal to stream
+        s.send(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts)))  # type: ignore[arg-type]
+        return
     s.send(r.fetch_prefix(seq))
     for i, p in enumerate(parts):
         if i:
