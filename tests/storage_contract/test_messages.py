@@ -325,3 +325,28 @@ def test_maildrop_lock(make_store):
         assert await s.lock_maildrop(a.id)
 
     run(make_store, body)
+
+
+def test_cache_values_go_with_their_blob(make_store):
+    """A cached value read once is not served after its blob is gone, and comes back
+    (from the database) when the same bytes are delivered again."""
+    async def body(s: Store) -> None:
+        a = await account(s)
+        d = await deliver(s, a, 1, flags=["\\Deleted"])
+        (m,) = await s.list_messages(d.mailbox_id)
+        await s.cache_put(m.blob_id, "envelope", "(ENV)")
+        assert await s.cache_get(m.blob_id, "envelope") == "(ENV)"
+        assert await s.cache_get_many([m.blob_id], "envelope") == {m.blob_id: "(ENV)"}
+        await s.expunge(d.mailbox_id)
+        assert await s.cache_get(m.blob_id, "envelope") is None
+        assert await s.cache_get_many([m.blob_id], "envelope") == {}
+        await s.cache_put(m.blob_id, "envelope", "(GONE)")  # no such blob: ignored
+        assert await s.cache_get(m.blob_id, "envelope") is None
+        d2 = await deliver(s, a, 1)
+        (m2,) = await s.list_messages(d2.mailbox_id)
+        assert m2.blob_id == m.blob_id
+        assert await s.cache_get(m2.blob_id, "envelope") is None
+        await s.cache_put(m2.blob_id, "envelope", "(ENV2)")
+        assert await s.cache_get_many([m2.blob_id], "envelope") == {m2.blob_id: "(ENV2)"}
+
+    run(make_store, body)

@@ -51,6 +51,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Sequence
@@ -102,6 +103,7 @@ LOCK_NAME = "mailyard.lock"
 DB_NAME = "mailyard.sqlite3"
 _MBOX_COLS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
 _MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id"
+MEMO_CHARS = 32 << 20  # characters of blob_cache values kept in memory (about 32 MB)
 _CHUNK = 500  # bound on "IN (?, ...)" lists (SQLite's default variable limit is 32766)
 
 
@@ -157,6 +159,13 @@ class SQLiteStore:
         self._engine: Engine | None = None
         self._trigram = False
         self._pop_locks: set[int] = set()
+        # blob_cache rows already read or written, (blob_id, kind) -> value, oldest first.
+        # A value depends only on the blob's bytes (content-addressed), so an entry can
+        # never be wrong for its blob; rows of a deleted blob are dropped here too.
+        self._memo: dict[tuple[str, str], str] = {}
+        self._memo_chars = 0
+        self._memo_kinds: set[str] = set()  # every kind ever memoised (a handful)
+        self._memo_lock = threading.Lock()  # the writer thread forgets, the loop adds
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -426,6 +435,7 @@ class SQLiteStore:
             tx.conn.execute("DELETE FROM blobs WHERE id = ?", (row[0],))
             tx.conn.execute("DELETE FROM msg_text WHERE rowid = ?", (row[0],))
             tx.conn.execute("DELETE FROM blob_cache WHERE blob_id = ?", (blob_id,))
+            self._memo_forget(blob_id)
             if not self._segs.claim_for_delete(blob_id):  # a commit in flight pinned it
                 tx.maybe_dead_blobs.append(blob_id)
                 return
@@ -1101,37 +1111,81 @@ class SQLiteStore:
         rows = await self._read(lambda c: c.execute(sql, (mailbox_id,)).fetchall())
         return {r[0] for r in rows}
 
+    def _memo_add(self, blob_id: str, kind: str, value: str) -> None:
+        with self._memo_lock:
+            self._memo_add_locked(blob_id, kind, value)
+
+    def _memo_add_locked(self, blob_id: str, kind: str, value: str) -> None:
+        memo = self._memo
+        key = (blob_id, kind)
+        old = memo.pop(key, None)
+        if old is not None:
+            self._memo_chars -= len(old)
+        memo[key] = value
+        self._memo_chars += len(value)
+        self._memo_kinds.add(kind)
+        while self._memo_chars > MEMO_CHARS and memo:
+            first = next(iter(memo))
+            self._memo_chars -= len(memo.pop(first))
+
+    def _memo_forget(self, blob_id: str) -> None:
+        with self._memo_lock:
+            for kind in self._memo_kinds:
+                old = self._memo.pop((blob_id, kind), None)
+                if old is not None:
+                    self._memo_chars -= len(old)
+
     async def cache_get(self, blob_id: str, kind: str) -> str | None:
+        hit = self._memo.get((blob_id, kind))
+        if hit is not None:
+            return hit
         row = self._lookup(lambda c: c.execute(
             "SELECT value FROM blob_cache WHERE blob_id = ? AND kind = ?",
             (blob_id, kind)).fetchone())
-        return row[0] if row else None
+        if row is None:
+            return None
+        self._memo_add(blob_id, kind, row[0])
+        return row[0]  # type: ignore[no-any-return]
 
     async def cache_get_many(self, blob_ids: Sequence[str], kind: str) -> dict[str, str]:
-        wanted = list(dict.fromkeys(blob_ids))
+        memo = self._memo
+        got: dict[str, str] = {}
+        wanted: list[str] = []
+        for b in dict.fromkeys(blob_ids):
+            hit = memo.get((b, kind))
+            if hit is not None:
+                got[b] = hit
+            else:
+                wanted.append(b)
         if not wanted:
-            return {}
+            return got
 
-        def q(c: sqlite3.Connection) -> dict[str, str]:
-            got: dict[str, str] = {}
+        def q(c: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
             for i in range(0, len(wanted), _CHUNK):
                 part = wanted[i : i + _CHUNK]
                 marks = ",".join("?" * len(part))
-                got.update(c.execute(
+                rows += c.execute(
                     f"SELECT blob_id, value FROM blob_cache WHERE kind = ? AND blob_id IN "
-                    f"({marks})", (kind, *part)).fetchall())
-            return got
+                    f"({marks})", (kind, *part)).fetchall()
+            return rows
 
-        return self._lookup(q)  # type: ignore[no-any-return]
+        for b, value in self._lookup(q):
+            got[b] = value
+            self._memo_add(b, kind, value)
+        return got
 
     async def cache_put(self, blob_id: str, kind: str, value: str) -> None:
-        def job(tx: Tx) -> None:
+        def job(tx: Tx) -> bool:
             # Only for stored blobs: the row goes when the blob's last reference does.
             if tx.conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
                 tx.conn.execute("INSERT OR REPLACE INTO blob_cache (blob_id, kind, value) "
                                 "VALUES (?, ?, ?)", (blob_id, kind, value))
+                return True
+            return False
 
-        await self._write(job)
+        if await self._write(job):
+            self._memo_add(blob_id, kind, value)
 
     # -- POP3 maildrop lock (RFC 1939 §8: exclusive access) -------------------------------
     async def lock_maildrop(self, account_id: int) -> bool:
