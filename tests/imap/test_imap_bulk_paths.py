@@ -160,3 +160,43 @@ def test_bulk_envelope_fetch_cached_uncached_and_compressed(tmp_path: Path) -> N
         assert [d if isinstance(d, bytes) else d[0] for d in data] == want
         assert c.logout()[0] == "BYE"
         del imaplib
+
+
+def test_flag_search_matches_per_message_path(tmp_path: Path) -> None:
+    """SEARCH keys about flags, sequence numbers and UIDs only are answered from index
+    rows; "LARGER 0" (true for every message here) forces the per-message path, and
+    both answer alike (RFC 9051 §6.4.4; \\Recent and NEW/OLD of RFC 3501 §6.4.4)."""
+    with ImapTestServer(tmp_path, seed=False) as srv:
+        _fill(srv)
+        raw = RawClient(srv.port)
+        raw.login()
+        raw.cmd("SELECT INBOX")  # claims \Recent for all 30
+        other = RawClient(srv.port)
+        other.login()
+        other.cmd("SELECT INBOX")
+        other.cmd("UID STORE 4:5 +FLAGS.SILENT (\\Deleted)")
+        other.cmd("EXPUNGE")
+        raw.cmd("NOOP")
+        srv.deliver(_msg(99))  # not yet announced to raw: must not show up
+        lines, _ = raw.cmd("SEARCH UNSEEN")  # the new message (seq 29) is announced after
+        assert lines[0].startswith(b"* SEARCH 1 ") and not lines[0].endswith(b" 29")
+        assert b"* 29 EXISTS" in lines
+        assert raw.cmd("SEARCH UNSEEN")[0][0].endswith(b" 29")
+        keys = ["UNSEEN", "SEEN", "FLAGGED", "NOT SEEN", "KEYWORD $Work", "KEYWORD later",
+                "OR FLAGGED UNSEEN", "NEW", "RECENT", "OLD", "ALL", "1:10 UNSEEN",
+                "UID 3:20 SEEN", "NOT OR SEEN FLAGGED", "UNKEYWORD $Work SEEN"]
+        for prefix in ("SEARCH", "UID SEARCH", "SEARCH RETURN (MIN MAX COUNT)"):
+            for key in keys:
+                fast, ok1 = raw.cmd(f"{prefix} {key}")
+                slow, ok2 = raw.cmd(f"{prefix} {key} LARGER 0")
+                assert b" OK " in ok1 and b" OK " in ok2, (ok1, ok2)
+                assert fast == [ln.replace(b" LARGER 0", b"") for ln in slow] or (
+                    [re.sub(rb'TAG "t\d+"', b"", ln) for ln in fast]
+                    == [re.sub(rb'TAG "t\d+"', b"", ln) for ln in slow]), (prefix, key)
+        # SEARCHRES: a saved result is used by the fast path
+        raw.cmd("SEARCH RETURN (SAVE) FLAGGED")
+        fast, _ = raw.cmd("UID SEARCH $ UNSEEN")
+        slow, _ = raw.cmd("UID SEARCH $ UNSEEN LARGER 0")
+        assert fast == slow and fast != [b"* SEARCH"]
+        raw.close()
+        other.close()

@@ -150,16 +150,53 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
     return out
 
 
+_FLAG_KEYS = (sk.And, sk.Or, sk.Not, sk.All, sk.HasFlag, sk.SeqKey, sk.UidKey)
+
+
+async def _flag_search(s: Session, key: sk.SearchKey) -> list[tuple[int, int, int]] | None:
+    """(seq, uid, modseq) of the matches when ``key`` asks only about flags, sequence
+    numbers and UIDs (UNSEEN, FLAGGED, NOT DELETED ...): evaluated on the index rows of
+    one range scan (``Store.flag_rows``), no MessageRef per message. None when the
+    key needs more or the store has no ``flag_rows``."""
+    view = s.view
+    assert view is not None
+    flag_rows = getattr(s.ctx.store, "flag_rows", None)
+    if flag_rows is None or _has(key, lambda k: not isinstance(k, _FLAG_KEYS)):
+        return None
+    if not view.uids:
+        return []
+    env = sk.SearchEnv(max_seq=view.exists, max_uid=view.uids[-1], now=s.ctx.clock(),
+                       saved_uids=frozenset(s.saved) if s.saved is not None else None)
+    recent = view.recent if not s.rev2 else set()
+    seq_of = view.seq_of
+    evaluate = sk.evaluate
+    out: list[tuple[int, int, int]] = []
+    for uid, modseq, text in await flag_rows(view.id, view.uids[0], view.uids[-1]):
+        seq = seq_of(uid)
+        if seq is None:
+            continue  # appended since the last announcement: not in this view yet
+        flags = frozenset(text.split())
+        if uid in recent:
+            flags |= {"\\Recent"}
+        msg = MessageSearchContext(uid=uid, seq=seq, flags=flags, size=0, internaldate=0.0,
+                                   modseq=modseq)
+        if evaluate(key, msg, env):
+            out.append((seq, uid, modseq))
+    return out
+
+
 async def cmd_search(s: Session, cmd: c.Search) -> Reply:
     view = s.view
     assert view is not None
     modseq_key = _has_modseq(cmd.key)
     if modseq_key:
         s.condstore = True
-    found = await run_search(s, cmd.key)
-    numbers = [m.uid if cmd.uid else seq for seq, m in found]
-    uids = [m.uid for _, m in found]
-    highest = max((m.modseq for _, m in found), default=0) if modseq_key else None
+    found = await _flag_search(s, cmd.key)
+    if found is None:
+        found = [(seq, m.uid, m.modseq) for seq, m in await run_search(s, cmd.key)]
+    numbers = [uid if cmd.uid else seq for seq, uid, _ in found]
+    uids = [uid for _, uid, _ in found]
+    highest = max((ms for _, _, ms in found), default=0) if modseq_key else None
     returns = cmd.returns
     if returns is None and not s.rev2:
         s.send(r.search(numbers, modseq=highest))
