@@ -137,6 +137,12 @@ def test_bulk_envelope_fetch_cached_uncached_and_compressed(tmp_path: Path) -> N
         raw.login()
         raw.cmd("SELECT INBOX")
         spec = "FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE)"
+        wide = "FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ ENVELOPE BODY)"
+        wide1, _ = raw.cmd(wide)  # BODY not cached yet: computed per message
+        wide2, _ = raw.cmd(wide)  # now from the cache
+        assert len(wide1) == n and wide1 == wide2
+        assert re.match(rb'\* 3 FETCH \(UID 3 FLAGS \(\\Recent\) INTERNALDATE "[^"]+" '
+                        rb'RFC822.SIZE \d+ MODSEQ \(\d+\) ENVELOPE \(.*\) BODY \(', wide2[2])
         first, ok1 = raw.cmd(spec)
         second, ok2 = raw.cmd(spec)
         assert b"OK" in ok1 and b"OK" in ok2

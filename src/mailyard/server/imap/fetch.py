@@ -122,6 +122,8 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
             s, uids, [i.name for i in items], cmd.changedsince):
         return ok(("UID " if cmd.uid else "") + "FETCH completed")
     kinds = {k for k in (_cache_kind(i, s.utf8) for i in items) if k is not None}
+    simple = all(i.name in _SIMPLE and (i.name != "BODY" or i.section is None)
+                 for i in items) and kinds <= _SIMPLE_KINDS
     get_many = getattr(s.ctx.store, "cache_get_many", None)
     for i in range(0, len(uids), BATCH):
         refs = await s.ctx.store.get_messages(view.id, uids[i : i + BATCH])
@@ -140,6 +142,11 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
             if seq is None:
                 continue
             extra_flags = ref.uid in seen_changed and "FLAGS" not in names
+            if simple and not extra_flags:
+                line = _cached_line(s, ref, seq, items, pre)
+                if line is not None:
+                    s.send(line)
+                    continue
             try:
                 parts = await _render(s, ref, items, extra_flags=extra_flags, pre=pre)
             except UnknownCTE:
@@ -205,6 +212,39 @@ async def _mark_seen(s: Session, refs: list[MessageRef]
                               savedate=m.savedate, size=m.size, blob_id=m.blob_id,
                               email_id=m.email_id))
     return out, set(by_uid)
+
+
+_SIMPLE = frozenset({"UID", "FLAGS", "RFC822.SIZE", "MODSEQ", "INTERNALDATE", "ENVELOPE",
+                     "BODYSTRUCTURE", "BODY"})
+_SIMPLE_KINDS = frozenset(f"imap.{n}{u}" for n in ("ENVELOPE", "BODYSTRUCTURE", "BODY")
+                          for u in ("", ".u8"))
+
+
+def _cached_line(s: Session, ref: MessageRef, seq: int, items: Sequence[c.FetchItem],
+                 pre: dict[str, dict[str, str]]) -> bytes | None:
+    """The whole FETCH response line for items that are index fields or cached per
+    blob (the common ``FETCH 1:* (FLAGS ENVELOPE)``), without a coroutine per message;
+    None when a cached value is missing (then :func:`_render` computes it). Gives what
+    :func:`_render` gives."""
+    out: list[bytes] = []
+    for item in items:
+        name = item.name
+        if name == "UID":
+            out.append(b"UID %d" % ref.uid)
+        elif name == "FLAGS":
+            out.append(b"FLAGS (" + " ".join(sorted(s.flags_of(ref))).encode("utf-8") + b")")
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % ref.size)
+        elif name == "MODSEQ":
+            out.append(b"MODSEQ (%d)" % ref.modseq)
+        elif name == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + r.serialize(format_datetime(ref.internaldate)))
+        else:
+            got = pre.get(f"imap.{name}" + (".u8" if s.utf8 else ""), {}).get(ref.blob_id)
+            if got is None:
+                return None
+            out.append(name.encode("ascii") + b" " + got.encode("latin-1"))
+    return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(out))
 
 
 def _cache_kind(item: c.FetchItem, utf8: bool) -> str | None:
