@@ -170,17 +170,32 @@ async def _flag_search(s: Session, key: sk.SearchKey) -> list[tuple[int, int, in
     recent = view.recent if not s.rev2 else set()
     seq_of = view.seq_of
     evaluate = sk.evaluate
+    # Without sequence or UID keys the answer depends on the flags alone: evaluated
+    # once per distinct flag set (a mailbox has a handful), not once per message.
+    by_flags: dict[tuple[str, bool], bool] | None = None
+    if not _has(key, lambda k: isinstance(k, sk.SeqKey | sk.UidKey)):
+        by_flags = {}
     out: list[tuple[int, int, int]] = []
     for uid, modseq, text in await flag_rows(view.id, view.uids[0], view.uids[-1]):
         seq = seq_of(uid)
         if seq is None:
             continue  # appended since the last announcement: not in this view yet
+        is_recent = uid in recent
+        if by_flags is not None:
+            hit = by_flags.get((text, is_recent))
+            if hit is not None:
+                if hit:
+                    out.append((seq, uid, modseq))
+                continue
         flags = frozenset(text.split())
-        if uid in recent:
+        if is_recent:
             flags |= {"\\Recent"}
         msg = MessageSearchContext(uid=uid, seq=seq, flags=flags, size=0, internaldate=0.0,
                                    modseq=modseq)
-        if evaluate(key, msg, env):
+        matched = evaluate(key, msg, env)
+        if by_flags is not None:
+            by_flags[(text, is_recent)] = matched
+        if matched:
             out.append((seq, uid, modseq))
     return out
 
