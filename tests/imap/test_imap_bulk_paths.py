@@ -206,3 +206,35 @@ def test_flag_search_matches_per_message_path(tmp_path: Path) -> None:
         assert fast == slow and fast != [b"* SEARCH"]
         raw.close()
         other.close()
+
+
+def test_header_search_same_from_cached_header_blocks(tmp_path: Path) -> None:
+    """SEARCH on header keys and SORT answer the same when the header blocks come from
+    the per-blob cache (second run) as when they are read from the messages (first),
+    for a header-only message, LF line ends, a long header (not cached) and 8-bit text."""
+    msgs = [_msg(i) for i in range(12)]
+    msgs.append(b"Subject: quarterly header only\r\nFrom: h@example.org\r\n")
+    msgs.append(b"Subject: quarterly lf\nFrom: lf@example.org\n\nbody quarterly\n")
+    msgs.append(b"Subject: quarterly long\r\nX-Pad: " + b"y" * 20000
+                + b"\r\nFrom: long@example.org\r\n\r\nbody\r\n")
+    msgs.append("Subject: quarterly café\r\nFrom: u@example.org\r\n\r\nx\r\n".encode())
+    msgs.append(b"Subject: =?utf-8?q?quarterly_r=C3=A9sum=C3=A9?=\r\n\r\nbody\r\n")
+    with ImapTestServer(tmp_path, seed=False) as srv:
+        for m in msgs:
+            srv.deliver(m)
+        raw = RawClient(srv.port)
+        raw.login()
+        raw.cmd("SELECT INBOX")
+        specs = ["SEARCH SUBJECT quarterly", "SEARCH FROM example.org",
+                 "SEARCH HEADER X-Pad yyy", "SEARCH SUBJECT note", "SEARCH SUBJECT sum",
+                 "SEARCH OR SUBJECT lf FROM long", "SEARCH NOT SUBJECT quarterly",
+                 "SORT (SUBJECT) UTF-8 ALL", "SORT (FROM) UTF-8 SUBJECT quarterly"]
+        first = [raw.cmd(spec) for spec in specs]
+        second = [raw.cmd(spec) for spec in specs]
+        for spec, (a, ok1), (b, ok2) in zip(specs, first, second, strict=True):
+            assert b" OK " in ok1 and b" OK " in ok2, (spec, ok1)
+            assert a == b, spec
+        assert first[0][0] == [b"* SEARCH 13 14 15 16 17"]
+        assert first[2][0] == [b"* SEARCH 15"]
+        assert first[4][0] == [b"* SEARCH 17"]
+        raw.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mailyard.message.parse import find_body_start
 from mailyard.message.searchctx import MessageSearchContext
 from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
 
 HEADER_PROBE = 65536
+HEADER_KIND = "imap.HEADER"  # blob_cache kind of a message's header block
+HEADER_CACHE_MAX = 16384  # longer header blocks are read from the message each time
 _NOTHING: sk.SearchKey = sk.Not(sk.All())
 
 
@@ -108,13 +111,30 @@ def _has(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
 
 
 async def header_bytes(s: Session, ref: MessageRef) -> bytes:
-    """The message header (and maybe some body): enough for header keys and SORT."""
-    blobs = s.ctx.store.blobs
+    """The message header (and maybe some body): enough for header keys and SORT.
+
+    The header block (up to and with its empty line) is cached per blob
+    (``imap.HEADER``, latin-1 so any octet survives) when it is at most
+    HEADER_CACHE_MAX octets: a repeated SEARCH SUBJECT or SORT reads no message."""
+    store = s.ctx.store
+    cached = await store.cache_get(ref.blob_id, HEADER_KIND)
+    if cached is not None:
+        return cached.encode("latin-1")
+    blobs = store.blobs
+    data = b""
     if ref.size > HEADER_PROBE:
         head = await blobs.read(ref.blob_id, 0, HEADER_PROBE)
         if b"\r\n\r\n" in head or b"\n\n" in head:
-            return head
-    return await blobs.read(ref.blob_id)
+            data = head
+    if not data:
+        data = await blobs.read(ref.blob_id)
+    end = find_body_start(data)
+    if end <= HEADER_CACHE_MAX and (end < len(data) or len(data) == ref.size):
+        block = data[:end]
+        if find_body_start(block) == end:  # the block alone splits where the message did
+            await store.cache_put(ref.blob_id, HEADER_KIND, block.decode("latin-1"))
+            return block
+    return data
 
 
 async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRef]]:
