@@ -237,4 +237,19 @@ def test_header_search_same_from_cached_header_blocks(tmp_path: Path) -> None:
         assert first[0][0] == [b"* SEARCH 13 14 15 16 17"]
         assert first[2][0] == [b"* SEARCH 15"]
         assert first[4][0] == [b"* SEARCH 17"]
+
+        async def cached() -> dict[int, str | None]:
+            store = srv.store
+            assert store is not None
+            mb = await store.get_mailbox(srv.account_id, "INBOX")
+            assert mb is not None
+            refs = await store.list_messages(mb.id)
+            return {m.uid: await store.cache_get(m.blob_id, "imap.HEADER") for m in refs}
+
+        got = srv.run(cached())
+        assert got[14] == "Subject: quarterly lf\nFrom: lf@example.org\n\n"
+        assert got[13] == msgs[12].decode()  # no empty line: all of it is header
+        assert got[15] is None  # longer than 16 KiB: not cached
+        assert got[16] == "Subject: quarterly café\r\nFrom: u@example.org\r\n\r\n".encode(
+            ).decode("latin-1")
         raw.close()

@@ -24,6 +24,7 @@ substitution in step 1 recurses at most 64 levels.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -110,7 +111,31 @@ def _has(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
     return False
 
 
-async def header_bytes(s: Session, ref: MessageRef) -> bytes:
+class HeaderPuts:
+    """Header blocks waiting to be cached: written together (the store's writer commits
+    concurrent jobs in one transaction), once PUT_BATCH octets are waiting and at the
+    end, instead of one commit per message of a first search over a large mailbox."""
+
+    PUT_BATCH = 1 << 20
+
+    def __init__(self, s: Session) -> None:
+        self.store = s.ctx.store
+        self.items: list[tuple[str, str]] = []
+        self.size = 0
+
+    async def add(self, blob_id: str, block: str) -> None:
+        self.items.append((blob_id, block))
+        self.size += len(block)
+        if self.size >= self.PUT_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        items, self.items, self.size = self.items, [], 0
+        if items:
+            await asyncio.gather(*(self.store.cache_put(b, HEADER_KIND, v) for b, v in items))
+
+
+async def header_bytes(s: Session, ref: MessageRef, puts: HeaderPuts | None = None) -> bytes:
     """The message header (and maybe some body): enough for header keys and SORT.
 
     The header block (up to and with its empty line) is cached per blob
@@ -132,7 +157,10 @@ async def header_bytes(s: Session, ref: MessageRef) -> bytes:
     if end <= HEADER_CACHE_MAX and (end < len(data) or len(data) == ref.size):
         block = data[:end]
         if find_body_start(block) == end:  # the block alone splits where the message did
-            await store.cache_put(ref.blob_id, HEADER_KIND, block.decode("latin-1"))
+            if puts is not None:
+                await puts.add(ref.blob_id, block.decode("latin-1"))
+            else:
+                await store.cache_put(ref.blob_id, HEADER_KIND, block.decode("latin-1"))
             return block
     return data
 
@@ -155,11 +183,12 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
         refs = await s.ctx.store.get_messages(view.id, sorted(wanted))
     else:
         refs = []
+    puts = HeaderPuts(s)
     for m in refs:
         seq = view.seq_of(m.uid)
         if seq is None:
             continue
-        data = await header_bytes(s, m) if needs else None
+        data = await header_bytes(s, m, puts) if needs else None
         tid = await objectid.thread_id_of(s.ctx.store, m) if threads else ""
         msg = MessageSearchContext(uid=m.uid, seq=seq, flags=s.flags_of(m),
                                    size=m.size, internaldate=m.internaldate,
@@ -167,6 +196,7 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
                                    email_id=objectid.email_id(m), thread_id=tid, data=data)
         if sk.evaluate(key, msg, env):
             out.append((seq, m))
+    await puts.flush()
     return out
 
 
