@@ -107,24 +107,44 @@ async def _copy_spool(ctx: ServerContext, spool: Spool) -> Spool:
     return other
 
 
-def _strip_forged_results(ctx: ServerContext, spool: Spool, content: bytes) -> Spool:
+class _Body:
+    """The spooled message, read into memory at most once per transaction.
+
+    Stripping forged results, DMARC/DKIM checks, ARC sealing, DKIM signing and the
+    search text all need the whole message; a spilled spool would otherwise be read
+    (and copied) from disk once for each of them.
+    """
+
+    def __init__(self, spool: Spool, data: bytes | None = None) -> None:
+        self.spool = spool
+        self._data = data
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.spool.read_all()
+        return self._data
+
+
+def _strip_forged_results(ctx: ServerContext, body: _Body) -> _Body:
     """Remove Authentication-Results fields that claim our authserv-id (RFC 8601 §5)."""
     from mailyard.mailauth.authresults import strip_our_authentication_results
 
+    content = body.data
     end = content.find(b"\r\n\r\n")
     head = content if end < 0 else content[:end]
     if b"authentication-results" not in head.lower():
-        return spool
+        return body
     stripped = strip_our_authentication_results(content, ctx.hostname)
     if stripped == content:
-        return spool
+        return body
     clean = ctx.store.blobs.new_spool()
     clean.write(stripped)
-    spool.abort()
-    return clean
+    body.spool.abort()
+    return _Body(clean, stripped)
 
 
-async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
+async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
                         ) -> tuple[bytes, str, Reply | None, asyncio.Task[None]]:
     """MX mode: SPF/DKIM/DMARC. Returns (header bytes to prepend, mailbox, refusal, the
     write recording the verdict).
@@ -135,7 +155,6 @@ async def _authenticate(ctx: ServerContext, sub: Submission, spool: Spool
     """
     from mailyard.mailauth import pipeline
 
-    content = spool.read_all()
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
@@ -162,14 +181,14 @@ async def _active_key(ctx: ServerContext, domain: str) -> tuple[str, str, str] |
     return None
 
 
-async def _arc_seal(ctx: ServerContext, sub: Submission, spool: Spool, auth_header: bytes,
+async def _arc_seal(ctx: ServerContext, sub: Submission, body: _Body, auth_header: bytes,
                     received: bytes) -> bytes:
     """MX mode, forwarding through an alias: ARC-seal the copy we relay (RFC 8617 §5.1)
     with the key of the alias's domain, so that the next hop can trust our verdicts."""
     from mailyard.mailauth.arc import arc_seal
 
     via = next((getattr(r, "via", "") for r in sub.remote_rcpts if getattr(r, "via", "")), "")
-    if not via or spool.size > MAX_VERIFY_SIZE:
+    if not via or body.spool.size > MAX_VERIFY_SIZE:
         return b""
     try:
         _, domain = split_address(via)
@@ -181,7 +200,7 @@ async def _arc_seal(ctx: ServerContext, sub: Submission, spool: Spool, auth_head
     selector, _algorithm, pem = key
     auth_results = auth_header.decode("utf-8", "replace")
     try:
-        return arc_seal(received + spool.read_all(), domain=domain, selector=selector,
+        return arc_seal(received + body.data, domain=domain, selector=selector,
                         private_pem=pem, authserv_id=ctx.hostname, auth_results=auth_results)
     except ValueError as e:
         ctx.log.warning("ARC sealing for %s failed: %s", via, e)
@@ -201,11 +220,11 @@ async def _record(ctx: ServerContext, sub: Submission, verdict: Any) -> None:
         ctx.log.exception("could not record the authentication results")
 
 
-async def _sign(ctx: ServerContext, sub: Submission, spool: Spool) -> bytes:
+async def _sign(ctx: ServerContext, sub: Submission, body: _Body) -> bytes:
     """Submission: DKIM-sign with every active key of the sender's domain."""
     from mailyard.mailauth import dkim as dkim_mod
 
-    if not sub.sender or spool.size > MAX_VERIFY_SIZE:
+    if not sub.sender or body.spool.size > MAX_VERIFY_SIZE:
         return b""
     try:
         _, domain = split_address(sub.sender)
@@ -214,7 +233,7 @@ async def _sign(ctx: ServerContext, sub: Submission, spool: Spool) -> bytes:
     keys = [k for k in await ctx.store.list_dkim_keys(domain) if k[4]]
     if not keys:
         return b""
-    content = spool.read_all()
+    content = body.data
     out = b""
     for _domain, selector, algorithm, pem, _active in keys:
         try:
@@ -251,14 +270,16 @@ async def _accept(ctx: ServerContext, sub: Submission, spool: Spool,
         received = _received(ctx, sub, now)
         mailbox = "INBOX"
         auth_header = b""
+        body = _Body(spool)
         if sub.mode == "mx":
-            spool = _strip_forged_results(ctx, spool, spool.read_all())
-            auth_header, mailbox, refusal, record = await _authenticate(ctx, sub, spool)
+            body = _strip_forged_results(ctx, body)
+            spool = body.spool
+            auth_header, mailbox, refusal, record = await _authenticate(ctx, sub, body.data)
             records.append(record)
             if refusal is not None:
                 return refusal
         else:
-            auth_header = await _sign(ctx, sub, spool)
+            auth_header = await _sign(ctx, sub, body)
         account_ids: list[int] = []
         for _addr, ids in sub.local_rcpts:
             for i in ids:
@@ -266,7 +287,7 @@ async def _accept(ctx: ServerContext, sub: Submission, spool: Spool,
                     account_ids.append(i)
         text = None
         if account_ids and spool.size <= MAX_INDEX_SIZE:
-            text = searchable(spool.read_all())
+            text = searchable(body.data)
         queue_blob = None
         if sub.remote_rcpts:
             # The queued copy carries no Return-Path (RFC 5321 §4.4: added at final delivery).
@@ -274,7 +295,7 @@ async def _accept(ctx: ServerContext, sub: Submission, spool: Spool,
             src = await _copy_spool(ctx, spool) if account_ids and not staging else spool
             seal = b""
             if sub.mode == "mx" and auth_header:
-                seal = await _arc_seal(ctx, sub, src, auth_header, received)
+                seal = await _arc_seal(ctx, sub, body, auth_header, received)
             queue_blob = await _store_blob(ctx, src, seal + auth_header + received)
         local_blob = None
         if account_ids:
