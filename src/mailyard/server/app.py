@@ -107,32 +107,24 @@ class App:
             await self._start_http()
 
     def _handlers(self) -> list[tuple[str, Callable[..., Awaitable[None]], bool]]:
+        """(listener name, handler, implicit TLS) for every protocol listener."""
+        from mailyard.server.imap import handle_imap
         from mailyard.server.pop3 import handle_pop3
         from mailyard.server.smtp import handle_smtp
 
         assert self.ctx is not None
         ctx = self.ctx
-        out: list[tuple[str, Callable[..., Awaitable[None]], bool]] = [
+        return [
             ("smtp", functools.partial(handle_smtp, ctx=ctx, mode="mx", implicit_tls=False), False),
             ("submission", functools.partial(handle_smtp, ctx=ctx, mode="submission",
                                              implicit_tls=False), False),
             ("submissions", functools.partial(handle_smtp, ctx=ctx, mode="submission",
                                               implicit_tls=True), True),
-        ]
-        out += [
+            ("imap", functools.partial(handle_imap, ctx=ctx, implicit_tls=False), False),
+            ("imaps", functools.partial(handle_imap, ctx=ctx, implicit_tls=True), True),
             ("pop3", functools.partial(handle_pop3, ctx=ctx, implicit_tls=False), False),
             ("pop3s", functools.partial(handle_pop3, ctx=ctx, implicit_tls=True), True),
         ]
-        try:
-            from mailyard.server.imap import handle_imap  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            pass
-        else:
-            out += [
-                ("imap", functools.partial(handle_imap, ctx=ctx, implicit_tls=False), False),
-                ("imaps", functools.partial(handle_imap, ctx=ctx, implicit_tls=True), True),
-            ]
-        return out
 
     async def _start_queue(self) -> None:
         from mailyard.server.outbound import start_queue_runner
