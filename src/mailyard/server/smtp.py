@@ -33,7 +33,7 @@ from mailyard.protocol.smtp import server as core
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
 from mailyard.server.delivery import Submission, accept_message
-from mailyard.server.streams import discard_buffered
+from mailyard.server.streams import upgrade_to_tls
 from mailyard.storage.interface import InsufficientStorage, Spool, StorageError
 from mailyard.storage.models import Account
 
@@ -204,7 +204,6 @@ class SMTPSession:
                 await self.flush()
                 return
             if kind is core.StartTLS:
-                await self.flush()
                 if not await self._start_tls():
                     return
                 continue
@@ -216,10 +215,10 @@ class SMTPSession:
     async def _start_tls(self) -> bool:
         if self.ctx.tls is None:
             return False
-        discard_buffered(self.reader)
         try:
-            async with asyncio.timeout(30):
-                await self.writer.start_tls(self.ctx.tls)
+            # The core queued "220 Ready to start TLS"; reading stops before it goes out.
+            await upgrade_to_tls(self.reader, self.writer, self.ctx.tls,
+                                 self.conn.data_to_send(), handshake_timeout=30.0)
         except (TimeoutError, OSError, ConnectionError) as e:
             self.ctx.log.info("smtp %s: STARTTLS failed: %s", self.remote_ip, e)
             return False

@@ -43,5 +43,6 @@ async def upgrade_to_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     pause_reading(writer)
     writer.write(go_ahead)
     discard_buffered(reader)
+    # Nothing is dropped after the handshake: reading was paused before the go-ahead, so
+    # whatever the reader holds now came through TLS, possibly the client's first command.
     await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
-    discard_buffered(reader)

@@ -606,8 +606,9 @@ async def cmd_starttls(s: Session, cmd: c.StartTLS) -> Reply | None:
     s.parser.take_buffered()
     discard_buffered(s.reader)
     s._sync_flush()
+    # Nothing is dropped after the handshake: what the reader holds then came through TLS
+    # (a client may send its first command right behind the handshake).
     await s.writer.start_tls(s.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-    discard_buffered(s.reader)
     s.tls = True
     return None
 
