@@ -78,9 +78,16 @@ def test_schema_version_and_pragmas(tmp_path: Path) -> None:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"messages", "mailboxes", "expunged", "queue", "blobs", "msg_text"} <= tables
+        assert {"messages", "mailboxes", "expunged", "queue", "blobs"} <= tables
+        assert "msg_text" not in tables  # the full-text index has its own file
     finally:
         db.close()
+    fts = sqlite3.connect(tmp_path / "search.sqlite3")
+    try:
+        tables = {r[0] for r in fts.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"msg_text", "indexed"} <= tables
+    finally:
+        fts.close()
 
 
 def test_open_store_factory(tmp_path: Path) -> None:

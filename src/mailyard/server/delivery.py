@@ -24,6 +24,7 @@ from mailyard.storage.models import (
     QueueEntry,
     QueueRecipient,
     SearchableText,
+    TextSource,
 )
 
 # DKIM verification and signing need the whole message in memory (dkimpy); the SIZE
@@ -285,9 +286,10 @@ async def _accept(ctx: ServerContext, sub: Submission, spool: Spool,
             for i in ids:
                 if i not in account_ids:
                     account_ids.append(i)
-        text = None
+        text: TextSource = None
         if account_ids and spool.size <= MAX_INDEX_SIZE:
-            text = searchable(body.data)
+            # Extracted from the stored message by the store's indexer, after the commit.
+            text = searchable
         queue_blob = None
         if sub.remote_rcpts:
             # The queued copy carries no Return-Path (RFC 5321 §4.4: added at final delivery).

@@ -21,7 +21,7 @@ async def start_queue_runner(ctx: ServerContext) -> QueueRunner:
         content = b"Return-Path: <>\r\n" + dsn
         blob = await ctx.store.blobs.put(content)
         await ctx.store.deliver(blob, [DeliveryTarget(account_id=i) for i in res.account_ids],
-                                internaldate=ctx.clock(), text=searchable(content))
+                                internaldate=ctx.clock(), text=searchable)
         return True
 
     return QueueRunner(ctx.store, ctx.resolver, ctx.config, clock=ctx.clock,

@@ -40,7 +40,7 @@ from mailyard.storage.models import (
     MessageRef,
     QueueEntry,
     QueueRecipient,
-    SearchableText,
+    TextSource,
 )
 
 
@@ -204,8 +204,11 @@ class Store(Protocol):
     async def deliver(self, blob: BlobRef, targets: Sequence[DeliveryTarget], *,
                       queue: QueueEntry | None = None,
                       internaldate: float | None = None,
-                      text: SearchableText | None = None) -> list[Delivered]:
+                      text: TextSource = None) -> list[Delivered]:
         """Deliver one blob to every target and enqueue ``queue``, in one durable transaction.
+
+        ``text`` is indexed for ``search_text`` (see ``models.TextSource``); a store may
+        index after the delivery returns, but ``search_text`` always sees it.
 
         Quota is not checked here (callers check at RCPT time with ``account_usage``);
         a target mailbox that does not exist falls back to INBOX.
@@ -264,7 +267,7 @@ class Store(Protocol):
 
     async def append(self, mailbox_id: int, blob: BlobRef, *, flags: Iterable[str] = (),
                      internaldate: float | None = None,
-                     text: SearchableText | None = None) -> Delivered:
+                     text: TextSource = None) -> Delivered:
         """Raises QuotaExceeded when the account would go over its quota."""
         ...
 

@@ -8,6 +8,7 @@ see a SQL row or a file descriptor.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # The mailboxes every new account gets, with their RFC 6154 special-use flags.
@@ -162,3 +163,9 @@ class SearchableText:
     headers: str = ""
     body: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+
+# What ``deliver`` and ``append`` index: the text itself; a function that makes it from
+# the stored message's bytes, which a store may run later, off the caller's path (it
+# returns None for a message it cannot index); or None: the message is not indexed.
+TextSource = SearchableText | Callable[[bytes], SearchableText | None] | None

@@ -18,7 +18,6 @@ fed from the message when it is at most ``INDEX_LIMIT`` octets.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from mailyard.message.text import searchable_text
@@ -26,8 +25,8 @@ from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap.sequence import from_numbers
 from mailyard.server.imap.reply import Reply, bad, no, ok
-from mailyard.storage.interface import QuotaExceeded, Spool
-from mailyard.storage.models import BlobRef, SearchableText
+from mailyard.storage.interface import QuotaExceeded
+from mailyard.storage.models import BlobRef, SearchableText, TextSource
 
 if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
@@ -35,8 +34,8 @@ if TYPE_CHECKING:
 INDEX_LIMIT = 8 * 1024 * 1024
 
 
-def _text(spool: Spool) -> SearchableText:
-    headers, body = searchable_text(spool.read_all())
+def _text(content: bytes) -> SearchableText:
+    headers, body = searchable_text(content)
     return SearchableText(headers=headers, body=body)
 
 
@@ -55,7 +54,7 @@ async def append(s: Session, first: c.AppendMessage) -> Reply:
     if mb is None:
         s.parser.refuse_literal()
         return no("No such mailbox", "TRYCREATE")
-    pending: list[tuple[BlobRef, tuple[str, ...], float | None, SearchableText | None]] = []
+    pending: list[tuple[BlobRef, tuple[str, ...], float | None, TextSource]] = []
     total = 0
     ev: c.Event = first
     while True:
@@ -84,8 +83,8 @@ async def append(s: Session, first: c.AppendMessage) -> Reply:
                     break
                 spool.abort()  # pragma: no cover - the parser ends literals itself
                 return bad("unexpected data in APPEND")
-            text = (await asyncio.to_thread(_text, spool)
-                    if spool.size <= INDEX_LIMIT else None)
+            # The store's indexer extracts the text from the stored message later.
+            text = _text if spool.size <= INDEX_LIMIT else None
             blob = await store.blobs.commit(spool)
         except BaseException:
             spool.abort()

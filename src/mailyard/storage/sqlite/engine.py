@@ -95,6 +95,9 @@ class Tx:
     release_pins: list[str] = field(default_factory=list)
     freed_segments: set[int] = field(default_factory=set)
     deleting: list[str] = field(default_factory=list)  # blob rows this job deletes
+    # Full-text index work for after COMMIT, in order: (blob row, blob id, text source)
+    # to add, (blob row, None, None) to remove.
+    index: list[tuple[int, str | None, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -136,8 +139,10 @@ Publish = Callable[[list[Change]], None]
 
 class Engine:
     def __init__(self, path: Path, *, readers: int = 4, after_commit: AfterCommit,
-                 publish: Publish, blob_sink: BlobSink | None = None) -> None:
+                 publish: Publish, blob_sink: BlobSink | None = None,
+                 attach: Sequence[tuple[str, Path]] = ()) -> None:
         self.path = path
+        self._attach = list(attach)  # (schema name, file) attached to every reader
         self._after_commit = after_commit
         self._sink = blob_sink
         self._publish = publish
@@ -321,6 +326,8 @@ class Engine:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.path)
+            for name, file in self._attach:
+                conn.execute(f"ATTACH DATABASE ? AS {name}", (str(file),))
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
             with self._rlock:

@@ -153,25 +153,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-# Created outside the numbered migrations because the tokenizer depends on the
-# SQLite build: trigram (3.34+) gives indexed case-insensitive substring
-# search; without it the table uses unicode61 and search falls back to a scan.
-FTS_TRIGRAM = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS msg_text USING fts5("
-    "headers, body, extra, tokenize='trigram')"
-)
-FTS_PLAIN = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS msg_text USING fts5(headers, body, extra)"
-)
 
-
-def has_trigram(conn: sqlite3.Connection) -> bool:
-    try:
-        conn.execute("CREATE VIRTUAL TABLE temp._probe USING fts5(x, tokenize='trigram')")
-        conn.execute("DROP TABLE temp._probe")
-        return True
-    except sqlite3.OperationalError:
-        return False
+# The full-text index lives in its own file since it was moved out of the writer
+# transaction: see textindex.py (an older database's msg_text is moved there at open).
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -191,13 +175,4 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"BEGIN IMMEDIATE;\n{script}\nUPDATE schema_version SET version = {number};\nCOMMIT;"
         )
         version = number
-    if conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE name = 'msg_text'"
-    ).fetchone() is None:
-        conn.execute(FTS_TRIGRAM if has_trigram(conn) else FTS_PLAIN)
     return version
-
-
-def fts_is_trigram(conn: sqlite3.Connection) -> bool:
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'msg_text'").fetchone()
-    return bool(row and "trigram" in row[0])
