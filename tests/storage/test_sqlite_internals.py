@@ -248,3 +248,27 @@ def test_bus_wakes_waiter_and_close_unblocks() -> None:
         assert bus.subscribers(1) == 0
 
     asyncio.run(main())
+
+
+def test_riders_share_the_next_commit_and_fail_alone(tmp_path: Path) -> None:
+    """``write_soon``: nobody waits; the record lands with the next durable write, and a
+    rider that fails is logged without spoiling the jobs it rode with."""
+    async def main() -> list[tuple]:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        ref = await s.blobs.put(b"Subject: x\r\n\r\nbody\r\n")
+        await s.record_auth_result(when=1.0, source_ip="192.0.2.1", header_from="example.org",
+                                   spf="pass", dkim="none", dmarc="pass", disposition="none")
+
+        def broken(tx: object) -> None:
+            raise sqlite3.OperationalError("no such table: nowhere")
+
+        s.engine.write_soon(broken)
+        await s.deliver(ref, [DeliveryTarget(acc.id)])  # committed after the riders queued first
+        got = await s.list_auth_results()
+        await s.close()
+        return got
+
+    assert asyncio.run(main()) == [(1.0, "192.0.2.1", "example.org", "pass", "none", "pass",
+                                    "none")]

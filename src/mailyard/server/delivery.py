@@ -6,7 +6,6 @@ Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local send
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import re
 import secrets
@@ -146,21 +145,18 @@ def _strip_forged_results(ctx: ServerContext, body: _Body) -> _Body:
 
 
 async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
-                        ) -> tuple[bytes, str, Reply | None, asyncio.Task[None]]:
-    """MX mode: SPF/DKIM/DMARC. Returns (header bytes to prepend, mailbox, refusal, the
-    write recording the verdict).
+                        ) -> tuple[bytes, str, Reply | None]:
+    """MX mode: SPF/DKIM/DMARC. Returns (header bytes to prepend, mailbox, refusal).
 
-    The record is written concurrently with the delivery: queued first, it shares the
-    delivery's group commit instead of costing a commit of its own before it. The caller
-    awaits it before replying.
+    The verdict is recorded for DMARC reports by a write nobody waits for: queued
+    first, it rides in the delivery's group commit.
     """
     from mailyard.mailauth import pipeline
 
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
-    record = asyncio.ensure_future(_record(ctx, sub, verdict))
-    await asyncio.sleep(0)  # let it queue its write now, ahead of the delivery's
+    await _record(ctx, sub, verdict)
     header = verdict.header
     if not header.endswith("\r\n"):
         header += "\r\n"
@@ -169,9 +165,9 @@ async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
         enhanced, _, text = (verdict.reply_text or "").partition(" ")
         if not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", enhanced):
             enhanced, text = ("5.7.1" if code == 550 else "4.7.1"), verdict.reply_text
-        return b"", "", _r(code, enhanced, text or "Rejected by the sender domain's policy"), record
+        return b"", "", _r(code, enhanced, text or "Rejected by the sender domain's policy")
     mailbox = "Junk" if verdict.action == "junk" else "INBOX"
-    return header.encode("utf-8"), mailbox, None, record
+    return header.encode("utf-8"), mailbox, None
 
 
 async def _active_key(ctx: ServerContext, domain: str) -> tuple[str, str, str] | None:
@@ -256,16 +252,6 @@ def _queue_recipient(rcpt: Any) -> QueueRecipient:
 
 
 async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> Reply:
-    records: list[asyncio.Task[None]] = []
-    try:
-        return await _accept(ctx, sub, spool, records)
-    finally:
-        for record in records:
-            await record  # _record never raises
-
-
-async def _accept(ctx: ServerContext, sub: Submission, spool: Spool,
-                  records: list[asyncio.Task[None]]) -> Reply:
     now = ctx.clock()
     try:
         received = _received(ctx, sub, now)
@@ -275,8 +261,7 @@ async def _accept(ctx: ServerContext, sub: Submission, spool: Spool,
         if sub.mode == "mx":
             body = _strip_forged_results(ctx, body)
             spool = body.spool
-            auth_header, mailbox, refusal, record = await _authenticate(ctx, sub, body.data)
-            records.append(record)
+            auth_header, mailbox, refusal = await _authenticate(ctx, sub, body.data)
             if refusal is not None:
                 return refusal
         else:

@@ -351,4 +351,7 @@ class Store(Protocol):
 
     # -- authentication results (for DMARC aggregate reports, later) ------------------
     async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
-                                 spf: str, dkim: str, dmarc: str, disposition: str) -> None: ...
+                                 spf: str, dkim: str, dmarc: str, disposition: str) -> None:
+        """Keep one verdict for DMARC aggregate reports. A store may write it later,
+        with the next durable write, and lose the last few in a crash."""
+        ...

@@ -104,7 +104,7 @@ class Tx:
 class _Job:
     fn: Callable[[Tx], Any]
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | None  # None: a rider (write_soon), nobody waits
     blobs: Sequence[StagedBlob] = ()
 
 
@@ -179,6 +179,17 @@ class Engine:
         self._jobs.put(_Job(fn, loop, fut, blobs))
         return await fut
 
+    def write_soon(self, fn: Callable[[Tx], None]) -> None:
+        """Run ``fn`` in the next group commit; nobody waits for it (a *rider*).
+
+        For records that may be lost in a crash but must not cost the caller a wait of
+        their own (the verdicts kept for DMARC reports): queued before a delivery, the
+        rider shares its transaction, runs without a savepoint, and a failure is logged.
+        """
+        if self._closed:
+            raise StorageError("store closed")
+        self._jobs.put(_Job(fn, asyncio.get_running_loop(), None))
+
     @staticmethod
     def _take(q: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
         """The first item (blocking) and every other one waiting; (items, stop seen)."""
@@ -251,6 +262,12 @@ class Engine:
                 self._sink.record(conn, rows)
             for job in batch:
                 tx = Tx(conn)
+                if job.future is None:
+                    try:
+                        job.fn(tx)
+                    except sqlite3.Error:
+                        log.exception("a write nobody waits for failed")
+                    continue
                 bad = next((failed[b.blob_id] for b in job.blobs if b.blob_id in failed), None)
                 if bad is not None:
                     outcomes.append((job, tx, None, bad))
@@ -306,17 +323,22 @@ class Engine:
             except Exception:
                 log.exception("change publication failed")
         for job, _, result, exc in items:
-            if job.future.done():
+            fut = job.future
+            if fut is None or fut.done():
                 continue
             if exc is not None:
-                job.future.set_exception(exc)
+                fut.set_exception(exc)
             else:
-                job.future.set_result(result)
+                fut.set_result(result)
 
     def _resolve(self, job: _Job, *, exc: BaseException) -> None:
+        fut = job.future
+        if fut is None:
+            return
+
         def set_exc() -> None:
-            if not job.future.done():
-                job.future.set_exception(exc)
+            if not fut.done():
+                fut.set_exception(exc)
 
         with contextlib.suppress(RuntimeError):
             job.loop.call_soon_threadsafe(set_exc)
