@@ -56,6 +56,7 @@ INDEX_NAME = "search.sqlite3"
 MAX_DERIVE_SIZE = 8 * 1024 * 1024  # larger messages are not indexed (as APPEND's limit)
 IDLE_SECONDS = 0.2  # index what waits once no work has arrived for this long ...
 DEFER_MAX = 5000  # ... or once this many additions and removals wait
+TXN_MAX = 100  # items per index transaction (FTS5 holds its pending terms in memory)
 
 FTS_TRIGRAM = ("CREATE VIRTUAL TABLE IF NOT EXISTS msg_text USING fts5("
                "headers, body, extra, tokenize='trigram')")
@@ -217,7 +218,7 @@ class TextIndex:
 
     def _apply(self, items: list[Any]) -> None:
         conn = self._conn
-        began = False
+        began, done = False, 0
         for item in items:
             if isinstance(item, _Barrier):
                 continue
@@ -227,9 +228,13 @@ class TextIndex:
                     began = False
                 self._reconcile(item.main_db)
                 continue
+            if began and done >= TXN_MAX:  # bounds FTS5's in-memory pending terms
+                conn.execute("COMMIT")
+                began = False
             if not began:
                 conn.execute("BEGIN IMMEDIATE")
-                began = True
+                began, done = True, 0
+            done += 1
             if isinstance(item, _Remove):
                 conn.execute("DELETE FROM msg_text WHERE rowid = ?", (item.rowid,))
                 conn.execute("DELETE FROM indexed WHERE id = ?", (item.rowid,))
