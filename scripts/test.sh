@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(swaks curl fetchmail knot knot-dnsutils postfix dovecot-pop3d dovecot-imapd isync
-      offlineimap3 neomutt tmux strace)
+      offlineimap3 neomutt tmux strace libnet-ssleay-perl libio-socket-ssl-perl)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
