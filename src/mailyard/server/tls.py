@@ -11,13 +11,15 @@ OpenSSL: SSL_write returns success and nothing reaches the socket, so both sides
 (issue #3; seen with ss: the client's kernel had sent everything up to its Finished).
 Going by OpenSSL 3.0's code, the reader's SSL_read runs the handshake state machine for
 the ticket, which pushes a buffering BIO onto the connection; the writer's record lands
-in it, and it is freed when the ticket is done (tests/hardening/test_starttls_flight.py). Without tickets the server sends
-nothing after the handshake until the client speaks. The cost is TLS 1.3 resumption,
-which saved little: measured on the 2 vCPU test VM, a full handshake without tickets
-takes the server about 155 us of CPU, a resumed one that issues new tickets about the
-same, a full one with tickets about 190 us. TLS 1.2 resumption, whose ticket is part of
-the handshake, is unchanged. After STARTTLS the server acknowledges the client's
-Finished at once instead (streams.ack_now): the tickets used to carry that ACK.
+in it, and it is freed when the ticket is done. Without tickets the server sends nothing
+after the handshake until the client speaks (tests/hardening/test_starttls_flight.py).
+
+The cost is TLS 1.3 resumption, which saved little: measured on the 2 vCPU test VM, a
+full handshake without tickets takes the server about 155 us of CPU, a resumed one that
+issues new tickets about the same, a full one with tickets about 190 us. TLS 1.2
+resumption, whose ticket is part of the handshake, is unchanged. After STARTTLS the
+server acknowledges the client's Finished at once instead (streams.ack_now): the
+tickets used to carry that ACK.
 """
 
 from __future__ import annotations
