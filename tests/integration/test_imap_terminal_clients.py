@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from tests.integration.harness import PASSWORD, Server, client_tls
 
 ALICE = "alice@example.test"
@@ -91,13 +89,6 @@ def _maildir(root: Path) -> dict[str, Path]:
     return out
 
 
-# Known open bug (issue #3): in some runs offlineimap (imaplib2) completes the STARTTLS
-# handshake, sends CAPABILITY, and the server never sees it until its 60 s pre-login
-# timeout. It reproduces with uvloop and with asyncio's own loop, at this commit and
-# earlier ones; mbsync, neomutt, curl and imaplib over STARTTLS are not affected.
-# Non-strict: the test still runs and passes whenever the hang does not occur.
-@pytest.mark.xfail(strict=False, reason="intermittent: server misses the first command "
-                   "after offlineimap's STARTTLS handshake (open bug, issue #3)")
 def test_offlineimap_two_way_sync_with_flags_over_starttls_and_compress(
         server: Server, tmp_path: Path) -> None:
     _submit(server, "offline one", "first")

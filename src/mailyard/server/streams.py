@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+from typing import Any
 
 
 def discard_buffered(reader: asyncio.StreamReader) -> None:
@@ -32,6 +35,21 @@ def pause_reading(writer: asyncio.StreamWriter) -> None:
         pause()
 
 
+def ack_now(sock: Any) -> None:
+    """Have the kernel acknowledge what it has received at once (Linux TCP_QUICKACK).
+
+    Called when a STARTTLS handshake completes. The client's last handshake flight (its
+    Finished) is then waiting for an ACK the kernel may delay by 40 ms or more, and a
+    client without TCP_NODELAY holds its first command back until that ACK comes (Nagle):
+    TLS 1.3 session tickets, which used to carry the ACK, are no longer sent (tls.py).
+    """
+    opt = getattr(socket, "TCP_QUICKACK", None)
+    if sock is None or opt is None:
+        return
+    with contextlib.suppress(OSError, AttributeError, TypeError, ValueError):
+        sock.setsockopt(socket.IPPROTO_TCP, opt, 1)
+
+
 async def upgrade_to_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          context: ssl.SSLContext, go_ahead: bytes, *,
                          handshake_timeout: float) -> None:
@@ -43,6 +61,8 @@ async def upgrade_to_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     pause_reading(writer)
     writer.write(go_ahead)
     discard_buffered(reader)
+    sock = writer.get_extra_info("socket")
     # Nothing is dropped after the handshake: reading was paused before the go-ahead, so
     # whatever the reader holds now came through TLS, possibly the client's first command.
     await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
+    ack_now(sock)

@@ -2,6 +2,24 @@
 
 Every listener uses the same server context: TLS 1.2 or newer, the ssl module's
 secure default cipher list minus anything without forward secrecy or AEAD.
+
+No TLS 1.3 session tickets. OpenSSL sends them as post-handshake messages right after
+the client's Finished, so after STARTTLS/STLS they reach the client just as it writes
+its first command. A client that reads in one thread and writes in another on the same
+SSL object (imaplib2, hence offlineimap) can then lose that command inside its own
+OpenSSL: SSL_write returns success and nothing reaches the socket, so both sides wait
+(issue #3; seen with ss: the client's kernel had sent everything up to its Finished).
+Going by OpenSSL 3.0's code, the reader's SSL_read runs the handshake state machine for
+the ticket, which pushes a buffering BIO onto the connection; the writer's record lands
+in it, and it is freed when the ticket is done. Without tickets the server sends nothing
+after the handshake until the client speaks (tests/hardening/test_starttls_flight.py).
+
+The cost is TLS 1.3 resumption, which saved little: measured on the 2 vCPU test VM, a
+full handshake without tickets takes the server about 155 us of CPU, a resumed one that
+issues new tickets about the same, a full one with tickets about 190 us. TLS 1.2
+resumption, whose ticket is part of the handshake, is unchanged. After STARTTLS the
+server acknowledges the client's Finished at once instead (streams.ack_now): the
+tickets used to carry that ACK.
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     ctx.set_ciphers(CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    ctx.num_tickets = 0  # see the module docstring
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
 

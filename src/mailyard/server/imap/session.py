@@ -39,7 +39,7 @@ from mailyard.server.context import ServerContext
 from mailyard.server.imap import recent
 from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
 from mailyard.server.imap.view import MailboxView
-from mailyard.server.streams import discard_buffered, pause_reading
+from mailyard.server.streams import upgrade_to_tls
 from mailyard.storage.changes import RESYNC
 from mailyard.storage.interface import (
     AlreadyExists,
@@ -208,6 +208,14 @@ class Session:
             if not data:
                 return
         self.writer.write(data)
+
+    def take_output(self) -> bytes:
+        """Remove and return what send() collected (before COMPRESS only: uncompressed)."""
+        assert self.deflate is None
+        data = b"".join(self.out)
+        self.out.clear()
+        self.out_size = 0
+        return data
 
     def _sync_flush(self) -> None:
         """Push out what is collected and what the compressor holds (RFC 4978 §4:
@@ -594,21 +602,17 @@ async def cmd_starttls(s: Session, cmd: c.StartTLS) -> Reply | None:
         return bad("TLS is already active")
     if s.ctx.tls is None:
         return no("TLS is not available")
-    # Stop reading *before* the tagged OK: the client's ClientHello may follow the OK
-    # at once, and StreamWriter.start_tls awaits drain() before it takes over the
-    # socket; a ClientHello read into the StreamReader meanwhile would be lost and
-    # both sides would wait for each other (seen under load with offlineimap).
-    # loop.start_tls resumes reading once the TLS protocol is in place. Whatever
-    # the client pipelined in plaintext before our OK is dropped (CVE-2011-0411
-    # class, RFC 9051 §6.2.1).
-    pause_reading(s.writer)
+    # upgrade_to_tls stops reading *before* the tagged OK goes out: the client's
+    # ClientHello may follow the OK at once, and StreamWriter.start_tls awaits drain()
+    # before it takes over the socket; a ClientHello read into the StreamReader
+    # meanwhile would be lost and both sides would wait for each other. Whatever the
+    # client pipelined in plaintext before our OK is dropped (CVE-2011-0411 class,
+    # RFC 9051 §6.2.1): here from the parser, there from the StreamReader. Nothing is
+    # dropped after the handshake: the client's first command may follow it at once.
     s.send(r.tagged(cmd.tag, "OK", "Begin TLS negotiation now"))
     s.parser.take_buffered()
-    discard_buffered(s.reader)
-    s._sync_flush()
-    # Nothing is dropped after the handshake: what the reader holds then came through TLS
-    # (a client may send its first command right behind the handshake).
-    await s.writer.start_tls(s.ctx.tls, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+    await upgrade_to_tls(s.reader, s.writer, s.ctx.tls, s.take_output(),
+                         handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
     s.tls = True
     return None
 
