@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from mailyard.server.delivery import searchable
+from mailyard.message.text import index_text
 from mailyard.storage.models import DeliveryTarget, SearchableText
 from mailyard.storage.sqlite import SQLiteStore, textindex
 
@@ -14,7 +14,26 @@ MSG = (b"From: a@example.com\r\nSubject: Quarterly figures %d\r\n\r\n"
        b"The pelican count rose again, note %d.\r\n")
 
 
-async def _deliver(s: SQLiteStore, acc: int, i: int, text: object = searchable) -> None:
+async def _reopen(tmp_path: Path) -> tuple[SQLiteStore, int]:
+    """The store of a finished setup, open again, and the INBOX id of its one account."""
+    s = SQLiteStore(tmp_path)
+    await s.open()
+    acc = await s.get_account("a@example.com")
+    assert acc is not None
+    inbox = await s.get_mailbox(acc.id, "INBOX")
+    assert inbox is not None
+    return s, inbox.id
+
+
+def _count(tmp_path: Path, sql: str) -> int:
+    db = sqlite3.connect(tmp_path / textindex.INDEX_NAME)
+    try:
+        return int(db.execute(sql).fetchone()[0])
+    finally:
+        db.close()
+
+
+async def _deliver(s: SQLiteStore, acc: int, i: int, text: object = index_text) -> None:
     ref = await s.blobs.put(MSG % (i, i))
     await s.deliver(ref, [DeliveryTarget(acc)], text=text)  # type: ignore[arg-type]
 
@@ -66,24 +85,15 @@ def test_lost_index_is_rebuilt_at_open(tmp_path: Path) -> None:
     db.close()
 
     async def check() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.get_account("a@example.com")
-        assert acc is not None
-        inbox = await s.get_mailbox(acc.id, "INBOX")
-        assert inbox is not None
-        assert await s.search_text(inbox.id, "pelican") == {1, 2, 3, 4, 5}
-        assert await s.unindexed_uids(inbox.id) == set()
+        s, inbox = await _reopen(tmp_path)
+        assert await s.search_text(inbox, "pelican") == {1, 2, 3, 4, 5}
+        assert await s.unindexed_uids(inbox) == set()
         await s.close()
 
     asyncio.run(check())
-    db = sqlite3.connect(tmp_path / textindex.INDEX_NAME)
-    try:
-        assert db.execute("SELECT count(*) FROM indexed WHERE id = 999").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM msg_text WHERE rowid = 999").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM indexed WHERE blob_id = 'stale'").fetchone() == (0,)
-    finally:
-        db.close()
+    assert _count(tmp_path, "SELECT count(*) FROM indexed WHERE id = 999") == 0
+    assert _count(tmp_path, "SELECT count(*) FROM msg_text WHERE rowid = 999") == 0
+    assert _count(tmp_path, "SELECT count(*) FROM indexed WHERE blob_id = 'stale'") == 0
 
 
 def test_removed_messages_leave_the_index(tmp_path: Path) -> None:
@@ -103,12 +113,8 @@ def test_removed_messages_leave_the_index(tmp_path: Path) -> None:
         await s.close()
 
     asyncio.run(main())
-    db = sqlite3.connect(tmp_path / textindex.INDEX_NAME)
-    try:
-        assert db.execute("SELECT count(*) FROM indexed").fetchone() == (1,)
-        assert db.execute("SELECT count(*) FROM msg_text").fetchone() == (1,)
-    finally:
-        db.close()
+    assert _count(tmp_path, "SELECT count(*) FROM indexed") == 1
+    assert _count(tmp_path, "SELECT count(*) FROM msg_text") == 1
 
 
 def test_old_database_index_is_moved(tmp_path: Path) -> None:
@@ -133,14 +139,9 @@ def test_old_database_index_is_moved(tmp_path: Path) -> None:
     db.close()
 
     async def check() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.get_account("a@example.com")
-        assert acc is not None
-        inbox = await s.get_mailbox(acc.id, "INBOX")
-        assert inbox is not None
+        s, inbox = await _reopen(tmp_path)
         # Moved, not rebuilt: a rebuild from the message would not say "only in old".
-        assert await s.search_text(inbox.id, "only in old") == {1}
+        assert await s.search_text(inbox, "only in old") == {1}
         await s.close()
 
     asyncio.run(check())

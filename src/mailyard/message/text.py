@@ -85,6 +85,15 @@ def searchable_text(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS
     return st.headers, st.body
 
 
+def index_text(content: bytes) -> SearchableText | None:
+    """What the full-text index stores for a message (see :func:`searchable_fields`);
+    None for one that cannot be parsed, which is stored all the same, just not indexed."""
+    try:
+        return searchable_fields(content)
+    except Exception:
+        return None
+
+
 def searchable_fields(msg: bytes | Part, *, max_chars: int = MAX_TEXT_CHARS
                       ) -> SearchableText:
     """What the full-text index is fed at delivery (storage.models.SearchableText):

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailyard.message.text import index_text
 from mailyard.policy.addresses import AddressError, split_address
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
@@ -22,7 +23,6 @@ from mailyard.storage.models import (
     DeliveryTarget,
     QueueEntry,
     QueueRecipient,
-    SearchableText,
     TextSource,
 )
 
@@ -75,16 +75,6 @@ def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
 
 def _return_path(sender: str) -> bytes:
     return f"Return-Path: <{sender}>\r\n".encode()
-
-
-def searchable(content: bytes) -> SearchableText | None:
-    from mailyard.message.text import searchable_text
-
-    try:
-        headers, body = searchable_text(content)
-    except Exception:  # an unparsable message is stored all the same, just not indexed
-        return None
-    return SearchableText(headers=headers, body=body)
 
 
 async def _store_blob(ctx: ServerContext, spool: Spool, prefix: bytes) -> BlobRef:
@@ -274,7 +264,7 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         text: TextSource = None
         if account_ids and spool.size <= MAX_INDEX_SIZE:
             # Extracted from the stored message by the store's indexer, after the commit.
-            text = searchable
+            text = index_text
         queue_blob = None
         if sub.remote_rcpts:
             # The queued copy carries no Return-Path (RFC 5321 §4.4: added at final delivery).

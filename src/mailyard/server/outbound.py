@@ -6,10 +6,10 @@ other delivery); for remote senders the runner queues them with the null sender.
 
 from __future__ import annotations
 
+from mailyard.message.text import index_text
 from mailyard.policy.recipients import Verdict
 from mailyard.queue.runner import QueueRunner
 from mailyard.server.context import ServerContext
-from mailyard.server.delivery import searchable
 from mailyard.storage.models import DeliveryTarget
 
 
@@ -21,7 +21,7 @@ async def start_queue_runner(ctx: ServerContext) -> QueueRunner:
         content = b"Return-Path: <>\r\n" + dsn
         blob = await ctx.store.blobs.put(content)
         await ctx.store.deliver(blob, [DeliveryTarget(account_id=i) for i in res.account_ids],
-                                internaldate=ctx.clock(), text=searchable)
+                                internaldate=ctx.clock(), text=index_text)
         return True
 
     return QueueRunner(ctx.store, ctx.resolver, ctx.config, clock=ctx.clock,

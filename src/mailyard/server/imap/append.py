@@ -20,23 +20,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailyard.message.text import searchable_text
+from mailyard.message.text import index_text
 from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap.sequence import from_numbers
 from mailyard.server.imap.reply import Reply, bad, no, ok
 from mailyard.storage.interface import QuotaExceeded
-from mailyard.storage.models import BlobRef, SearchableText, TextSource
+from mailyard.storage.models import BlobRef, TextSource
 
 if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
 
 INDEX_LIMIT = 8 * 1024 * 1024
-
-
-def _text(content: bytes) -> SearchableText:
-    headers, body = searchable_text(content)
-    return SearchableText(headers=headers, body=body)
 
 
 async def _over_quota(s: Session, size: int) -> bool:
@@ -84,7 +79,7 @@ async def append(s: Session, first: c.AppendMessage) -> Reply:
                 spool.abort()  # pragma: no cover - the parser ends literals itself
                 return bad("unexpected data in APPEND")
             # The store's indexer extracts the text from the stored message later.
-            text = _text if spool.size <= INDEX_LIMIT else None
+            text = index_text if spool.size <= INDEX_LIMIT else None
             blob = await store.blobs.commit(spool)
         except BaseException:
             spool.abort()

@@ -124,13 +124,9 @@ Derive = Callable[[bytes], SearchableText | None]
 
 
 def _default_derive(content: bytes) -> SearchableText | None:
-    from mailyard.message.text import searchable_text  # the store does not parse mail itself
+    from mailyard.message.text import index_text  # the store does not parse mail itself
 
-    try:
-        headers, body = searchable_text(content)
-    except Exception:  # an unparsable message is stored all the same, just not indexed
-        return None
-    return SearchableText(headers=headers, body=body)
+    return index_text(content)
 
 
 class TextIndex:
