@@ -14,15 +14,21 @@ maildrop lock, reading message blobs, the TLS handshake, timeouts.
 * Unique ids are ``"{uidvalidity}.{uid}"``: UIDs are never reused and
   uidvalidity never changes while the mailbox exists, so the id is stable across
   sessions and restarts (RFC 1939 §7 UIDL).
-* RETR/TOP stream the blob in chunks with ``drain()`` after each, so a large
-  message never sits in memory. RETR marks the message ``\\Seen`` (as Dovecot
-  does), TOP does not.
+* RETR/TOP of a message up to :data:`WHOLE_READ_MAX` octets (nearly all mail)
+  read it in one piece and answer in one write: "+OK", the stuffed body and the
+  final dot. Larger ones stream the blob in chunks of that size with ``drain()``
+  after each, so a large message never sits in memory. RETR marks the message
+  ``\\Seen`` (as Dovecot does), TOP does not.
 * QUIT in TRANSACTION sets ``\\Deleted`` on the marked messages and expunges
   exactly those UIDs (RFC 1939 §6). A dropped connection or a timeout removes
   nothing. The lock is always released.
 * Timeouts: ``limits.preauth_timeout`` while waiting for a command before
   login, 10 minutes after (RFC 1939 §3: the autologout timer "MUST be of at
-  least 10 minutes duration").
+  least 10 minutes duration"). Waiting for a command is timed by one watchdog
+  timer per session that is re-armed only when it fires (:meth:`_Session.read`),
+  not by an ``asyncio.timeout`` per read: a client fetching a maildrop sends a
+  command every few tens of microseconds, and arming and cancelling a timer
+  for each cost more than the rest of a small RETR's Python work.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ def _below_high_water(transport: asyncio.BaseTransport) -> bool:
 
 
 SEEN_BATCH = 256  # RETRs per batched \\Seen write
+# RETR/TOP of a message up to this size: one read, one write (larger ones stream in
+# chunks of this size). The memory a session holds is the same either way.
+WHOLE_READ_MAX = 65536
 
 __all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
 
@@ -124,6 +133,14 @@ class _Session:
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
         self.errors = 0
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
+        # The inactivity watchdog (see read()).
+        self.loop = asyncio.get_running_loop()
+        self.task: asyncio.Task[None] | None = None
+        self.reading = False
+        self.read_deadline = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.watchdog_at = 0.0
+        self.idle_fired = False
 
     # -- I/O helpers ---------------------------------------------------------------------
     @property
@@ -134,34 +151,72 @@ class _Session:
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
-            if self.writer.is_closing():
-                raise _Closed
-            if not self.in_body:
-                self.errors += data.count(b"\r\n-ERR") + data.startswith(b"-ERR")
-            if self.errors >= MAX_ERRORS:
-                # Pipelined junk was answered in one go by the core: send no more than
-                # MAX_ERRORS replies in all, then the last word.
-                lines = data.split(b"\r\n")
-                over = self.errors - MAX_ERRORS
-                while over > 0 and lines:
-                    if lines.pop().startswith(b"-ERR"):
-                        over -= 1
-                data = b"".join(ln + b"\r\n" for ln in lines if ln)
-                self.writer.write(data + b"-ERR Too many errors, closing\r\n")
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await self.writer.drain()
-                raise _Closed
-            self.writer.write(data)
+        if not data:
+            # Nothing written since the last flush, which left the transport below its
+            # high-water mark (or drained it): no backpressure to apply.
+            return
+        if self.writer.is_closing():
+            raise _Closed
+        if not self.in_body:
+            self.errors += data.count(b"\r\n-ERR") + data.startswith(b"-ERR")
+        if self.errors >= MAX_ERRORS:
+            # Pipelined junk was answered in one go by the core: send no more than
+            # MAX_ERRORS replies in all, then the last word.
+            lines = data.split(b"\r\n")
+            over = self.errors - MAX_ERRORS
+            while over > 0 and lines:
+                if lines.pop().startswith(b"-ERR"):
+                    over -= 1
+            data = b"".join(ln + b"\r\n" for ln in lines if ln)
+            self.writer.write(data + b"-ERR Too many errors, closing\r\n")
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.writer.drain()
+            raise _Closed
+        self.writer.write(data)
         if _below_high_water(self.writer.transport):
             return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
 
     async def read(self) -> bytes:
-        async with asyncio.timeout(self.timeout):
+        """The next octets from the peer; TimeoutError after ``timeout`` s of silence.
+
+        The watchdog is armed when a read starts and none is pending; when it fires
+        during a read that began less than ``timeout`` ago it re-arms itself for that
+        read's deadline. So a busy session arms about one timer per ``timeout``.
+        The cancellation is told apart from any other the way ``asyncio.timeout``
+        does it (``Task.uncancel``).
+        """
+        deadline = self.loop.time() + self.timeout
+        self.read_deadline = deadline
+        if self.watchdog is None or deadline < self.watchdog_at:
+            self._arm(deadline)
+        self.reading = True
+        try:
             return await self.reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if self.idle_fired and self.task is not None and self.task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self.reading = False
+
+    def _arm(self, when: float) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.watchdog_at = when
+        self.watchdog = self.loop.call_at(when, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self.watchdog = None
+        if not self.reading or self.task is None or self.idle_fired:
+            return  # the next read() arms it again
+        if self.loop.time() < self.read_deadline:
+            self._arm(self.read_deadline)
+            return
+        self.idle_fired = True
+        self.task.cancel()
 
     def try_send(self, data: bytes) -> None:
         if self.in_body or self.writer.is_closing():
@@ -171,6 +226,7 @@ class _Session:
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
+        self.task = asyncio.current_task()
         self.conn.greet(f"{self.ctx.hostname} mailyard POP3 ready")
         while True:
             event = self.conn.next_event()
@@ -225,33 +281,20 @@ class _Session:
 
     async def send_message(self, event: Retr | Top) -> None:
         ref = self.messages[event.msg - 1]
-        chunks: AsyncIterator[bytes] = aiter(self.ctx.store.blobs.stream(ref.blob_id))
-        # Open the blob before "+OK": a missing blob is still a clean -ERR.
-        try:
-            first: bytes | None = await anext(chunks)
-        except StopAsyncIteration:
-            first = None
-        except Exception:
-            self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
-            self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
-            return
-        self.conn.ok_multiline(f"{ref.size} octets")
-        self.in_body = True
-        if first is not None:
-            # A message that fits one chunk goes out with "+OK" and the final dot in one
-            # write; larger ones are flushed chunk by chunk (backpressure via drain).
-            self.conn.send_body(first)
-            sent = len(first)
-            while not self.conn.body_done and sent < ref.size:
-                await self.flush()
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                self.conn.send_body(chunk)
-                sent += len(chunk)
-        with contextlib.suppress(Exception):
-            await chunks.aclose()  # type: ignore[attr-defined]
+        if ref.size <= WHOLE_READ_MAX:
+            # Read before "+OK": a missing blob is still a clean -ERR.
+            try:
+                data = await self.ctx.store.blobs.read(ref.blob_id)
+            except Exception:
+                self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
+                self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
+                return
+            self.conn.ok_multiline(f"{ref.size} octets")
+            self.in_body = True
+            self.conn.send_body(data)
+        else:
+            if not await self.stream_message(ref):
+                return
         self.conn.end_body()
         await self.flush()
         self.in_body = False
@@ -261,6 +304,39 @@ class _Session:
             self.seen_pending.append(ref.uid)
             if len(self.seen_pending) >= SEEN_BATCH:
                 await self.flush_seen()
+
+    async def stream_message(self, ref: MessageRef) -> bool:
+        """Answer "+OK" and send a large message chunk by chunk; False after -ERR."""
+        chunks: AsyncIterator[bytes] = aiter(
+            self.ctx.store.blobs.stream(ref.blob_id, chunk=WHOLE_READ_MAX))
+        # Open the blob before "+OK": a missing blob is still a clean -ERR.
+        try:
+            first: bytes | None = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except Exception:
+            self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
+            self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
+            return False
+        self.conn.ok_multiline(f"{ref.size} octets")
+        self.in_body = True
+        try:
+            if first is not None:
+                # Flushed chunk by chunk (backpressure via drain).
+                self.conn.send_body(first)
+                sent = len(first)
+                while not self.conn.body_done and sent < ref.size:
+                    await self.flush()
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    self.conn.send_body(chunk)
+                    sent += len(chunk)
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        return True
 
     async def flush_seen(self) -> None:
         uids, self.seen_pending = self.seen_pending, []
@@ -309,6 +385,9 @@ class _Session:
                 self.ctx.log.exception("pop3: cannot release the maildrop lock")
 
     async def cleanup(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         try:
             await self.release()
         finally:
