@@ -564,6 +564,9 @@ def test_missing_blob_gives_sys_temp_and_session_continues(tmp_path: Path) -> No
                 async def read(self, blob_id: str, *args: Any) -> bytes:
                     raise OSError("disk on fire")
 
+                def reader(self, blob_ids: Any) -> Any:
+                    return self
+
                 async def stream(self, blob_id: str, **kw: Any) -> AsyncIterator[bytes]:
                     raise OSError("disk on fire")
                     yield b""  # pragma: no cover

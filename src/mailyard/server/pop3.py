@@ -54,6 +54,7 @@ from mailyard.protocol.pop3 import (
 )
 from mailyard.server.context import ServerContext
 from mailyard.server.streams import upgrade_to_tls
+from mailyard.storage.interface import BlobSetReader
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
 
@@ -130,6 +131,7 @@ class _Session:
         self.locked = False
         self.inbox: Mailbox | None = None
         self.messages: list[MessageRef] = []
+        self.bodies: BlobSetReader | None = None  # reads the maildrop's blobs (set at login)
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
         self.errors = 0
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
@@ -274,6 +276,7 @@ class _Session:
             return
         self.inbox = inbox
         self.messages = messages
+        self.bodies = self.ctx.store.blobs.reader([m.blob_id for m in messages])
         uidvalidity = inbox.uidvalidity if inbox else 0
         self.conn.login_ok([(m.size, f"{uidvalidity}.{m.uid}") for m in messages])
         log.info("pop3: %s logged in from %s, %d messages", account.address, self.remote_ip,
@@ -281,10 +284,10 @@ class _Session:
 
     async def send_message(self, event: Retr | Top) -> None:
         ref = self.messages[event.msg - 1]
-        if ref.size <= WHOLE_READ_MAX:
+        if ref.size <= WHOLE_READ_MAX and self.bodies is not None:
             # Read before "+OK": a missing blob is still a clean -ERR.
             try:
-                data = await self.ctx.store.blobs.read(ref.blob_id)
+                data = await self.bodies.read(ref.blob_id)
             except Exception:
                 self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
                 self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
