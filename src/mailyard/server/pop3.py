@@ -15,8 +15,10 @@ maildrop lock, reading message blobs, the TLS handshake, timeouts.
   uidvalidity never changes while the mailbox exists, so the id is stable across
   sessions and restarts (RFC 1939 §7 UIDL).
 * RETR/TOP of a message up to :data:`WHOLE_READ_MAX` octets (nearly all mail)
-  read it in one piece and answer in one write: "+OK", the stuffed body and the
-  final dot. Larger ones stream the blob in chunks of that size with ``drain()``
+  read it in one piece through ``BlobStore.reader`` (made at login for the
+  maildrop: the segment store then locates blobs in batches, not with one
+  SQLite read per RETR) and answer in one write: "+OK", the stuffed body and
+  the final dot. Larger ones stream the blob in chunks of that size with ``drain()``
   after each, so a large message never sits in memory. RETR marks the message
   ``\\Seen`` (as Dovecot does), TOP does not.
 * QUIT in TRANSACTION sets ``\\Deleted`` on the marked messages and expunges
