@@ -592,6 +592,86 @@ def test_missing_blob_gives_sys_temp_and_session_continues(tmp_path: Path) -> No
     assert stat.startswith(b"(3,")
 
 
+def test_pipelined_commands_are_answered_in_one_write(tmp_path: Path) -> None:
+    def stuffed(m: bytes) -> bytes:
+        return b"".join(b"." + ln if ln.startswith(b".") else ln
+                        for ln in m.splitlines(keepends=True)) + b".\r\n"
+
+    async def main() -> tuple[bytes, list[int]]:
+        store = await open_store(tmp_path, seed=True)
+        writes: list[int] = []
+        try:
+            ctx = make_ctx(store)
+
+            def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+                real_write = w.write
+
+                def write(data: bytes) -> None:  # type: ignore[override]
+                    writes.append(len(data))
+                    real_write(data)
+
+                w.write = write  # type: ignore[method-assign]
+                return handle_pop3(r, w, ctx, implicit_tls=False)
+
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                await reader.readline()
+                writer.write(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+                await reader.readline()
+                await reader.readline()
+                writes.clear()
+                writer.write(b"RETR 2\r\nRETR 9\r\nSTAT\r\nTOP 3 1\r\nRETR 1\r\n")
+                want = 5
+                out = b""
+                while out.count(b"\r\n.\r\n") < 3 or want:
+                    out += await asyncio.wait_for(reader.read(65536), 10)
+                    want = 0
+                writer.write(b"QUIT\r\n")
+                await reader.read()
+                writer.close()
+            finally:
+                server.close()
+                await server.wait_closed()
+            return out, writes
+        finally:
+            await store.close()
+
+    out, writes = run(main)
+    total = sum(len(m) for m in MESSAGES)
+    assert out == (b"+OK " + str(len(M2)).encode() + b" octets\r\n" + stuffed(M2)
+                   + b"-ERR No such message\r\n"
+                   + f"+OK 3 {total}\r\n".encode()
+                   + b"+OK " + str(len(M3)).encode() + b" octets\r\n"
+                   + stuffed(M3.split(b"\r\n\r\n")[0] + b"\r\n\r\nl1\r\n")
+                   + b"+OK " + str(len(M1)).encode() + b" octets\r\n" + stuffed(M1))
+    assert writes[0] == len(out)  # all five answers in one write (then QUIT's)
+
+
+def test_pipelined_junk_gets_ten_errors_then_the_connection_closes(tmp_path: Path) -> None:
+    async def main() -> bytes:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            async with pop3_server(make_ctx(store)) as port:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                await reader.readline()
+                writer.write(f"USER {USER}\r\nPASS {PASSWORD}\r\nRETR 1\r\n".encode()
+                             + b"GET / HTTP/1.1\r\n" * 50 + b"DELE 1\r\nQUIT\r\n")
+                out = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+                writer.close()
+                return out
+        finally:
+            await store.close()
+
+    out = run(main)
+    lines = out.split(b"\r\n")
+    assert lines[0].startswith(b"+OK") and lines[1].startswith(b"+OK")
+    assert out.count(b"-ERR Unknown command\r\n") == 10
+    assert out.endswith(b"-ERR Unknown command\r\n-ERR Too many errors, closing\r\n")
+    assert M1 in out
+
+
 def test_unreadable_large_message_gives_sys_temp(tmp_path: Path) -> None:
     # Past WHOLE_READ_MAX a message is streamed: a failure to open it is a clean -ERR too.
     big = b"Subject: big\r\n\r\n" + b"y" * 998 + b"\r\n" + b"z" * (WHOLE_READ_MAX + 10) + b"\r\n"

@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator
 
 from mailyard.protocol.pop3 import (
     FLUSH,
+    FLUSH_AT,
     NEED_DATA,
     PAUSED,
     AuthCredentials,
@@ -128,6 +129,7 @@ class _Session:
             tls_active=implicit_tls,
             tls_available=ctx.tls is not None and not implicit_tls,
             allow_plaintext_auth=ctx.allow_plaintext_auth(self.remote_ip),
+            max_errors=MAX_ERRORS,
         )
         self.account: Account | None = None
         self.locked = False
@@ -135,7 +137,6 @@ class _Session:
         self.messages: list[MessageRef] = []
         self.bodies: BlobSetReader | None = None  # reads the maildrop's blobs (set at login)
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
-        self.errors = 0
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
         # The inactivity watchdog (see read()).
         self.loop = asyncio.get_running_loop()
@@ -160,22 +161,6 @@ class _Session:
             # high-water mark (or drained it): no backpressure to apply.
             return
         if self.writer.is_closing():
-            raise _Closed
-        if not self.in_body:
-            self.errors += data.count(b"\r\n-ERR") + data.startswith(b"-ERR")
-        if self.errors >= MAX_ERRORS:
-            # Pipelined junk was answered in one go by the core: send no more than
-            # MAX_ERRORS replies in all, then the last word.
-            lines = data.split(b"\r\n")
-            over = self.errors - MAX_ERRORS
-            while over > 0 and lines:
-                if lines.pop().startswith(b"-ERR"):
-                    over -= 1
-            data = b"".join(ln + b"\r\n" for ln in lines if ln)
-            self.writer.write(data + b"-ERR Too many errors, closing\r\n")
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await self.writer.drain()
             raise _Closed
         self.writer.write(data)
         if _below_high_water(self.writer.transport):
@@ -223,10 +208,11 @@ class _Session:
         self.task.cancel()
 
     def try_send(self, data: bytes) -> None:
+        """A last word before closing; after the replies the core still holds."""
         if self.in_body or self.writer.is_closing():
             return
         with contextlib.suppress(Exception):
-            self.writer.write(data)
+            self.writer.write(self.conn.data_to_send() + data)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -234,7 +220,9 @@ class _Session:
         self.conn.greet(f"{self.ctx.hostname} mailyard POP3 ready")
         while True:
             event = self.conn.next_event()
-            await self.flush()
+            if not isinstance(event, Retr | Top):
+                # RETR/TOP answers go out with (or after) the message.
+                await self.flush()
             if event is NEED_DATA:
                 self.conn.receive_data(await self.read())
             elif event is FLUSH:
@@ -297,17 +285,24 @@ class _Session:
             self.conn.ok_multiline(f"{ref.size} octets")
             self.in_body = True
             self.conn.send_body(data)
+            self.conn.end_body()
+            self.in_body = False
+            # Pipelined commands (RFC 2449 §6.6) are answered together, in one write
+            # per FLUSH_AT octets; the replies the core answers itself join them.
+            if not (self.conn.input_pending and self.conn.output_size < FLUSH_AT):
+                await self.flush()
         else:
             if not await self.stream_message(ref):
                 return
-        self.conn.end_body()
-        await self.flush()
-        self.in_body = False
+            self.conn.end_body()
+            await self.flush()
+            self.in_body = False
         if isinstance(event, Retr) and "\\Seen" not in ref.flags:
             # \Seen is batched: one store write per SEEN_BATCH RETRs and one at the end,
             # not a durable commit per message (a lost \Seen after a crash is harmless).
             self.seen_pending.append(ref.uid)
             if len(self.seen_pending) >= SEEN_BATCH:
+                await self.flush()  # answers held back for pipelining do not wait for it
                 await self.flush_seen()
 
     async def stream_message(self, ref: MessageRef) -> bool:

@@ -94,13 +94,19 @@ def _clean(text: str) -> str:
 
 class POP3Connection:
     def __init__(self, *, tls_active: bool = False, tls_available: bool = False,
-                 allow_plaintext_auth: bool = False, implementation: str = "mailyard") -> None:
+                 allow_plaintext_auth: bool = False, implementation: str = "mailyard",
+                 max_errors: int | None = None) -> None:
+        """``max_errors``: after that many -ERR replies the core answers
+        "-ERR Too many errors, closing" and closes (a peer that is not speaking POP3
+        gets a few error lines, not one per line it sends; None: no limit)."""
         self._state = State.AUTHORIZATION
         self._tls_active = tls_active
         self._tls_available = tls_available
         self._allow_plaintext = allow_plaintext_auth
         self._implementation = _clean(implementation)
         self._utf8 = False
+        self._max_errors = max_errors
+        self._errors = 0  # -ERR replies sent
 
         self._inbuf = bytearray()
         self._discarding = False  # dropping the rest of an over-long line
@@ -151,6 +157,16 @@ class POP3Connection:
         return frozenset(self._deleted)
 
     @property
+    def input_pending(self) -> bool:
+        """A complete line waits in the input buffer (the peer pipelined commands)."""
+        return b"\n" in self._inbuf
+
+    @property
+    def output_size(self) -> int:
+        """Octets waiting for :meth:`data_to_send`."""
+        return self._out_len
+
+    @property
     def body_done(self) -> bool:
         """TOP: every wanted line was sent, the caller may stop reading the message."""
         return self._limiter is not None and self._limiter.done
@@ -188,6 +204,11 @@ class POP3Connection:
                 self._pump()
             if self._out_len >= FLUSH_AT:
                 return FLUSH
+            if self._max_errors is not None and self._errors >= self._max_errors:
+                self._emit(b"-ERR Too many errors, closing\r\n")
+                self._state = next_state(self._state, Trigger.TOO_MANY_ERRORS)
+                self._inbuf.clear()
+                return ConnectionClosed()
             line = self._next_line()
             if line is None:
                 if self._eof:
@@ -249,6 +270,7 @@ class POP3Connection:
         if code is not None and code not in RESP_CODES:
             raise LocalProtocolError(f"unknown response code {code!r}")
         prefix = f"[{code}] " if code else ""
+        self._errors += 1
         self._emit(f"-ERR {prefix}{_clean(text)}\r\n".encode())
 
     def _multiline(self, first: str, lines: Iterator[str] | Sequence[str]) -> None:
