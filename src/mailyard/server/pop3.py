@@ -21,6 +21,11 @@ maildrop lock, reading message blobs, the TLS handshake, timeouts.
   the final dot. Larger ones stream the blob in chunks of that size with ``drain()``
   after each, so a large message never sits in memory. RETR marks the message
   ``\\Seen`` (as Dovecot does), TOP does not.
+* Pipelined commands (RFC 2449 §6.6 PIPELINING) are answered together: while
+  another complete command waits in the input, a RETR/TOP answer stays in the
+  core's output and goes out with the following ones, one write per
+  ``FLUSH_AT`` octets. The core counts -ERR replies itself and closes after
+  :data:`MAX_ERRORS` of them.
 * QUIT in TRANSACTION sets ``\\Deleted`` on the marked messages and expunges
   exactly those UIDs (RFC 1939 §6). A dropped connection or a timeout removes
   nothing. The lock is always released.
