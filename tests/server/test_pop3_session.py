@@ -19,9 +19,10 @@ from mailyard.config import AuthConfig, Config, LimitsConfig
 from mailyard.policy.auth import Authenticator, hash_password
 from mailyard.policy.recipients import RecipientResolver
 from mailyard.server.context import ServerContext
-from mailyard.server.pop3 import WHOLE_READ_MAX, handle_pop3
+from mailyard.server.pop3 import SEEN_BATCH, WHOLE_READ_MAX, handle_pop3
 from mailyard.server.tls import make_certificate, server_context
 from mailyard.storage.interface import Store
+from mailyard.storage.models import MessageRef
 from mailyard.storage.sqlite.store import SQLiteStore
 from mailyard.testing.dns import FakeResolver
 
@@ -670,6 +671,36 @@ def test_pipelined_junk_gets_ten_errors_then_the_connection_closes(tmp_path: Pat
     assert out.count(b"-ERR Unknown command\r\n") == 10
     assert out.endswith(b"-ERR Unknown command\r\n-ERR Too many errors, closing\r\n")
     assert M1 in out
+
+
+def test_seen_is_stored_for_every_message_of_a_long_session(tmp_path: Path) -> None:
+    # More RETRs than one \\Seen batch: the background writes all land by QUIT.
+    count = SEEN_BATCH * 2 + 7
+
+    async def main() -> list[MessageRef]:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            account = await store.get_account(USER)
+            assert account is not None
+            inbox = await store.get_mailbox(account.id, "INBOX")
+            assert inbox is not None
+            for i in range(count - len(MESSAGES)):
+                await store.append(inbox.id, await store.blobs.put(b"Subject: %d\r\n\r\nx\r\n" % i))
+            async with pop3_server(make_ctx(store)) as port:
+                def client() -> None:
+                    c = login(port)
+                    for n in range(1, count + 1):
+                        c.retr(n)
+                    c.quit()
+
+                await asyncio.to_thread(client)
+            return await store.list_messages(inbox.id)
+        finally:
+            await store.close()
+
+    refs = run(main)
+    assert len(refs) == count
+    assert all("\\Seen" in r.flags for r in refs)
 
 
 def test_unreadable_large_message_gives_sys_temp(tmp_path: Path) -> None:

@@ -143,6 +143,7 @@ class _Session:
         self.bodies: BlobSetReader | None = None  # reads the maildrop's blobs (set at login)
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
+        self.seen_write: asyncio.Future[None] | None = None  # the last \Seen write started
         # The inactivity watchdog (see read()).
         self.loop = asyncio.get_running_loop()
         self.task: asyncio.Task[None] | None = None
@@ -307,8 +308,7 @@ class _Session:
             # not a durable commit per message (a lost \Seen after a crash is harmless).
             self.seen_pending.append(ref.uid)
             if len(self.seen_pending) >= SEEN_BATCH:
-                await self.flush()  # answers held back for pipelining do not wait for it
-                await self.flush_seen()
+                self.start_seen_write()
 
     async def stream_message(self, ref: MessageRef) -> bool:
         """Answer "+OK" and send a large message chunk by chunk; False after -ERR."""
@@ -343,14 +343,33 @@ class _Session:
                 await chunks.aclose()  # type: ignore[attr-defined]
         return True
 
-    async def flush_seen(self) -> None:
+    def start_seen_write(self) -> None:
+        """Store \\Seen for the pending UIDs in the background, after the previous write.
+
+        RETRs do not wait for it: a durable commit (an fsync, slow when the disk is
+        busy) every SEEN_BATCH messages stalled the download. ``flush_seen`` (at
+        QUIT and at the end of the session) waits for all of them.
+        """
         uids, self.seen_pending = self.seen_pending, []
         if not uids or self.inbox is None:
             return
+        self.seen_write = asyncio.ensure_future(
+            self._store_seen(self.inbox.id, uids, self.seen_write))
+
+    async def _store_seen(self, mailbox_id: int, uids: list[int],
+                          previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # in order; its failure is logged by itself
         try:
-            await self.ctx.store.store_flags(self.inbox.id, uids, ["\\Seen"], "add")
+            await self.ctx.store.store_flags(mailbox_id, uids, ["\\Seen"], "add")
         except Exception:  # the messages were sent; a flag failure must not end the session
             self.ctx.log.exception("pop3: cannot set \\Seen on %d messages", len(uids))
+
+    async def flush_seen(self) -> None:
+        self.start_seen_write()
+        if self.seen_write is not None:
+            await asyncio.wait([self.seen_write])
+            self.seen_write = None
 
     async def start_tls(self) -> None:
         # The core queued "+OK" and dropped its own buffered input. Write "+OK" and go
