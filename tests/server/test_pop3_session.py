@@ -19,9 +19,10 @@ from mailyard.config import AuthConfig, Config, LimitsConfig
 from mailyard.policy.auth import Authenticator, hash_password
 from mailyard.policy.recipients import RecipientResolver
 from mailyard.server.context import ServerContext
-from mailyard.server.pop3 import handle_pop3
+from mailyard.server.pop3 import SEEN_BATCH, WHOLE_READ_MAX, handle_pop3
 from mailyard.server.tls import make_certificate, server_context
 from mailyard.storage.interface import Store
+from mailyard.storage.models import MessageRef
 from mailyard.storage.sqlite.store import SQLiteStore
 from mailyard.testing.dns import FakeResolver
 
@@ -485,6 +486,48 @@ def test_transaction_timeout_releases_lock_without_deleting(tmp_path: Path) -> N
     assert after == before
 
 
+def test_inactivity_timer_counts_from_the_last_command(tmp_path: Path) -> None:
+    # Commands every 0.1 s keep a session with a 0.5 s (before login) or 0.3 s (after)
+    # timer alive for well past that; silence then ends it. After login the shorter
+    # transaction timer applies at once, not when the pre-login one would have run out.
+    async def session(port: int, *, login_first: bool) -> tuple[list[bytes], bytes, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        replies = [await reader.readline()]
+        if login_first:
+            writer.write(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+            replies += [await reader.readline(), await reader.readline()]
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            writer.write(b"NOOP\r\n")  # -ERR before login: still activity
+            replies.append(await reader.readline())
+        t0 = asyncio.get_running_loop().time()
+        rest = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+        idle = asyncio.get_running_loop().time() - t0
+        writer.close()
+        return replies, rest, idle
+
+    async def main() -> list[tuple[list[bytes], bytes, float]]:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            async with pop3_server(make_ctx(store, preauth_timeout=0.5)) as port:
+                before = await session(port, login_first=False)
+            async with pop3_server(make_ctx(store, preauth_timeout=3.0),
+                                   transaction_timeout=0.3) as port:
+                after = await session(port, login_first=True)
+            return [before, after]
+        finally:
+            await store.close()
+
+    (replies, rest, idle), (replies2, rest2, idle2) = run(main)
+    assert replies[0].startswith(b"+OK") and len(replies) == 9
+    assert all(r.startswith(b"-ERR") for r in replies[1:])
+    assert rest == b"-ERR Disconnected for inactivity\r\n"
+    assert 0.4 <= idle < 2.0
+    assert all(r.startswith(b"+OK") for r in replies2) and len(replies2) == 11
+    assert rest2 == b"-ERR Disconnected for inactivity\r\n"
+    assert 0.2 <= idle2 < 2.0  # the transaction timer, not what was left of the pre-login one
+
+
 def test_garbage_and_overlong_lines_do_not_kill_the_server(tmp_path: Path) -> None:
     async def main() -> list[bytes]:
         store = await open_store(tmp_path, seed=True)
@@ -519,6 +562,12 @@ def test_missing_blob_gives_sys_temp_and_session_continues(tmp_path: Path) -> No
                 def __getattr__(self, name: str) -> Any:
                     return getattr(real, name)
 
+                async def read(self, blob_id: str, *args: Any) -> bytes:
+                    raise OSError("disk on fire")
+
+                def reader(self, blob_ids: Any) -> Any:
+                    return self
+
                 async def stream(self, blob_id: str, **kw: Any) -> AsyncIterator[bytes]:
                     raise OSError("disk on fire")
                     yield b""  # pragma: no cover
@@ -542,6 +591,158 @@ def test_missing_blob_gives_sys_temp_and_session_continues(tmp_path: Path) -> No
     err, stat = run(main)
     assert err.startswith(b"-ERR [SYS/TEMP]")
     assert stat.startswith(b"(3,")
+
+
+def test_pipelined_commands_are_answered_in_one_write(tmp_path: Path) -> None:
+    def stuffed(m: bytes) -> bytes:
+        return b"".join(b"." + ln if ln.startswith(b".") else ln
+                        for ln in m.splitlines(keepends=True)) + b".\r\n"
+
+    async def main() -> tuple[bytes, list[int]]:
+        store = await open_store(tmp_path, seed=True)
+        writes: list[int] = []
+        try:
+            ctx = make_ctx(store)
+
+            def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+                real_write = w.write
+
+                def write(data: bytes) -> None:  # type: ignore[override]
+                    writes.append(len(data))
+                    real_write(data)
+
+                w.write = write  # type: ignore[method-assign]
+                return handle_pop3(r, w, ctx, implicit_tls=False)
+
+            server = await asyncio.start_server(handler, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                await reader.readline()
+                writer.write(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+                await reader.readline()
+                await reader.readline()
+                writes.clear()
+                writer.write(b"RETR 2\r\nRETR 9\r\nSTAT\r\nTOP 3 1\r\nRETR 1\r\n")
+                want = 5
+                out = b""
+                while out.count(b"\r\n.\r\n") < 3 or want:
+                    out += await asyncio.wait_for(reader.read(65536), 10)
+                    want = 0
+                writer.write(b"QUIT\r\n")
+                await reader.read()
+                writer.close()
+            finally:
+                server.close()
+                await server.wait_closed()
+            return out, writes
+        finally:
+            await store.close()
+
+    out, writes = run(main)
+    total = sum(len(m) for m in MESSAGES)
+    assert out == (b"+OK " + str(len(M2)).encode() + b" octets\r\n" + stuffed(M2)
+                   + b"-ERR No such message\r\n"
+                   + f"+OK 3 {total}\r\n".encode()
+                   + b"+OK " + str(len(M3)).encode() + b" octets\r\n"
+                   + stuffed(M3.split(b"\r\n\r\n")[0] + b"\r\n\r\nl1\r\n")
+                   + b"+OK " + str(len(M1)).encode() + b" octets\r\n" + stuffed(M1))
+    assert writes[0] == len(out)  # all five answers in one write (then QUIT's)
+
+
+def test_pipelined_junk_gets_ten_errors_then_the_connection_closes(tmp_path: Path) -> None:
+    async def main() -> bytes:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            async with pop3_server(make_ctx(store)) as port:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                await reader.readline()
+                writer.write(f"USER {USER}\r\nPASS {PASSWORD}\r\nRETR 1\r\n".encode()
+                             + b"GET / HTTP/1.1\r\n" * 50 + b"DELE 1\r\nQUIT\r\n")
+                out = await asyncio.wait_for(reader.read(), 10)  # until the server closes
+                writer.close()
+                return out
+        finally:
+            await store.close()
+
+    out = run(main)
+    lines = out.split(b"\r\n")
+    assert lines[0].startswith(b"+OK") and lines[1].startswith(b"+OK")
+    assert out.count(b"-ERR Unknown command\r\n") == 10
+    assert out.endswith(b"-ERR Unknown command\r\n-ERR Too many errors, closing\r\n")
+    assert M1 in out
+
+
+def test_seen_is_stored_for_every_message_of_a_long_session(tmp_path: Path) -> None:
+    # More RETRs than one \\Seen batch: the background writes all land by QUIT.
+    count = SEEN_BATCH * 2 + 7
+
+    async def main() -> list[MessageRef]:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            account = await store.get_account(USER)
+            assert account is not None
+            inbox = await store.get_mailbox(account.id, "INBOX")
+            assert inbox is not None
+            for i in range(count - len(MESSAGES)):
+                await store.append(inbox.id, await store.blobs.put(b"Subject: %d\r\n\r\nx\r\n" % i))
+            async with pop3_server(make_ctx(store)) as port:
+                def client() -> None:
+                    c = login(port)
+                    for n in range(1, count + 1):
+                        c.retr(n)
+                    c.quit()
+
+                await asyncio.to_thread(client)
+            return await store.list_messages(inbox.id)
+        finally:
+            await store.close()
+
+    refs = run(main)
+    assert len(refs) == count
+    assert all("\\Seen" in r.flags for r in refs)
+
+
+def test_unreadable_large_message_gives_sys_temp(tmp_path: Path) -> None:
+    # Past WHOLE_READ_MAX a message is streamed: a failure to open it is a clean -ERR too.
+    big = b"Subject: big\r\n\r\n" + b"y" * 998 + b"\r\n" + b"z" * (WHOLE_READ_MAX + 10) + b"\r\n"
+
+    async def main() -> tuple[bytes, bytes]:
+        store = await open_store(tmp_path, seed=True)
+        try:
+            account = await store.get_account(USER)
+            assert account is not None
+            inbox = await store.get_mailbox(account.id, "INBOX")
+            assert inbox is not None
+            await store.append(inbox.id, await store.blobs.put(big))
+            real = store.blobs
+
+            class Broken:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+                async def stream(self, blob_id: str, **kw: Any) -> AsyncIterator[bytes]:
+                    raise OSError("disk on fire")
+                    yield b""  # pragma: no cover
+
+            store.blobs = cast(Any, Broken())
+            async with pop3_server(make_ctx(store)) as port:
+                def client() -> tuple[bytes, bytes]:
+                    c = login(port)
+                    with pytest.raises(poplib.error_proto) as info:
+                        c.retr(4)
+                    small = retr_bytes(c, 1)  # read in one piece: unaffected
+                    c.quit()
+                    return info.value.args[0], small
+
+                return await asyncio.to_thread(client)
+        finally:
+            store.blobs = real
+            await store.close()
+
+    err, small = run(main)
+    assert err.startswith(b"-ERR [SYS/TEMP]")
+    assert small == M1
 
 
 def test_sasl_plain_and_login_over_the_wire(tmp_path: Path) -> None:

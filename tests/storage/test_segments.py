@@ -13,7 +13,7 @@ import pytest
 from mailyard.storage.interface import NotFound, StorageError
 from mailyard.storage.models import DeliveryTarget, QueueEntry, QueueRecipient
 from mailyard.storage.sqlite import SQLiteStore
-from mailyard.storage.sqlite.segments import INLINE_READ_MAX, StagedBlob
+from mailyard.storage.sqlite.segments import INLINE_READ_MAX, LOCATE_BATCH, StagedBlob
 
 
 def locs(data_dir: Path) -> dict[str, tuple[int, int, int]]:
@@ -318,6 +318,55 @@ def test_reads_inline_threaded_and_across_a_dropped_segment(tmp_path: Path) -> N
                 await s.blobs.read(bid)
             with pytest.raises(NotFound):
                 [c async for c in s.blobs.stream(bid)]
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+
+
+def test_set_reader_locates_in_batches_and_survives_a_dropped_segment(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path, segment_size=1000)  # one blob per segment
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            ids = [(await staged_deliver(s, acc.id, body(i)))[0] for i in range(LOCATE_BATCH + 5)]
+            big = os.urandom(INLINE_READ_MAX + 10)
+            big_id, _ = await staged_deliver(s, acc.id, big)
+            ids.append(big_id)
+            queries = 0
+            real = s._segs.locate_many
+
+            def counting(blob_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+                nonlocal queries
+                queries += 1
+                return real(blob_ids)
+
+            s._segs.locate_many = counting  # type: ignore[method-assign]
+            reader = s.blobs.reader(ids)
+            for i in range(LOCATE_BATCH + 5):
+                assert await reader.read(ids[i]) == body(i)
+            assert queries == 2  # LOCATE_BATCH at a time
+            assert await reader.read(big_id) == big  # past INLINE_READ_MAX: in a thread
+            assert await reader.read(ids[3]) == body(3) and queries == 2  # kept
+
+            # Message 1 expunged: its blob row goes and its segment is unlinked.
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None
+            await s.store_flags(inbox.id, [2], ["\\Deleted"], "add")
+            seg = locs(tmp_path)[ids[1]][0]
+            await s.expunge(inbox.id)
+            assert ids[1] not in locs(tmp_path) and seg not in segment_sizes(tmp_path)
+            with pytest.raises(NotFound):
+                await reader.read(ids[1])
+            # Stored again (a new delivery of the same content): found where it is now.
+            again, _ = await staged_deliver(s, acc.id, body(1))
+            assert again == ids[1] and locs(tmp_path)[again][0] != seg
+            assert await reader.read(ids[1]) == body(1)
+            # A blob outside the set is read like BlobStore.read.
+            other, _ = await staged_deliver(s, acc.id, body(9999))
+            assert await reader.read(other) == body(9999)
+            with pytest.raises(NotFound):
+                await reader.read("0" * 64)
         finally:
             await s.close()
 

@@ -95,6 +95,24 @@ def test_blob_store_roundtrip(make_store):
     run(make_store, body)
 
 
+def test_blob_set_reader(make_store):
+    async def body(s: Store) -> None:
+        refs = [await blob(s, message(i, size=500 + i)) for i in range(30)]
+        ids = [r.blob_id for r in refs]
+        reader = s.blobs.reader([*ids, ids[0]])  # a maildrop may hold one content twice
+        for i in [*range(29, -1, -1), 0, 5]:
+            assert await reader.read(ids[i]) == message(i, size=500 + i)
+        outside = await blob(s, message(99))
+        assert await reader.read(outside.blob_id) == message(99)
+        assert await s.blobs.reader([]).read(ids[2]) == message(2, size=502)
+        with pytest.raises(NotFound):
+            await reader.read("0" * 64)
+        with pytest.raises(NotFound):
+            await s.blobs.reader(["0" * 64]).read("0" * 64)
+
+    run(make_store, body)
+
+
 def test_refcount_deletes_blob_after_last_reference(make_store):
     async def body(s: Store) -> None:
         a = await account(s)

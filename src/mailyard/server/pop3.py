@@ -14,15 +14,28 @@ maildrop lock, reading message blobs, the TLS handshake, timeouts.
 * Unique ids are ``"{uidvalidity}.{uid}"``: UIDs are never reused and
   uidvalidity never changes while the mailbox exists, so the id is stable across
   sessions and restarts (RFC 1939 §7 UIDL).
-* RETR/TOP stream the blob in chunks with ``drain()`` after each, so a large
-  message never sits in memory. RETR marks the message ``\\Seen`` (as Dovecot
-  does), TOP does not.
+* RETR/TOP of a message up to :data:`WHOLE_READ_MAX` octets (nearly all mail)
+  read it in one piece through ``BlobStore.reader`` (made at login for the
+  maildrop: the segment store then locates blobs in batches, not with one
+  SQLite read per RETR) and answer in one write: "+OK", the stuffed body and
+  the final dot. Larger ones stream the blob in chunks of that size with ``drain()``
+  after each, so a large message never sits in memory. RETR marks the message
+  ``\\Seen`` (as Dovecot does), TOP does not.
+* Pipelined commands (RFC 2449 §6.6 PIPELINING) are answered together: while
+  another complete command waits in the input, a RETR/TOP answer stays in the
+  core's output and goes out with the following ones, one write per
+  ``FLUSH_AT`` octets. The core counts -ERR replies itself and closes after
+  :data:`MAX_ERRORS` of them.
 * QUIT in TRANSACTION sets ``\\Deleted`` on the marked messages and expunges
   exactly those UIDs (RFC 1939 §6). A dropped connection or a timeout removes
   nothing. The lock is always released.
 * Timeouts: ``limits.preauth_timeout`` while waiting for a command before
   login, 10 minutes after (RFC 1939 §3: the autologout timer "MUST be of at
-  least 10 minutes duration").
+  least 10 minutes duration"). Waiting for a command is timed by one watchdog
+  timer per session that is re-armed only when it fires (:meth:`_Session.read`),
+  not by an ``asyncio.timeout`` per read: a client fetching a maildrop sends a
+  command every few tens of microseconds, and arming and cancelling a timer
+  for each cost more than the rest of a small RETR's Python work.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ from collections.abc import AsyncIterator
 
 from mailyard.protocol.pop3 import (
     FLUSH,
+    FLUSH_AT,
     NEED_DATA,
     PAUSED,
     AuthCredentials,
@@ -48,6 +62,7 @@ from mailyard.protocol.pop3 import (
 )
 from mailyard.server.context import ServerContext
 from mailyard.server.streams import upgrade_to_tls
+from mailyard.storage.interface import BlobSetReader
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
 
@@ -60,6 +75,9 @@ def _below_high_water(transport: asyncio.BaseTransport) -> bool:
 
 
 SEEN_BATCH = 256  # RETRs per batched \\Seen write
+# RETR/TOP of a message up to this size: one read, one write (larger ones stream in
+# chunks of this size). The memory a session holds is the same either way.
+WHOLE_READ_MAX = 65536
 
 __all__ = ["TRANSACTION_TIMEOUT", "handle_pop3"]
 
@@ -116,14 +134,24 @@ class _Session:
             tls_active=implicit_tls,
             tls_available=ctx.tls is not None and not implicit_tls,
             allow_plaintext_auth=ctx.allow_plaintext_auth(self.remote_ip),
+            max_errors=MAX_ERRORS,
         )
         self.account: Account | None = None
         self.locked = False
         self.inbox: Mailbox | None = None
         self.messages: list[MessageRef] = []
+        self.bodies: BlobSetReader | None = None  # reads the maildrop's blobs (set at login)
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
-        self.errors = 0
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
+        self.seen_write: asyncio.Future[None] | None = None  # the last \Seen write started
+        # The inactivity watchdog (see read()).
+        self.loop = asyncio.get_running_loop()
+        self.task: asyncio.Task[None] | None = None
+        self.reading = False
+        self.read_deadline = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.watchdog_at = 0.0
+        self.idle_fired = False
 
     # -- I/O helpers ---------------------------------------------------------------------
     @property
@@ -134,47 +162,73 @@ class _Session:
 
     async def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
-            if self.writer.is_closing():
-                raise _Closed
-            if not self.in_body:
-                self.errors += data.count(b"\r\n-ERR") + data.startswith(b"-ERR")
-            if self.errors >= MAX_ERRORS:
-                # Pipelined junk was answered in one go by the core: send no more than
-                # MAX_ERRORS replies in all, then the last word.
-                lines = data.split(b"\r\n")
-                over = self.errors - MAX_ERRORS
-                while over > 0 and lines:
-                    if lines.pop().startswith(b"-ERR"):
-                        over -= 1
-                data = b"".join(ln + b"\r\n" for ln in lines if ln)
-                self.writer.write(data + b"-ERR Too many errors, closing\r\n")
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await self.writer.drain()
-                raise _Closed
-            self.writer.write(data)
+        if not data:
+            # Nothing written since the last flush, which left the transport below its
+            # high-water mark (or drained it): no backpressure to apply.
+            return
+        if self.writer.is_closing():
+            raise _Closed
+        self.writer.write(data)
         if _below_high_water(self.writer.transport):
             return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
 
     async def read(self) -> bytes:
-        async with asyncio.timeout(self.timeout):
+        """The next octets from the peer; TimeoutError after ``timeout`` s of silence.
+
+        The watchdog is armed when a read starts and none is pending; when it fires
+        during a read that began less than ``timeout`` ago it re-arms itself for that
+        read's deadline. So a busy session arms about one timer per ``timeout``.
+        The cancellation is told apart from any other the way ``asyncio.timeout``
+        does it (``Task.uncancel``).
+        """
+        deadline = self.loop.time() + self.timeout
+        self.read_deadline = deadline
+        if self.watchdog is None or deadline < self.watchdog_at:
+            self._arm(deadline)
+        self.reading = True
+        try:
             return await self.reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if self.idle_fired and self.task is not None and self.task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self.reading = False
+
+    def _arm(self, when: float) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.watchdog_at = when
+        self.watchdog = self.loop.call_at(when, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self.watchdog = None
+        if not self.reading or self.task is None or self.idle_fired:
+            return  # the next read() arms it again
+        if self.loop.time() < self.read_deadline:
+            self._arm(self.read_deadline)
+            return
+        self.idle_fired = True
+        self.task.cancel()
 
     def try_send(self, data: bytes) -> None:
+        """A last word before closing; after the replies the core still holds."""
         if self.in_body or self.writer.is_closing():
             return
         with contextlib.suppress(Exception):
-            self.writer.write(data)
+            self.writer.write(self.conn.data_to_send() + data)
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
+        self.task = asyncio.current_task()
         self.conn.greet(f"{self.ctx.hostname} mailyard POP3 ready")
         while True:
             event = self.conn.next_event()
-            await self.flush()
+            if not isinstance(event, Retr | Top):
+                # RETR/TOP answers go out with (or after) the message.
+                await self.flush()
             if event is NEED_DATA:
                 self.conn.receive_data(await self.read())
             elif event is FLUSH:
@@ -218,6 +272,7 @@ class _Session:
             return
         self.inbox = inbox
         self.messages = messages
+        self.bodies = self.ctx.store.blobs.reader([m.blob_id for m in messages])
         uidvalidity = inbox.uidvalidity if inbox else 0
         self.conn.login_ok([(m.size, f"{uidvalidity}.{m.uid}") for m in messages])
         log.info("pop3: %s logged in from %s, %d messages", account.address, self.remote_ip,
@@ -225,7 +280,40 @@ class _Session:
 
     async def send_message(self, event: Retr | Top) -> None:
         ref = self.messages[event.msg - 1]
-        chunks: AsyncIterator[bytes] = aiter(self.ctx.store.blobs.stream(ref.blob_id))
+        if ref.size <= WHOLE_READ_MAX and self.bodies is not None:
+            # Read before "+OK": a missing blob is still a clean -ERR.
+            try:
+                data = await self.bodies.read(ref.blob_id)
+            except Exception:
+                self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
+                self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
+                return
+            self.conn.ok_multiline(f"{ref.size} octets")
+            self.in_body = True
+            self.conn.send_body(data)
+            self.conn.end_body()
+            self.in_body = False
+            # Pipelined commands (RFC 2449 §6.6) are answered together, in one write
+            # per FLUSH_AT octets; the replies the core answers itself join them.
+            if not (self.conn.input_pending and self.conn.output_size < FLUSH_AT):
+                await self.flush()
+        else:
+            if not await self.stream_message(ref):
+                return
+            self.conn.end_body()
+            await self.flush()
+            self.in_body = False
+        if isinstance(event, Retr) and "\\Seen" not in ref.flags:
+            # \Seen is batched: one store write per SEEN_BATCH RETRs and one at the end,
+            # not a durable commit per message (a lost \Seen after a crash is harmless).
+            self.seen_pending.append(ref.uid)
+            if len(self.seen_pending) >= SEEN_BATCH:
+                self.start_seen_write()
+
+    async def stream_message(self, ref: MessageRef) -> bool:
+        """Answer "+OK" and send a large message chunk by chunk; False after -ERR."""
+        chunks: AsyncIterator[bytes] = aiter(
+            self.ctx.store.blobs.stream(ref.blob_id, chunk=WHOLE_READ_MAX))
         # Open the blob before "+OK": a missing blob is still a clean -ERR.
         try:
             first: bytes | None = await anext(chunks)
@@ -234,42 +322,54 @@ class _Session:
         except Exception:
             self.ctx.log.exception("pop3: cannot read blob %s", ref.blob_id)
             self.conn.err("Cannot read the message, try again later", code="SYS/TEMP")
-            return
+            return False
         self.conn.ok_multiline(f"{ref.size} octets")
         self.in_body = True
-        if first is not None:
-            # A message that fits one chunk goes out with "+OK" and the final dot in one
-            # write; larger ones are flushed chunk by chunk (backpressure via drain).
-            self.conn.send_body(first)
-            sent = len(first)
-            while not self.conn.body_done and sent < ref.size:
-                await self.flush()
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                self.conn.send_body(chunk)
-                sent += len(chunk)
-        with contextlib.suppress(Exception):
-            await chunks.aclose()  # type: ignore[attr-defined]
-        self.conn.end_body()
-        await self.flush()
-        self.in_body = False
-        if isinstance(event, Retr) and "\\Seen" not in ref.flags:
-            # \Seen is batched: one store write per SEEN_BATCH RETRs and one at the end,
-            # not a durable commit per message (a lost \Seen after a crash is harmless).
-            self.seen_pending.append(ref.uid)
-            if len(self.seen_pending) >= SEEN_BATCH:
-                await self.flush_seen()
+        try:
+            if first is not None:
+                # Flushed chunk by chunk (backpressure via drain).
+                self.conn.send_body(first)
+                sent = len(first)
+                while not self.conn.body_done and sent < ref.size:
+                    await self.flush()
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    self.conn.send_body(chunk)
+                    sent += len(chunk)
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        return True
 
-    async def flush_seen(self) -> None:
+    def start_seen_write(self) -> None:
+        """Store \\Seen for the pending UIDs in the background, after the previous write.
+
+        RETRs do not wait for it: a durable commit (an fsync, slow when the disk is
+        busy) every SEEN_BATCH messages stalled the download. ``flush_seen`` (at
+        QUIT and at the end of the session) waits for all of them.
+        """
         uids, self.seen_pending = self.seen_pending, []
         if not uids or self.inbox is None:
             return
+        self.seen_write = asyncio.ensure_future(
+            self._store_seen(self.inbox.id, uids, self.seen_write))
+
+    async def _store_seen(self, mailbox_id: int, uids: list[int],
+                          previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # in order; its failure is logged by itself
         try:
-            await self.ctx.store.store_flags(self.inbox.id, uids, ["\\Seen"], "add")
+            await self.ctx.store.store_flags(mailbox_id, uids, ["\\Seen"], "add")
         except Exception:  # the messages were sent; a flag failure must not end the session
             self.ctx.log.exception("pop3: cannot set \\Seen on %d messages", len(uids))
+
+    async def flush_seen(self) -> None:
+        self.start_seen_write()
+        if self.seen_write is not None:
+            await asyncio.wait([self.seen_write])
+            self.seen_write = None
 
     async def start_tls(self) -> None:
         # The core queued "+OK" and dropped its own buffered input. Write "+OK" and go
@@ -309,6 +409,9 @@ class _Session:
                 self.ctx.log.exception("pop3: cannot release the maildrop lock")
 
     async def cleanup(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         try:
             await self.release()
         finally:

@@ -94,6 +94,14 @@ class Spool(Protocol):
         ...
 
 
+class BlobSetReader(Protocol):
+    """Whole-blob reads of a fixed set of blobs (see :meth:`BlobStore.reader`)."""
+
+    async def read(self, blob_id: str) -> bytes:
+        """The whole blob (one outside the set too); NotFound when it is gone."""
+        ...
+
+
 class BlobStore(Protocol):
     def new_spool(self) -> Spool: ...
 
@@ -112,6 +120,16 @@ class BlobStore(Protocol):
 
     def path(self, blob_id: str) -> str | None:
         """A local file path holding exactly the blob, when the backend has one (sendfile)."""
+        ...
+
+    def reader(self, blob_ids: Sequence[str]) -> BlobSetReader:
+        """Reads of these blobs, one after another, cheaper than ``read`` each time.
+
+        For a session that reads many blobs of a list it holds (a POP3 maildrop):
+        the backend may look their locations up in batches and keep them for the
+        reader's life. A blob removed meanwhile may still be read while its bytes
+        exist (the reader sees the set as it was); NotFound once they are gone.
+        """
         ...
 
 

@@ -452,3 +452,47 @@ def test_greeting() -> None:
     conn = POP3Connection()
     conn.greet("mailyard POP3 ready")
     assert conn.data_to_send() == b"+OK mailyard POP3 ready\r\n"
+
+
+def test_max_errors_closes_after_that_many_error_replies() -> None:
+    # Pipelined junk is answered with exactly max_errors -ERR lines, then the last word;
+    # what follows is never read. A DELE in TRANSACTION is not carried out (no UPDATE).
+    conn = POP3Connection(tls_active=True, max_errors=3)
+    drive(conn, [b"USER a@example.org\r\nPASS secret\r\n"])
+    events: list[object] = []
+    out = drive(conn, [b"DELE 1\r\nBOGUS\r\nRETR 99\r\nNOOP\r\nXX\r\nYY\r\nQUIT\r\n"], events)
+    assert out == (b"+OK Message 1 deleted\r\n-ERR Unknown command\r\n-ERR No such message\r\n"
+                   b"+OK\r\n-ERR Unknown command\r\n-ERR Too many errors, closing\r\n")
+    assert events == []
+    assert conn.state is State.CLOSED
+
+
+def test_max_errors_counts_the_applications_refusals() -> None:
+    conn = POP3Connection(tls_active=True, max_errors=2)
+    out = drive(conn, [b"USER a\r\nPASS bad\r\n", b"USER a\r\nPASS bad\r\n", b"USER a\r\n"])
+    assert out.count(b"-ERR [AUTH] Authentication failed\r\n") == 2
+    assert out.endswith(b"-ERR Too many errors, closing\r\n")
+    assert conn.state is State.CLOSED
+
+
+def test_no_error_limit_by_default() -> None:
+    conn = POP3Connection(tls_active=True)
+    out = drive(conn, [b"BOGUS\r\n" * 50])
+    assert out.count(b"-ERR Unknown command\r\n") == 50
+    assert conn.state is State.AUTHORIZATION
+
+
+def test_input_pending_and_output_size() -> None:
+    conn = new_conn("trans")
+    conn.receive_data(b"RETR 1\r\nRETR")
+    assert conn.next_event() == Retr(1)
+    assert not conn.input_pending  # "RETR" alone is not a line yet
+    conn.receive_data(b" 2\r\n")
+    assert conn.input_pending
+    conn.ok_multiline()
+    conn.send_body(M1)
+    conn.end_body()
+    assert conn.output_size == len(b"+OK\r\n" + M1 + b".\r\n")
+    assert conn.next_event() == Retr(2)
+    assert not conn.input_pending
+    assert conn.output_size == len(conn.data_to_send()) and conn.output_size == 0

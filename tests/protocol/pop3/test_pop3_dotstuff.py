@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailyard.protocol.pop3.dotstuff import DotStuffer, TopLimiter
+from mailyard.protocol.pop3.dotstuff import DotStuffer, TopLimiter, stuff
 
 
 def ref_stuff(data: bytes) -> bytes:
@@ -70,6 +70,20 @@ def test_dot_stuffer_whole_and_bytewise(data: bytes, expected: bytes) -> None:
 def test_dot_stuffer_any_chunking_matches_reference(data: bytes, cuts: list[int]) -> None:
     s = DotStuffer()
     assert stream(data, cuts, s.feed) + s.finish() == ref_stuff(data)
+
+
+@given(st.binary(max_size=400).map(lambda b: b.replace(b"x", b".").replace(b"y", b"\n")))
+def test_stuff_equals_replace(data: bytes) -> None:
+    assert stuff(data) == data.replace(b"\n.", b"\n..")
+
+
+@pytest.mark.parametrize("dots", [0, 1, 15, 16, 17, 40])
+def test_stuff_past_the_dot_scan_limit(dots: int) -> None:
+    # Line-starting dots and mid-line dots, around the switch to the regex pass.
+    data = b"".join(b".a.b\r\n" if i % 2 else b"c.d\r\n" for i in range(dots)) + b".end"
+    assert stuff(data) == data.replace(b"\n.", b"\n..")
+    s = DotStuffer()
+    assert s.feed(data) + s.finish() == ref_stuff(data)
 
 
 MSG = b"Subject: t\r\nX: y\r\n\r\nl1\r\n.l2\r\nl3\r\n"

@@ -94,18 +94,27 @@ def _clean(text: str) -> str:
 
 class POP3Connection:
     def __init__(self, *, tls_active: bool = False, tls_available: bool = False,
-                 allow_plaintext_auth: bool = False, implementation: str = "mailyard") -> None:
+                 allow_plaintext_auth: bool = False, implementation: str = "mailyard",
+                 max_errors: int | None = None) -> None:
+        """``max_errors``: after that many -ERR replies the core answers
+        "-ERR Too many errors, closing" and closes (a peer that is not speaking POP3
+        gets a few error lines, not one per line it sends; None: no limit)."""
         self._state = State.AUTHORIZATION
         self._tls_active = tls_active
         self._tls_available = tls_available
         self._allow_plaintext = allow_plaintext_auth
         self._implementation = _clean(implementation)
         self._utf8 = False
+        self._max_errors = max_errors
+        self._errors = 0  # -ERR replies sent
 
         self._inbuf = bytearray()
         self._discarding = False  # dropping the rest of an over-long line
         self._eof = False
-        self._out = bytearray()
+        # Output waiting for data_to_send(): pieces joined once there (a RETR body
+        # is copied once, not appended to a buffer and copied out again).
+        self._out: list[bytes] = []
+        self._out_len = 0
         self._out_iter: Iterator[bytes] | None = None
 
         self._pending: Event | None = None  # an event waiting for the application's reply
@@ -148,6 +157,16 @@ class POP3Connection:
         return frozenset(self._deleted)
 
     @property
+    def input_pending(self) -> bool:
+        """A complete line waits in the input buffer (the peer pipelined commands)."""
+        return b"\n" in self._inbuf
+
+    @property
+    def output_size(self) -> int:
+        """Octets waiting for :meth:`data_to_send`."""
+        return self._out_len
+
+    @property
     def body_done(self) -> bool:
         """TOP: every wanted line was sent, the caller may stop reading the message."""
         return self._limiter is not None and self._limiter.done
@@ -163,9 +182,12 @@ class POP3Connection:
         self._inbuf += data
 
     def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        self._out_len = 0
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def next_event(self) -> Event | Sentinel:
         while True:
@@ -180,8 +202,13 @@ class POP3Connection:
                 return PAUSED
             if self._out_iter is not None:
                 self._pump()
-            if len(self._out) >= FLUSH_AT:
+            if self._out_len >= FLUSH_AT:
                 return FLUSH
+            if self._max_errors is not None and self._errors >= self._max_errors:
+                self._emit(b"-ERR Too many errors, closing\r\n")
+                self._state = next_state(self._state, Trigger.TOO_MANY_ERRORS)
+                self._inbuf.clear()
+                return ConnectionClosed()
             line = self._next_line()
             if line is None:
                 if self._eof:
@@ -226,20 +253,25 @@ class POP3Connection:
     def _pump(self) -> None:
         assert self._out_iter is not None
         for chunk in self._out_iter:
-            self._out += chunk
-            if len(self._out) >= FLUSH_AT:
+            self._emit(chunk)
+            if self._out_len >= FLUSH_AT:
                 return
         self._out_iter = None
 
     # -- output helpers ---------------------------------------------------------------
+    def _emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_len += len(data)
+
     def _reply_ok(self, text: str = "") -> None:
-        self._out += (f"+OK {_clean(text)}" if text else "+OK").encode() + b"\r\n"
+        self._emit((f"+OK {_clean(text)}\r\n" if text else "+OK\r\n").encode())
 
     def _reply_err(self, text: str, code: str | None = None) -> None:
         if code is not None and code not in RESP_CODES:
             raise LocalProtocolError(f"unknown response code {code!r}")
         prefix = f"[{code}] " if code else ""
-        self._out += f"-ERR {prefix}{_clean(text)}".encode() + b"\r\n"
+        self._errors += 1
+        self._emit(f"-ERR {prefix}{_clean(text)}\r\n".encode())
 
     def _multiline(self, first: str, lines: Iterator[str] | Sequence[str]) -> None:
         self._reply_ok(first)
@@ -403,7 +435,7 @@ class POP3Connection:
             if starting:
                 self._state = next_state(self._state, Trigger.AUTH_START)
             # RFC 5034 §4: "+" SP base64 challenge.
-            self._out += b"+ " + base64.b64encode(result.data) + b"\r\n"
+            self._emit(b"+ " + base64.b64encode(result.data) + b"\r\n")
             return None
         self._mech = None
         return AuthCredentials(result)
@@ -556,12 +588,12 @@ class POP3Connection:
             raise LocalProtocolError("no multi-line response in progress")
         if self._limiter is not None:
             chunk = self._limiter.feed(chunk)
-        self._out += self._stuffer.feed(chunk)
+        self._emit(self._stuffer.feed(chunk))
 
     def end_body(self) -> None:
         if self._stuffer is None:
             raise LocalProtocolError("no multi-line response in progress")
-        self._out += self._stuffer.finish()
+        self._emit(self._stuffer.finish())
         self._stuffer = None
         self._limiter = None
 

@@ -95,6 +95,7 @@ class Trigger(enum.Enum):
     QUIT = "QUIT"
     UPDATE_DONE = "QUIT answered"
     EOF = "peer closed"
+    TOO_MANY_ERRORS = "error replies reached max_errors"
 
 
 # (state, trigger) -> next state. A missing pair is a bug in connection.py.
@@ -122,9 +123,10 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (State.TRANSACTION, Trigger.QUIT): State.UPDATE,
     (State.UPDATE, Trigger.UPDATE_DONE): State.CLOSED,
 }
-# The peer may go away in any state.
+# The peer may go away in any state; a peer that is not speaking POP3 is cut off in any.
 for _s in State:
     TRANSITIONS[(_s, Trigger.EOF)] = State.CLOSED
+    TRANSITIONS[(_s, Trigger.TOO_MANY_ERRORS)] = State.CLOSED
 
 
 class InvalidTransition(RuntimeError):
