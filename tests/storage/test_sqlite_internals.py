@@ -272,3 +272,29 @@ def test_riders_share_the_next_commit_and_fail_alone(tmp_path: Path) -> None:
 
     assert asyncio.run(main()) == [(1.0, "192.0.2.1", "example.org", "pass", "none", "pass",
                                     "none")]
+
+
+def test_migration_3_moves_the_delay_warning_out_of_last_error(tmp_path: Path) -> None:
+    """Entries an older runner marked with a "[delay-warned] " prefix keep their flag."""
+    db = sqlite3.connect(tmp_path / "mailyard.sqlite3", isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version (version) VALUES (2)")
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    for entry_id, last_error in (("warned", "[delay-warned] b@x.example: 451 later"),
+                                 ("fresh", "c@x.example: 451 later")):
+        db.execute("INSERT INTO queue (id, sender, blob_id, blob_size, created, next_attempt, "
+                   "attempts, smtputf8, body_8bit, last_error, pending) "
+                   "VALUES (?, 'a@example.com', 'ff', 1, 0, 0, 1, 0, 0, ?, 1)",
+                   (entry_id, last_error))
+    db.close()
+
+    async def main() -> list[tuple[str, bool, str]]:
+        s = SQLiteStore(tmp_path, sweep_orphans=False)
+        await s.open()
+        got = [(e.id, e.delay_warned, e.last_error) for e in await s.queue_list()]
+        await s.close()
+        return got
+
+    assert sorted(asyncio.run(main())) == [("fresh", False, "c@x.example: 451 later"),
+                                           ("warned", True, "b@x.example: 451 later")]

@@ -52,6 +52,13 @@ def test_queue_roundtrip_due_update_delete(make_store):
         got = await s.queue_get("q1")
         assert got is not None and got.recipients == done
         assert (got.next_attempt, got.attempts, got.last_error) == (500.0, 1, "451 later")
+        assert not got.delay_warned
+        await s.queue_update("q1", recipients=done, next_attempt=600.0, attempts=1,
+                             last_error="451 later", delay_warned=True)
+        await s.queue_update("q1", recipients=done, next_attempt=500.0, attempts=1,
+                             last_error="451 later")  # None: the flag stays
+        got = await s.queue_get("q1")
+        assert got is not None and got.delay_warned
         with pytest.raises(NotFound):
             await s.queue_update("nope", recipients=done, next_attempt=1.0, attempts=1)
 

@@ -420,7 +420,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
                 raise CLIError(f"no queue entry {args.id}")
             print(f"id: {e.id}\nsender: <{e.sender}>\nsize: {e.blob.size}\ncreated: {when(e.created)}"
                   f"\nnext attempt: {when(e.next_attempt)}\nattempts: {e.attempts}"
-                  f"\nlast error: {e.last_error or '-'}")
+                  f"\nlast error: {e.last_error or '-'}"
+                  f"\ndelay warning sent: {'yes' if e.delay_warned else 'no'}")
             for r in e.recipients:
                 print(f"  {r.address}: {r.state} (attempts {r.attempts}) {r.last_status}")
         elif args.action == "retry":

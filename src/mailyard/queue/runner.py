@@ -14,9 +14,7 @@ domain share connections (several messages over one SMTP session), spread over
 at most ``queue.concurrency_per_destination`` parallel connections, and a
 per-domain semaphore keeps that limit across dispatch rounds.
 
-Delay warnings are sent once per entry. The storage model has no field for
-"warned"; until it has one, the runner marks ``last_error`` with a prefix
-(:data:`DELAY_WARNED`) that it alone writes and reads.
+Delay warnings are sent once per entry (``QueueEntry.delay_warned``).
 """
 
 from __future__ import annotations
@@ -43,8 +41,6 @@ from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient, Recipie
 
 log = logging.getLogger(__name__)
 
-DELAY_WARNED = "[delay-warned] "
-
 # local_delivery(dsn_bytes, recipient) -> True when the recipient is local and the DSN
 # was delivered durably; False when the recipient is not local (the runner queues it).
 LocalDelivery = Callable[[bytes, str], Awaitable[bool]]
@@ -70,7 +66,8 @@ class QueueStore(Protocol):
     async def queue_due(self, now: float, limit: int = 100) -> list[QueueEntry]: ...
 
     async def queue_update(self, entry_id: str, *, recipients: Sequence[QueueRecipient],
-                           next_attempt: float, attempts: int, last_error: str = "") -> None: ...
+                           next_attempt: float, attempts: int, last_error: str = "",
+                           delay_warned: bool | None = None) -> None: ...
 
     async def queue_delete(self, entry_id: str) -> None: ...
 
@@ -299,7 +296,7 @@ class QueueRunner:
         entry = state.entry
         now = self._clock()
         expired = is_expired(entry.created, now, self._qcfg)
-        warned = entry.last_error.startswith(DELAY_WARNED)
+        warned = entry.delay_warned
         warn = delay_warning_due(entry.created, now, self._qcfg, already_warned=warned)
         new: list[QueueRecipient] = []
         failed: list[DSNRecipient] = []
@@ -347,9 +344,9 @@ class QueueRunner:
         if not any(r.state == RecipientState.PENDING for r in new):
             await self._store.queue_delete(entry.id)
             return
-        last_error = (DELAY_WARNED if warned else "") + "; ".join(errors)[:2000]
         await self._store.queue_update(entry.id, recipients=new, next_attempt=entry.next_attempt,
-                                       attempts=entry.attempts, last_error=last_error)
+                                       attempts=entry.attempts,
+                                       last_error="; ".join(errors)[:2000], delay_warned=warned)
 
     async def _send_dsn(self, entry: QueueEntry, recipients: list[DSNRecipient], now: float, *,
                         will_retry_until: float | None = None) -> None:

@@ -355,8 +355,10 @@ class Store(Protocol):
         ...
 
     async def queue_update(self, entry_id: str, *, recipients: Sequence[QueueRecipient],
-                           next_attempt: float, attempts: int, last_error: str = "") -> None:
-        """Persist the outcome (and the next attempt time) durably before returning."""
+                           next_attempt: float, attempts: int, last_error: str = "",
+                           delay_warned: bool | None = None) -> None:
+        """Persist the outcome (and the next attempt time) durably before returning.
+        ``delay_warned`` None leaves the entry's flag as it is."""
         ...
 
     async def queue_delete(self, entry_id: str) -> None:

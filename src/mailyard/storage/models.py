@@ -136,6 +136,7 @@ class QueueEntry:
     smtputf8: bool = False
     body_8bit: bool = False
     last_error: str = ""
+    delay_warned: bool = False  # the "delayed" DSN went out (sent once per entry)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,14 +63,16 @@ class MemQueueStore:
         return due[:limit]
 
     async def queue_update(self, entry_id: str, *, recipients: Sequence[QueueRecipient],
-                           next_attempt: float, attempts: int, last_error: str = "") -> None:
+                           next_attempt: float, attempts: int, last_error: str = "",
+                           delay_warned: bool | None = None) -> None:
         e = self.entries.get(entry_id)
         if e is None:
             raise NotFound(entry_id)
         self.updates += 1
         self.entries[entry_id] = dataclasses.replace(
             e, recipients=tuple(recipients), next_attempt=next_attempt, attempts=attempts,
-            last_error=last_error)
+            last_error=last_error,
+            delay_warned=e.delay_warned if delay_warned is None else delay_warned)
 
     async def queue_delete(self, entry_id: str) -> None:
         self.entries.pop(entry_id, None)

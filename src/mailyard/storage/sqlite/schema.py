@@ -151,6 +151,13 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX blob_locs_segment ON blob_locs(segment, start);
     """,
+    # 3: the delay warning (RFC 3464 "delayed" DSN) is sent once per entry: remembered
+    # here, no longer as a prefix of last_error (which an older runner wrote).
+    """
+    ALTER TABLE queue ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+    UPDATE queue SET delay_warned = 1, last_error = substr(last_error, 16)
+        WHERE last_error LIKE '[delay-warned] %';
+    """,
 )
 
 

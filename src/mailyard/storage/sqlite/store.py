@@ -1276,10 +1276,11 @@ class SQLiteStore:
         return await self._read(lambda c: queue_ops.due(c, now, limit))  # type: ignore[no-any-return]
 
     async def queue_update(self, entry_id: str, *, recipients: Sequence[QueueRecipient],
-                           next_attempt: float, attempts: int, last_error: str = "") -> None:
+                           next_attempt: float, attempts: int, last_error: str = "",
+                           delay_warned: bool | None = None) -> None:
         def job(tx: Tx) -> None:
             if not queue_ops.update(tx.conn, entry_id, recipients, next_attempt, attempts,
-                                    last_error):
+                                    last_error, delay_warned):
                 raise NotFound(f"queue entry {entry_id}")
 
         await self._write(job)
