@@ -150,3 +150,27 @@ def test_old_database_index_is_moved(tmp_path: Path) -> None:
         assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'msg_text'").fetchone() is None
     finally:
         db.close()
+
+
+def test_deleted_index_file_is_rebuilt(tmp_path: Path) -> None:
+    """The index is derived data: with its file gone, the next open rebuilds it."""
+    async def setup() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        for i in range(3):
+            await _deliver(s, acc.id, i)
+        await s.close()
+
+    asyncio.run(setup())
+    for name in (textindex.INDEX_NAME, textindex.INDEX_NAME + "-wal",
+                 textindex.INDEX_NAME + "-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+
+    async def check() -> None:
+        s, inbox = await _reopen(tmp_path)
+        assert await s.search_text(inbox, "pelican") == {1, 2, 3}
+        assert await s.search_text(inbox, "Quarterly figures 2", field="headers") == {3}
+        await s.close()
+
+    asyncio.run(check())
