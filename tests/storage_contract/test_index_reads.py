@@ -1,6 +1,6 @@
 """Contract: the compact reads behind SELECT and FETCH FLAGS (``mailbox_index``,
-``flag_rows``, and ``get_messages`` over dense and sparse UID sets) agree with
-``list_messages``."""
+``flag_rows``, ``index_rows``, and ``get_messages`` over dense and sparse UID sets)
+agree with ``list_messages``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,14 @@ def test_flag_rows_and_dense_get_messages(make_store):
             got = await s.get_messages(inbox.id, wanted)
             assert [m.uid for m in got] == sorted(u for u in set(wanted) if u in refs)
             assert all(m == refs[m.uid] for m in got)
+            # index_rows: the same messages as plain rows
+            rows_ = await s.index_rows(inbox.id, wanted)
+            assert [row[0] for row in rows_] == [m.uid for m in got]
+            for (uid, modseq, text, idate, size, blob_id), m in zip(rows_, got, strict=True):
+                assert (uid, modseq, idate, size, blob_id) == (
+                    m.uid, m.modseq, m.internaldate, m.size, m.blob_id)
+                assert frozenset(text.split()) == m.flags and text == text.strip()
+        assert await s.index_rows(inbox.id, []) == []
 
     run(make_store, body)
 

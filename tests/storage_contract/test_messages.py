@@ -314,6 +314,41 @@ def test_cache_get_many(make_store):
     run(make_store, body)
 
 
+def test_cache_put_later(make_store):
+    """cache_put_later: served at once, stored by the time the store closes, and not
+    kept for a blob that is gone."""
+    async def body(s: Store) -> None:
+        a = await account(s)
+        d = await deliver(s, a, 1, flags=["\\Deleted"])
+        d2 = await deliver(s, a, 2)
+        (m,) = await s.get_messages(d.mailbox_id, [d.uid])
+        (m2,) = await s.get_messages(d2.mailbox_id, [d2.uid])
+        s.cache_put_later(m2.blob_id, "envelope", "(E2)")
+        assert await s.cache_get(m2.blob_id, "envelope") == "(E2)"
+        assert await s.cache_get_many([m2.blob_id], "envelope") == {m2.blob_id: "(E2)"}
+        await s.expunge(d.mailbox_id)  # m's blob is gone
+        s.cache_put_later(m.blob_id, "envelope", "(GONE)")
+        for _ in range(100):  # the row is refused by the writer, the value dropped
+            if await s.cache_get(m.blob_id, "envelope") is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await s.cache_get(m.blob_id, "envelope") is None
+        s.cache_put_later(m2.blob_id, "bodystructure", "(B2)")  # in flight at close
+
+    run(make_store, body)
+
+    async def reopened(s: Store) -> None:
+        a = await s.get_account("alice@example.com")
+        assert a is not None
+        mb = await s.get_mailbox(a.id, "INBOX")
+        assert mb is not None
+        (m2,) = await s.list_messages(mb.id)
+        assert await s.cache_get(m2.blob_id, "envelope") == "(E2)"
+        assert await s.cache_get(m2.blob_id, "bodystructure") == "(B2)"
+
+    run(make_store, reopened)
+
+
 def test_maildrop_lock(make_store):
     async def body(s: Store) -> None:
         a = await account(s)

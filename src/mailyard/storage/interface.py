@@ -275,6 +275,15 @@ class Store(Protocol):
         """
         ...
 
+    async def index_rows(self, mailbox_id: int, uids: Sequence[int]
+                         ) -> list[tuple[int, int, str, float, int, str]]:
+        """``(uid, modseq, flags, internaldate, size, blob_id)`` of those of ``uids``
+        that exist, ascending by UID; ``flags`` as in ``flag_rows``. Added for FETCH of
+        index fields and cached ENVELOPE/BODYSTRUCTURE over many messages: what
+        ``get_messages`` gives, without a MessageRef per row.
+        """
+        ...
+
     async def changed_since(self, mailbox_id: int, modseq: int) -> list[MessageRef]:
         """Messages whose modseq is greater than ``modseq`` (CONDSTORE/QRESYNC)."""
         ...
@@ -332,6 +341,14 @@ class Store(Protocol):
         ...
 
     async def cache_put(self, blob_id: str, kind: str, value: str) -> None: ...
+
+    def cache_put_later(self, blob_id: str, kind: str, value: str) -> None:
+        """``cache_put`` without waiting for it: ``cache_get`` may serve the value at
+        once, the stored row follows (derived data: a value lost in a crash is computed
+        again). Added so that a FETCH or SEARCH that computed a value does not wait for
+        a commit before it answers; ``close`` waits for what is still being written.
+        """
+        ...
 
     # -- POP3 maildrop lock ----------------------------------------------------------
     async def lock_maildrop(self, account_id: int) -> bool:

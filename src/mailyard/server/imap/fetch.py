@@ -13,7 +13,8 @@ SAVEDATE) come from the MessageRef; message items go through the core's renderer
   its header is longer).
 
 ENVELOPE, BODYSTRUCTURE and BODY are cached per blob with ``store.cache_get/put``
-(their serialised form; the cache key says whether UTF-8 quoting was on).
+(their serialised form; the cache key says whether UTF-8 quoting was on); a value
+computed during a FETCH is cached without waiting for its commit (:func:`put_cache`).
 
 Messages expunged by another session but not yet announced to this one are skipped
 (RFC 2180 §4.1.2 lets the server omit them); the FETCH still completes OK.
@@ -48,6 +49,7 @@ BATCH = 256  # messages read from the index per round trip
 HEADER_PROBE = 65536  # octets read when only the header is needed
 THREAD_PARSE = 1 << 20  # parse messages larger than this in a worker thread
 FLAG_CHUNK = 4096  # messages per index range scan for UID/FLAGS/MODSEQ-only FETCH
+ROW_BATCH = 1024  # messages per index_rows round trip (cached ENVELOPE etc.)
 _FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
 _CACHED = frozenset({"ENVELOPE", "BODYSTRUCTURE"})
 _HEADER_ONLY = frozenset({"ENVELOPE", "RFC822.HEADER"})
@@ -125,6 +127,10 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
     simple = all(i.name in _SIMPLE and (i.name != "BODY" or i.section is None)
                  for i in items) and kinds <= _SIMPLE_KINDS
     get_many = getattr(s.ctx.store, "cache_get_many", None)
+    index_rows = getattr(s.ctx.store, "index_rows", None)
+    if simple and not set_seen and get_many is not None and index_rows is not None:
+        await _fetch_rows(s, uids, items, kinds, cmd.changedsince, index_rows, get_many)
+        return ok(("UID " if cmd.uid else "") + "FETCH completed")
     for i in range(0, len(uids), BATCH):
         refs = await s.ctx.store.get_messages(view.id, uids[i : i + BATCH])
         if cmd.changedsince is not None:
@@ -188,6 +194,90 @@ async def _fetch_flags(s: Session, uids: list[int], names: list[str],
             s.send("".join(out).encode("utf-8"))
             await s.flush()
     return True
+
+
+async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
+                      kinds: set[str], changedsince: int | None, index_rows: Any,
+                      get_many: Any) -> None:
+    """Index fields and cached ENVELOPE/BODYSTRUCTURE/BODY (the common
+    ``FETCH 1:* (FLAGS ENVELOPE)``) from plain index rows (``Store.index_rows``): no
+    MessageRef per message, the FLAGS text formatted once per distinct flag set, the
+    lines of a batch written in one piece. A message whose cached value is missing goes
+    through :func:`_render` (which computes and caches it). Gives what the per-message
+    path gives."""
+    view = s.view
+    assert view is not None
+    store = s.ctx.store
+    recent = view.recent if not s.rev2 else set()
+    utf8 = s.utf8
+    seq_of = view.seq_of
+    flag_text: dict[tuple[str, bool], bytes] = {}
+    # (kind or None, prefix): what each item needs, decided once for the command
+    plan: list[tuple[str, str | None]] = []
+    for item in items:
+        name = item.name
+        kind = None
+        if name in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
+            kind = f"imap.{name}" + (".u8" if utf8 else "")
+        plan.append((name, kind))
+    for i in range(0, len(uids), ROW_BATCH):
+        rows = await index_rows(view.id, uids[i : i + ROW_BATCH])
+        if changedsince is not None:
+            rows = [row for row in rows if row[1] > changedsince]
+        if not rows:
+            continue
+        pre: dict[str, dict[str, str]] = {}
+        if kinds:
+            blob_ids = [row[5] for row in rows]
+            for kind in kinds:
+                pre[kind] = await get_many(blob_ids, kind)
+        out: list[bytes] = []
+        missing: list[tuple[int, int, int]] = []  # (index in out, seq, uid)
+        for uid, modseq, text, idate, size, blob_id in rows:
+            seq = seq_of(uid)
+            if seq is None:
+                continue  # appended since the last announcement: not in this view yet
+            parts: list[bytes] = []
+            for name, kind in plan:
+                if kind is not None:
+                    got = pre[kind].get(blob_id)
+                    if got is None:
+                        break
+                    parts.append(name.encode("ascii") + b" " + got.encode("latin-1"))
+                elif name == "FLAGS":
+                    key = (text, uid in recent)
+                    flags = flag_text.get(key)
+                    if flags is None:
+                        names = set(text.split())
+                        if key[1]:
+                            names.add("\\Recent")
+                        flags = b"FLAGS (" + " ".join(sorted(names)).encode("utf-8") + b")"
+                        flag_text[key] = flags
+                    parts.append(flags)
+                elif name == "UID":
+                    parts.append(b"UID %d" % uid)
+                elif name == "RFC822.SIZE":
+                    parts.append(b"RFC822.SIZE %d" % size)
+                elif name == "MODSEQ":
+                    parts.append(b"MODSEQ (%d)" % modseq)
+                else:  # INTERNALDATE
+                    parts.append(b"INTERNALDATE " + r.serialize(format_datetime(idate)))
+            else:
+                out.append(b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts)))
+                continue
+            missing.append((len(out), seq, uid))
+            out.append(b"")
+        if missing:
+            refs = {m.uid: m for m in await store.get_messages(view.id,
+                                                                [u for _, _, u in missing])}
+            for at, seq, uid in missing:
+                ref = refs.get(uid)
+                if ref is None:
+                    continue  # expunged meanwhile (RFC 2180 §4.1.2: may be omitted)
+                parts_ = await _render(s, ref, items, extra_flags=False, pre=pre)
+                out[at] = b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts_))  # type: ignore[arg-type]
+        s.send(b"".join(out))
+        await s.flush()
 
 
 async def _mark_seen(s: Session, refs: list[MessageRef]
@@ -257,6 +347,17 @@ def _cache_kind(item: c.FetchItem, utf8: bool) -> str | None:
     return None
 
 
+async def put_cache(store: Any, blob_id: str, kind: str, value: str) -> None:
+    """Cache a value computed while answering: without waiting for its commit when the
+    store can (``cache_put_later``): the client's answer never waits for an fsync of
+    derived data."""
+    later = getattr(store, "cache_put_later", None)
+    if later is not None:
+        later(blob_id, kind, value)
+    else:
+        await store.cache_put(blob_id, kind, value)
+
+
 async def _cached(s: Session, ref: MessageRef, kind: str,
                   pre: dict[str, dict[str, str]] | None) -> str | None:
     if pre is not None and kind in pre:
@@ -321,7 +422,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
             text = await _cached(s, ref, "imap.PREVIEW", pre)
             if text is None:
                 _, text = message_item(item, await get_root(True), utf8=utf8)
-                await store.cache_put(ref.blob_id, "imap.PREVIEW", text)
+                await put_cache(store, ref.blob_id, "imap.PREVIEW", text)
             add(name, text)
         elif _streamable(item):
             parts.append(_Stream(item.response_name(), ref.blob_id, ref.size))
@@ -337,7 +438,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
                 root_ = await get_root(name not in _HEADER_ONLY)
                 _, value = message_item(item, root_, utf8=utf8)
                 raw = r.serialize(value, utf8=utf8)
-                await store.cache_put(ref.blob_id, kind, raw.decode("latin-1"))
+                await put_cache(store, ref.blob_id, kind, raw.decode("latin-1"))
             else:
                 raw = cached.encode("latin-1")
             parts.append(name.encode("ascii") + b" " + raw)

@@ -35,6 +35,7 @@ from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap import search as sk
 from mailyard.protocol.imap.sequence import from_numbers
 from mailyard.server.imap import objectid
+from mailyard.server.imap.fetch import put_cache
 from mailyard.server.imap.reply import Reply, ok
 from mailyard.storage.models import MessageRef
 
@@ -114,16 +115,22 @@ def _has(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
 class HeaderPuts:
     """Header blocks waiting to be cached: written together (the store's writer commits
     concurrent jobs in one transaction), once PUT_BATCH octets are waiting and at the
-    end, instead of one commit per message of a first search over a large mailbox."""
+    end, instead of one commit per message of a first search over a large mailbox.
+    A store with ``cache_put_later`` takes each block at once, and nobody waits for
+    its commit (the search answer does not depend on it)."""
 
     PUT_BATCH = 1 << 20
 
     def __init__(self, s: Session) -> None:
         self.store = s.ctx.store
+        self.later = getattr(self.store, "cache_put_later", None)
         self.items: list[tuple[str, str]] = []
         self.size = 0
 
     async def add(self, blob_id: str, block: str) -> None:
+        if self.later is not None:
+            self.later(blob_id, HEADER_KIND, block)
+            return
         self.items.append((blob_id, block))
         self.size += len(block)
         if self.size >= self.PUT_BATCH:
@@ -160,7 +167,7 @@ async def header_bytes(s: Session, ref: MessageRef, puts: HeaderPuts | None = No
             if puts is not None:
                 await puts.add(ref.blob_id, block.decode("latin-1"))
             else:
-                await store.cache_put(ref.blob_id, HEADER_KIND, block.decode("latin-1"))
+                await put_cache(store, ref.blob_id, HEADER_KIND, block.decode("latin-1"))
             return block
     return data
 

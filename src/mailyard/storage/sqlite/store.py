@@ -104,6 +104,7 @@ LOCK_NAME = "mailyard.lock"
 DB_NAME = "mailyard.sqlite3"
 _MBOX_COLS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
 _MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id"
+_ROW_COLS = "uid, modseq, trim(flags), internaldate, size, blob_id"  # index_rows
 MEMO_CHARS = 32 << 20  # characters of blob_cache values kept in memory (about 32 MB)
 _CHUNK = 500  # bound on "IN (?, ...)" lists (SQLite's default variable limit is 32766)
 
@@ -167,6 +168,7 @@ class SQLiteStore:
         self._memo_chars = 0
         self._memo_kinds: set[str] = set()  # every kind ever memoised (a handful)
         self._memo_lock = threading.Lock()  # the writer thread forgets, the loop adds
+        self._later: set[asyncio.Future[Any]] = set()  # cache_put_later writes in flight
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -340,6 +342,8 @@ class SQLiteStore:
             log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0), size)
 
     async def close(self) -> None:
+        while self._later:  # cache rows handed to the writer: let them land
+            await asyncio.gather(*self._later, return_exceptions=True)
         engine, self._engine = self._engine, None
         text, self._text = self._text, None
         self.bus.close()
@@ -975,6 +979,11 @@ class SQLiteStore:
                               f"({marks}) ORDER BY uid", (mailbox_id, *part)).fetchall()
         return rows
 
+    async def index_rows(self, mailbox_id: int, uids: Sequence[int]
+                         ) -> list[tuple[int, int, str, float, int, str]]:
+        return await self._read(lambda c: self._select_uids(  # type: ignore[no-any-return]
+            c, _ROW_COLS, mailbox_id, uids))
+
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRef]:
         rows = await self._read(lambda c: self._select_uids(c, _MSG_COLS, mailbox_id, uids))
         return [_message(r) for r in rows]
@@ -1228,7 +1237,8 @@ class SQLiteStore:
             self._memo_add(b, kind, value)
         return got
 
-    async def cache_put(self, blob_id: str, kind: str, value: str) -> None:
+    @staticmethod
+    def _cache_job(blob_id: str, kind: str, value: str) -> Callable[[Tx], bool]:
         def job(tx: Tx) -> bool:
             # Only for stored blobs: the row goes when the blob's last reference does.
             if tx.conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (blob_id,)).fetchone():
@@ -1237,8 +1247,34 @@ class SQLiteStore:
                 return True
             return False
 
-        if await self._write(job):
+        return job
+
+    async def cache_put(self, blob_id: str, kind: str, value: str) -> None:
+        if await self._write(self._cache_job(blob_id, kind, value)):
             self._memo_add(blob_id, kind, value)
+
+    def cache_put_later(self, blob_id: str, kind: str, value: str) -> None:
+        # Served from memory at once; the row goes to the writer without anyone waiting
+        # for its commit (a value depends only on the blob's bytes, so serving it early
+        # is never wrong). Dropped again when the blob turned out to be gone.
+        self._memo_add(blob_id, kind, value)
+        fut = asyncio.ensure_future(self._write(self._cache_job(blob_id, kind, value)))
+        self._later.add(fut)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._later.discard(f)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.warning("caching %s of blob %s failed: %s", kind, blob_id, exc)
+            if exc is not None or not f.result():
+                with self._memo_lock:
+                    old = self._memo.pop((blob_id, kind), None)
+                    if old is not None:
+                        self._memo_chars -= len(old)
+
+        fut.add_done_callback(done)
 
     # -- POP3 maildrop lock (RFC 1939 §8: exclusive access) -------------------------------
     async def lock_maildrop(self, account_id: int) -> bool:
