@@ -275,6 +275,33 @@ def test_append_uidplus_multiappend_and_refusals(tmp_path: Path) -> None:
         assert srv.uids() == [1, 2, 3, 4, 5]
 
 
+def test_append_contents_single_and_multiappend(tmp_path: Path) -> None:
+    """The bytes stored by APPEND (written in the same batch as the mailbox record) and
+    by a MULTIAPPEND (earlier messages committed as the next starts) are those sent; a
+    MULTIAPPEND whose last message is refused adds none of them (RFC 3502 §6)."""
+    with ImapTestServer(tmp_path, seed=False, max_message_size=4096) as srv:
+        raw = RawClient(srv.port)
+        raw.login()
+        msgs = [b"Subject: m%d\r\n\r\n" % i + b"line %d\r\n" % i * (i * 40) for i in range(1, 4)]
+        raw.send(b"t3 APPEND INBOX {%d+}\r\n%s\r\n" % (len(msgs[0]), msgs[0]))
+        assert re.match(rb"t3 OK \[APPENDUID \d+ 1\]", raw.until(b"t3")[1])
+        raw.send(b"t4 APPEND INBOX" + b"".join(b" {%d+}\r\n%s" % (len(m), m) for m in msgs)
+                 + b"\r\n")
+        assert re.match(rb"t4 OK \[APPENDUID \d+ 2:4\]", raw.until(b"t4")[1])
+        raw.send(b"t5 APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s {5000}\r\n"
+                 % (len(msgs[0]), msgs[0], len(msgs[1]), msgs[1]))
+        assert raw.until(b"t5")[1].startswith(b"t5 NO [TOOBIG]")
+        assert srv.uids() == [1, 2, 3, 4]
+        raw.cmd("SELECT INBOX")
+        for seq, want in zip(range(1, 5), [msgs[0], *msgs], strict=True):
+            lines, ok_ = raw.cmd(f"FETCH {seq} BODY.PEEK[]")
+            assert b" OK " in ok_
+            got = b"\r\n".join(lines)
+            assert got.startswith(b"* %d FETCH (BODY[] {%d}\r\n" % (seq, len(want)))
+            assert want in got
+        raw.close()
+
+
 def test_list_status_create_rename_delete_subscribe(tmp_path: Path) -> None:
     with ImapTestServer(tmp_path) as srv:
         raw = RawClient(srv.port)

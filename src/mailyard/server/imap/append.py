@@ -12,7 +12,10 @@ refused adds nothing (RFC 3502 §6). Refusals before the data:
 * over the size limit: the parser answers ``NO [TOOBIG]`` (RFC 7889 §4).
 
 For a synchronising literal, refusing means the client never sends the data; for a
-non-synchronising one the parser skips it. The text index (for SEARCH BODY/TEXT) is
+non-synchronising one the parser skips it. With a store that stages blobs (SQLite), the
+bytes of a message are written in the same durable batch as its mailbox record; in a
+MULTIAPPEND the earlier messages are committed as the next one starts, so that one
+spool at most is held. The text index (for SEARCH BODY/TEXT) is
 fed from the message when it is at most ``INDEX_LIMIT`` octets.
 """
 
@@ -25,13 +28,26 @@ from mailyard.protocol.imap import commands as c
 from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap.sequence import from_numbers
 from mailyard.server.imap.reply import Reply, bad, no, ok
-from mailyard.storage.interface import QuotaExceeded
+from mailyard.storage.interface import QuotaExceeded, Spool, Store
 from mailyard.storage.models import BlobRef, TextSource
 
 if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
 
 INDEX_LIMIT = 8 * 1024 * 1024
+
+
+async def _store_blob(store: Store, spool: Spool, held: list[Spool]) -> BlobRef:
+    """A store that can stage (the SQLite backend) only hashes here; the bytes are
+    written and fdatasynced in the same batch as the mailbox record (one durable step,
+    as at SMTP delivery). The staged spool must stay intact until that append returns:
+    it goes to ``held``. Otherwise the blob is committed on its own."""
+    stage = getattr(store.blobs, "stage", None)
+    if stage is None:
+        return await store.blobs.commit(spool)
+    blob: BlobRef = await stage(spool)
+    held.append(spool)
+    return blob
 
 
 async def _over_quota(s: Session, size: int) -> bool:
@@ -43,6 +59,15 @@ async def _over_quota(s: Session, size: int) -> bool:
 
 
 async def append(s: Session, first: c.AppendMessage) -> Reply:
+    held: list[Spool] = []  # the spool of a staged message not appended yet (at most one)
+    try:
+        return await _append(s, first, held)
+    finally:
+        for spool in held:
+            spool.abort()
+
+
+async def _append(s: Session, first: c.AppendMessage, held: list[Spool]) -> Reply:
     assert s.account is not None
     store = s.ctx.store
     mb = await store.get_mailbox(s.account.id, first.mailbox)
@@ -65,6 +90,8 @@ async def append(s: Session, first: c.AppendMessage) -> Reply:
         if await _over_quota(s, total):
             s.parser.refuse_literal()
             return no("Quota exceeded", "OVERQUOTA")
+        if held:  # MULTIAPPEND: the previous message is made durable on its own
+            pending[-1] = (await store.blobs.commit(held.pop()), *pending[-1][1:])
         if ev.synchronizing:
             s.send(r.continuation("Ready for literal data"))
         spool = store.blobs.new_spool()
@@ -80,9 +107,10 @@ async def append(s: Session, first: c.AppendMessage) -> Reply:
                 return bad("unexpected data in APPEND")
             # The store's indexer extracts the text from the stored message later.
             text = index_text if spool.size <= INDEX_LIMIT else None
-            blob = await store.blobs.commit(spool)
+            blob = await _store_blob(store, spool, held)
         except BaseException:
-            spool.abort()
+            if spool not in held:
+                spool.abort()
             raise
         idate = ev.internaldate.timestamp() if ev.internaldate is not None else None
         flags = tuple(f for f in ev.flags if f.lower() != "\\recent")
