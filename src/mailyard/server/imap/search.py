@@ -75,8 +75,11 @@ async def _candidates(s: Session, key: sk.SearchKey) -> set[int] | None:
         return set(key.sequence.select(view.uids))
     if (isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii()
             and hasattr(store, "unindexed_uids")):
-        found = await store.search_text(view.id, key.value, field="headers")
-        return found | await store.unindexed_uids(view.id)
+        # Two independent reads (each a trip to the reader pool): waited for together.
+        found, unindexed = await asyncio.gather(
+            store.search_text(view.id, key.value, field="headers"),
+            store.unindexed_uids(view.id))
+        return found | unindexed
     if isinstance(key, sk.And):
         out: set[int] | None = None
         for k in key.keys:

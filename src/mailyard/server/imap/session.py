@@ -425,7 +425,11 @@ class Session:
             elif ch.kind == "append":
                 appended.update(ch.uids)
             elif ch.kind == "flags":
-                flagged.update(ch.uids)
+                # A UID this session was already told about at or past the change's
+                # (highest) modseq, typically its own STORE, needs no index read.
+                told = view.modseq
+                flagged.update(u for u in ch.uids
+                               if not ch.modseq or told.get(u, -1) < ch.modseq)
             elif ch.kind == "expunge":
                 view.pending_expunge.update(u for u in ch.uids if u in view.modseq)
             elif (ch.kind == "mailbox"

@@ -11,8 +11,9 @@ carried by a job (a ``StagedBlob``) are appended to a segment and fdatasynced
 once per batch just before that transaction (``segments.py``). Small index
 lookups (an account, an alias, a mailbox, a blob location) run on the event
 loop's own read connection (~3 us, against ~100 us for a thread hop: see
-``engine.py``); queries whose cost grows with the data run in the reader
-thread pool.
+``engine.py``), and so do message-index reads bounded by ``SMALL_READ`` rows
+(under load a hop costs milliseconds of latency); queries whose cost grows
+with the data run in the reader thread pool.
 
 Opening recovers from a crash: spill files in ``blobs/tmp`` are removed, blob
 locations no row references are dropped (committed but never delivered),
@@ -107,6 +108,14 @@ _MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_
 _ROW_COLS = "uid, modseq, trim(flags), internaldate, size, blob_id"  # index_rows
 MEMO_CHARS = 32 << 20  # characters of blob_cache values kept in memory (about 32 MB)
 _CHUNK = 500  # bound on "IN (?, ...)" lists (SQLite's default variable limit is 32766)
+# Reads of at most this many index rows (a FETCH or SEARCH of a few messages, SELECT or
+# FETCH 1:* of a mailbox of a thousand) run on the loop's own connection: ~1 ms at this
+# size, against a thread hop that costs ~10 ms of latency once 20 sessions keep the loop
+# and the GIL busy (measured with bench/bench_imap.py: 3.5 ms to start in the pool,
+# 5 ms to get back). Larger ones (big mailboxes) go to the reader pool so that one
+# session does not hold up the others.
+SMALL_READ = 2048
+_FLAGSETS: dict[str, frozenset[str]] = {}  # stored flags text -> set: a mailbox has a few
 
 
 def _mailbox(row: tuple) -> Mailbox:
@@ -115,9 +124,18 @@ def _mailbox(row: tuple) -> Mailbox:
                    subscribed=bool(row[7]))
 
 
+def _flagset(text: str) -> frozenset[str]:
+    got = _FLAGSETS.get(text)
+    if got is None:
+        if len(_FLAGSETS) >= 4096:
+            _FLAGSETS.clear()
+        got = _FLAGSETS[text] = names.text_to_flags(text)
+    return got
+
+
 def _message(row: tuple) -> MessageRef:
     return MessageRef(mailbox_id=row[0], uid=row[1], modseq=row[2],
-                      flags=names.text_to_flags(row[3]), internaldate=row[4], savedate=row[5],
+                      flags=_flagset(row[3]), internaldate=row[4], savedate=row[5],
                       size=row[6], blob_id=row[7], email_id="M" + row[7][:24])
 
 
@@ -436,6 +454,19 @@ class SQLiteStore:
     def _lookup(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """A small index lookup, run right here on the loop (see the module docstring)."""
         return self.engine.read_now(fn)
+
+    async def _read_rows(self, bound: int, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A read of at most ``bound`` index rows: on the loop when that is small (see
+        SMALL_READ), else in the reader pool."""
+        if bound <= SMALL_READ:
+            return self.engine.read_now(fn)
+        return await self.engine.read(fn)
+
+    def _uid_bound(self, mailbox_id: int) -> int:
+        """More than the number of messages in the mailbox (UIDs are never reused)."""
+        row = self._lookup(lambda c: c.execute("SELECT uidnext FROM mailboxes WHERE id = ?",
+                                               (mailbox_id,)).fetchone())
+        return int(row[0]) if row is not None else 0
 
     # -- shared transaction helpers (writer thread) ---------------------------------------
     def _new_uidvalidity(self, conn: sqlite3.Connection) -> int:
@@ -928,7 +959,7 @@ class SQLiteStore:
 
     # -- messages ----------------------------------------------------------------------
     async def list_messages(self, mailbox_id: int) -> list[MessageRef]:
-        rows = await self._read(lambda c: c.execute(
+        rows = await self._read_rows(self._uid_bound(mailbox_id), lambda c: c.execute(
             f"SELECT {_MSG_COLS} FROM messages WHERE mailbox_id = ? ORDER BY uid",
             (mailbox_id,)).fetchall())
         return [_message(r) for r in rows]
@@ -951,11 +982,11 @@ class SQLiteStore:
             return MailboxIndex(uids=uids, modseq=modseq, keywords=frozenset(keywords),
                                 first_unseen=row[0] if row else None)
 
-        return await self._read(q)  # type: ignore[no-any-return]
+        return await self._read_rows(self._uid_bound(mailbox_id), q)  # type: ignore[no-any-return]
 
     async def flag_rows(self, mailbox_id: int, lo: int, hi: int
                         ) -> list[tuple[int, int, str]]:
-        return await self._read(lambda c: c.execute(  # type: ignore[no-any-return]
+        return await self._read_rows(hi - lo + 1, lambda c: c.execute(  # type: ignore[no-any-return]
             "SELECT uid, modseq, trim(flags) FROM messages WHERE mailbox_id = ? "
             "AND uid BETWEEN ? AND ? ORDER BY uid", (mailbox_id, lo, hi)).fetchall())
 
@@ -981,11 +1012,12 @@ class SQLiteStore:
 
     async def index_rows(self, mailbox_id: int, uids: Sequence[int]
                          ) -> list[tuple[int, int, str, float, int, str]]:
-        return await self._read(lambda c: self._select_uids(  # type: ignore[no-any-return]
+        return await self._read_rows(len(uids), lambda c: self._select_uids(  # type: ignore[no-any-return]
             c, _ROW_COLS, mailbox_id, uids))
 
     async def get_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[MessageRef]:
-        rows = await self._read(lambda c: self._select_uids(c, _MSG_COLS, mailbox_id, uids))
+        rows = await self._read_rows(len(uids), lambda c: self._select_uids(
+            c, _MSG_COLS, mailbox_id, uids))
         return [_message(r) for r in rows]
 
     async def changed_since(self, mailbox_id: int, modseq: int) -> list[MessageRef]:
