@@ -23,6 +23,7 @@ Messages expunged by another session but not yet announced to this one are skipp
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -210,7 +211,8 @@ async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
     store = s.ctx.store
     recent = view.recent if not s.rev2 else set()
     utf8 = s.utf8
-    seq_of = view.seq_of
+    vuids = view.uids
+    nview = len(vuids)
     flag_text: dict[tuple[str, bool], bytes] = {}
     # (kind or None, prefix): what each item needs, decided once for the command
     plan: list[tuple[str, str | None]] = []
@@ -233,10 +235,13 @@ async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
                 pre[kind] = await get_many(blob_ids, kind)
         out: list[bytes] = []
         missing: list[tuple[int, int, int]] = []  # (index in out, seq, uid)
+        j = bisect.bisect_left(vuids, rows[0][0])  # rows and view both ascend by UID
         for uid, modseq, text, idate, size, blob_id in rows:
-            seq = seq_of(uid)
-            if seq is None:
+            while j < nview and vuids[j] < uid:
+                j += 1
+            if j == nview or vuids[j] != uid:
                 continue  # appended since the last announcement: not in this view yet
+            seq = j + 1
             parts: list[bytes] = []
             for name, kind in plan:
                 if kind is not None:

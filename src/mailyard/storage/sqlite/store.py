@@ -1243,14 +1243,10 @@ class SQLiteStore:
 
     async def cache_get_many(self, blob_ids: Sequence[str], kind: str) -> dict[str, str]:
         memo = self._memo
-        got: dict[str, str] = {}
-        wanted: list[str] = []
-        for b in dict.fromkeys(blob_ids):
-            hit = memo.get((b, kind))
-            if hit is not None:
-                got[b] = hit
-            else:
-                wanted.append(b)
+        got = {b: hit for b in blob_ids if (hit := memo.get((b, kind))) is not None}
+        if len(got) == len(blob_ids):
+            return got
+        wanted = [b for b in dict.fromkeys(blob_ids) if b not in got]
         if not wanted:
             return got
 
