@@ -63,6 +63,29 @@ def test_failing_job_does_not_spoil_its_batch(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_lone_failing_job_leaves_nothing(tmp_path: Path) -> None:
+    """A job alone in its transaction (no savepoint) that fails after writing leaves
+    nothing behind; the writer goes on with the next job."""
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        bad = await s.blobs.put(b"bad")
+        # the first target is written, the second does not exist: the job raises
+        with pytest.raises(NotFound):
+            await s.deliver(bad, [DeliveryTarget(acc.id), DeliveryTarget(10**6)])
+        inbox = await s.get_mailbox(acc.id, "INBOX")
+        assert inbox is not None
+        assert await s.list_messages(inbox.id) == []
+        assert inbox.uidnext == 1 and await s.account_usage(acc.id) == 0
+        ok = await s.blobs.put(b"ok")
+        (d,) = await s.deliver(ok, [DeliveryTarget(acc.id)])
+        assert d.uid == 1
+        await s.close()
+
+    asyncio.run(main())
+
+
 def test_schema_version_and_pragmas(tmp_path: Path) -> None:
     async def main() -> None:
         s = SQLiteStore(tmp_path)

@@ -20,10 +20,13 @@ after COMMIT returned, so an awaited write is durable.
 A job may also carry *staged blobs* (``segments.StagedBlob``: message bytes
 not stored yet). Writing is a two-stage pipeline:
 
-1. the *blob stager* thread takes every job waiting, hands their staged blobs
-   to the blob sink, which appends the new ones to a segment file and
-   fdatasyncs it ONCE, then passes the batch on (jobs without blobs pass
-   straight through, in order);
+1. the *blob stager* thread takes every job waiting with staged blobs, hands
+   them to the blob sink, which appends the new ones to a segment file and
+   fdatasyncs it ONCE, then passes the batch on. Jobs without blobs (flag
+   changes, expunges, cache rows...) skip this stage: they go straight to the
+   writer's queue, so they never wait for a segment fsync they do not need
+   (nor for a thread hand-off). Concurrent jobs have no order among them;
+   a caller that needs one awaits the first job before it submits the next;
 2. the *SQLite writer* takes every prepared batch waiting, inserts their blob
    index rows first thing in ONE transaction, runs the jobs, COMMITs.
 
@@ -176,7 +179,10 @@ class Engine:
             raise StorageError("this engine has no blob sink")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.put(_Job(fn, loop, fut, blobs))
+        if blobs:
+            self._jobs.put(_Job(fn, loop, fut, blobs))
+        else:  # nothing to stage: straight to the writer (one thread hand-off less)
+            self._prepared.put(_Prepared([_Job(fn, loop, fut)], [], {}, []))
         return await fut
 
     def write_soon(self, fn: Callable[[Tx], None]) -> None:
@@ -254,9 +260,29 @@ class Engine:
     def _run_batch(self, prep: _Prepared) -> None:
         conn = self._wconn
         batch = prep.jobs
-        rows, failed, batch_pins = prep.rows, prep.failed, prep.pins
+        rows, failed = prep.rows, prep.failed
         outcomes: list[tuple[_Job, Tx, Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
+        if len(batch) == 1 and not rows and not batch[0].blobs:
+            # One job alone: the transaction is its savepoint (two statements fewer).
+            job = batch[0]
+            tx = Tx(conn)
+            try:
+                result = job.fn(tx)
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                self._finish(conn, prep, [(job, tx, None, _map_error(exc))])
+                return
+            try:
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                self._failed_commit(conn, prep, [(job, tx, result, None)], exc)
+                return
+            self.batches += 1
+            self.jobs_done += 1
+            self._finish(conn, prep, [(job, tx, result, None)])
+            return
         try:
             if rows and self._sink is not None:
                 self._sink.record(conn, rows)
@@ -284,20 +310,33 @@ class Engine:
                 outcomes.append((job, tx, result, None))
             conn.execute("COMMIT")
         except BaseException as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            err = _map_error(exc)
-            pins = list(batch_pins)
-            for _job, tx, _, _ in outcomes:
-                pins.extend(tx.release_pins)
-            with contextlib.suppress(Exception):
-                self._after_commit(conn, [], [o[1] for o in outcomes], pins, rows)
-            for job in batch:
-                self._resolve(job, exc=err)
+            self._failed_commit(conn, prep, outcomes, exc)
             return
         self.batches += 1
         self.jobs_done += len(batch)
-        pins = list(batch_pins)
+        self._finish(conn, prep, outcomes)
+
+    def _failed_commit(self, conn: sqlite3.Connection, prep: _Prepared,
+                       outcomes: list[tuple[_Job, Tx, Any, BaseException | None]],
+                       exc: BaseException) -> None:
+        """The transaction failed as a whole: roll back, clean up, fail every job."""
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        err = _map_error(exc)
+        pins = list(prep.pins)
+        for _job, tx, _, _ in outcomes:
+            pins.extend(tx.release_pins)
+        with contextlib.suppress(Exception):
+            self._after_commit(conn, [], [o[1] for o in outcomes], pins, prep.rows)
+        for job in prep.jobs:
+            self._resolve(job, exc=err)
+
+    def _finish(self, conn: sqlite3.Connection, prep: _Prepared,
+                outcomes: list[tuple[_Job, Tx, Any, BaseException | None]]) -> None:
+        """After COMMIT (or a lone job's rollback): after-commit work, then publish
+        and wake the callers."""
+        rows = prep.rows
+        pins = list(prep.pins)
         committed: list[Tx] = []
         for _, tx, _, failure in outcomes:
             pins.extend(tx.release_pins)
