@@ -14,7 +14,7 @@ import email.utils
 from dataclasses import dataclass, field
 
 from mailyard.message.mime import Part, parse_mime
-from mailyard.message.parse import decode_header
+from mailyard.message.parse import HeaderField, decode_header, find_body_start, parse_fields
 from mailyard.message.text import body_text, headers_text
 
 
@@ -33,6 +33,7 @@ class MessageSearchContext:
     _root: Part | None = field(default=None, repr=False)
     _body: str | None = field(default=None, repr=False)
     _text: str | None = field(default=None, repr=False)
+    _fields: list[HeaderField] | None = field(default=None, repr=False)
 
     @property
     def root(self) -> Part:
@@ -40,9 +41,19 @@ class MessageSearchContext:
             self._root = parse_mime(self.data or b"")
         return self._root
 
+    def header_fields(self) -> list[HeaderField]:
+        """The top-level header fields (what ``root.fields`` holds), without building
+        the MIME tree when only header keys are asked."""
+        if self._root is not None:
+            return self._root.fields
+        if self._fields is None:
+            data = self.data or b""
+            self._fields = parse_fields(data, 0, find_body_start(data))
+        return self._fields
+
     def header(self, name: str) -> list[str]:
         low = name.lower()
-        return [decode_header(f.value) for f in self.root.fields if f.name.lower() == low]
+        return [decode_header(f.value) for f in self.header_fields() if f.name.lower() == low]
 
     def sent_date(self) -> _dt.date | None:
         """The Date: header's date in its own zone (RFC 9051 §6.4.4 SENT*).
