@@ -321,3 +321,34 @@ def test_migration_3_moves_the_delay_warning_out_of_last_error(tmp_path: Path) -
 
     assert sorted(asyncio.run(main())) == [("fresh", False, "c@x.example: 451 later"),
                                            ("warned", True, "b@x.example: 451 later")]
+
+
+def test_cache_memo_is_bounded_and_forgets_with_the_blob(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mailyard.storage.sqlite.store as store_mod
+
+    monkeypatch.setattr(store_mod, "MEMO_CHARS", 100)
+
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        refs = [await s.blobs.put(b"m %d\r\n" % i) for i in range(8)]
+        for r in refs:
+            await s.deliver(r, [DeliveryTarget(acc.id)])
+        for r in refs:  # 8 x 20 characters of one kind, 8 x 5 of another
+            await s.cache_put(r.blob_id, "big", "x" * 20)
+            await s.cache_put(r.blob_id, "small", "y" * 5)
+        memo = s._memo
+        assert s._memo_chars <= 100
+        assert s._memo_chars == sum(len(v) for d in memo.values() for v in d.values())
+        assert list(memo["big"]) == [r.blob_id for r in refs[-len(memo["big"]):]]  # oldest went
+        assert len(memo["small"]) == 8  # the kind holding the most gave way
+        # a value pushed out of memory still comes from the database
+        assert await s.cache_get(refs[0].blob_id, "big") == "x" * 20
+        s._memo_forget(refs[-1].blob_id)
+        assert all(refs[-1].blob_id not in d for d in memo.values())
+        assert s._memo_chars == sum(len(v) for d in memo.values() for v in d.values())
+        await s.close()
+
+    asyncio.run(main())

@@ -182,9 +182,11 @@ class SQLiteStore:
         # blob_cache rows already read or written, (blob_id, kind) -> value, oldest first.
         # A value depends only on the blob's bytes (content-addressed), so an entry can
         # never be wrong for its blob; rows of a deleted blob are dropped here too.
-        self._memo: dict[tuple[str, str], str] = {}
+        # Kept per kind (a handful): kind -> {blob_id -> value}, each oldest first, so a
+        # FETCH of 1:* looks its values up without building a key per message.
+        self._memo: dict[str, dict[str, str]] = {}
         self._memo_chars = 0
-        self._memo_kinds: set[str] = set()  # every kind ever memoised (a handful)
+        self._memo_kind_chars: dict[str, int] = {}
         self._memo_lock = threading.Lock()  # the writer thread forgets, the loop adds
         self._later: set[asyncio.Future[Any]] = set()  # cache_put_later writes in flight
 
@@ -1210,27 +1212,35 @@ class SQLiteStore:
             self._memo_add_locked(blob_id, kind, value)
 
     def _memo_add_locked(self, blob_id: str, kind: str, value: str) -> None:
-        memo = self._memo
-        key = (blob_id, kind)
-        old = memo.pop(key, None)
+        memo = self._memo.get(kind)
+        if memo is None:
+            memo = self._memo[kind] = {}
+            self._memo_kind_chars[kind] = 0
+        self._memo_drop_locked(blob_id, kind)
+        memo[blob_id] = value
+        self._memo_chars += len(value)
+        self._memo_kind_chars[kind] += len(value)
+        while self._memo_chars > MEMO_CHARS:
+            # the oldest value of the kind that holds the most
+            big = max(self._memo_kind_chars, key=self._memo_kind_chars.__getitem__)
+            if not self._memo[big]:
+                break
+            self._memo_drop_locked(next(iter(self._memo[big])), big)
+
+    def _memo_drop_locked(self, blob_id: str, kind: str) -> None:
+        memo = self._memo.get(kind)
+        old = memo.pop(blob_id, None) if memo is not None else None
         if old is not None:
             self._memo_chars -= len(old)
-        memo[key] = value
-        self._memo_chars += len(value)
-        self._memo_kinds.add(kind)
-        while self._memo_chars > MEMO_CHARS and memo:
-            first = next(iter(memo))
-            self._memo_chars -= len(memo.pop(first))
+            self._memo_kind_chars[kind] -= len(old)
 
-    def _memo_forget(self, blob_id: str) -> None:
+    def _memo_forget(self, blob_id: str, kind: str | None = None) -> None:
         with self._memo_lock:
-            for kind in self._memo_kinds:
-                old = self._memo.pop((blob_id, kind), None)
-                if old is not None:
-                    self._memo_chars -= len(old)
+            for k in (self._memo if kind is None else (kind,)):
+                self._memo_drop_locked(blob_id, k)
 
     async def cache_get(self, blob_id: str, kind: str) -> str | None:
-        hit = self._memo.get((blob_id, kind))
+        hit = self._memo.get(kind, {}).get(blob_id)
         if hit is not None:
             return hit
         row = self._lookup(lambda c: c.execute(
@@ -1242,8 +1252,8 @@ class SQLiteStore:
         return row[0]  # type: ignore[no-any-return]
 
     async def cache_get_many(self, blob_ids: Sequence[str], kind: str) -> dict[str, str]:
-        memo = self._memo
-        got = {b: hit for b in blob_ids if (hit := memo.get((b, kind))) is not None}
+        memo = self._memo.get(kind, {})
+        got = {b: hit for b in blob_ids if (hit := memo.get(b)) is not None}
         if len(got) == len(blob_ids):
             return got
         wanted = [b for b in dict.fromkeys(blob_ids) if b not in got]
@@ -1297,10 +1307,7 @@ class SQLiteStore:
             if exc is not None:
                 log.warning("caching %s of blob %s failed: %s", kind, blob_id, exc)
             if exc is not None or not f.result():
-                with self._memo_lock:
-                    old = self._memo.pop((blob_id, kind), None)
-                    if old is not None:
-                        self._memo_chars -= len(old)
+                self._memo_forget(blob_id, kind)
 
         fut.add_done_callback(done)
 
