@@ -159,7 +159,7 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
             except UnknownCTE:
                 return no("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
             await _write(s, seq, parts)
-        await s.flush()
+        await s.pace()
     return ok(("UID " if cmd.uid else "") + "FETCH completed")
 
 
@@ -193,7 +193,7 @@ async def _fetch_flags(s: Session, uids: list[int], names: list[str],
             out.append(line.format(uid, modseq, text, seq))
         if out:
             s.send("".join(out).encode("utf-8"))
-            await s.flush()
+            await s.pace()
     return True
 
 
@@ -282,7 +282,7 @@ async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
                 parts_ = await _render(s, ref, items, extra_flags=False, pre=pre)
                 out[at] = b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts_))  # type: ignore[arg-type]
         s.send(b"".join(out))
-        await s.flush()
+        await s.pace()
 
 
 async def _mark_seen(s: Session, refs: list[MessageRef]
@@ -476,7 +476,7 @@ async def _write(s: Session, seq: int, parts: list[bytes | _Stream]) -> None:
             chunk = chunk[: p.size - sent]
             s.send(chunk)
             sent += len(chunk)
-            await s.flush()
+            await s.pace()
             if sent >= p.size:
                 break
         if sent < p.size:  # a short blob: keep the literal length honest

@@ -182,7 +182,8 @@ class Session:
 
     # -- output --------------------------------------------------------------------------
     # What handlers send collects in ``self.out`` and goes to the transport in pieces of
-    # WRITE_CHUNK or at flush(): a FETCH of 300 envelopes is one or two socket writes
+    # WRITE_CHUNK or at flush() (handlers call pace() between pieces: backpressure
+    # only): a FETCH of 300 envelopes is one or two socket writes
     # instead of thousands of small ones (each transport.write() of a small piece is a
     # send() system call when the transport's buffer is empty). COMPRESS compresses at
     # that point too, so the compressor sees large inputs.
@@ -232,6 +233,15 @@ class Session:
             return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
+
+    async def pace(self) -> None:
+        """Backpressure between the pieces of one answer, without forcing them out:
+        wait only when the transport's buffer is above its high-water mark. What
+        send() collected leaves by itself at WRITE_CHUNK, or at the next flush() (before
+        the session waits for the client), so a small answer and its tagged reply go
+        out in one write instead of one per piece."""
+        if not _below_high_water(self.writer.transport):
+            await self.flush()
 
     def try_send(self, data: bytes) -> None:
         if self.in_literal or self.writer.is_closing():
