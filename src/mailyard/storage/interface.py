@@ -346,7 +346,7 @@ class Store(Protocol):
         """``cache_put`` without waiting for it: ``cache_get`` may serve the value at
         once, the stored row follows (derived data: a value lost in a crash is computed
         again). Added so that a FETCH or SEARCH that computed a value does not wait for
-        a commit before it answers; ``close`` waits for what is still being written.
+        a commit before it answers; what is still queued is written by ``close``.
         """
         ...
 

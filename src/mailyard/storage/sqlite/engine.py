@@ -194,7 +194,9 @@ class Engine:
         """
         if self._closed:
             raise StorageError("store closed")
-        self._jobs.put(_Job(fn, asyncio.get_running_loop(), None))
+        # Straight to the writer, like every job without blobs: it rides with whatever
+        # the writer commits next, whichever way that came.
+        self._prepared.put(_Prepared([_Job(fn, asyncio.get_running_loop(), None)], [], {}, []))
 
     @staticmethod
     def _take(q: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
@@ -263,7 +265,7 @@ class Engine:
         rows, failed = prep.rows, prep.failed
         outcomes: list[tuple[_Job, Tx, Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
-        if len(batch) == 1 and not rows and not batch[0].blobs:
+        if len(batch) == 1 and not rows and not batch[0].blobs and batch[0].future is not None:
             # One job alone: the transaction is its savepoint (two statements fewer).
             job = batch[0]
             tx = Tx(conn)

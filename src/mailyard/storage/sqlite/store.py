@@ -188,7 +188,6 @@ class SQLiteStore:
         self._memo_chars = 0
         self._memo_kind_chars: dict[str, int] = {}
         self._memo_lock = threading.Lock()  # the writer thread forgets, the loop adds
-        self._later: set[asyncio.Future[Any]] = set()  # cache_put_later writes in flight
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -362,8 +361,6 @@ class SQLiteStore:
             log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0), size)
 
     async def close(self) -> None:
-        while self._later:  # cache rows handed to the writer: let them land
-            await asyncio.gather(*self._later, return_exceptions=True)
         engine, self._engine = self._engine, None
         text, self._text = self._text, None
         self.bus.close()
@@ -1295,21 +1292,15 @@ class SQLiteStore:
         # Served from memory at once; the row goes to the writer without anyone waiting
         # for its commit (a value depends only on the blob's bytes, so serving it early
         # is never wrong). Dropped again when the blob turned out to be gone.
+        # The row is a rider (Engine.write_soon): it goes with the next group commit.
         self._memo_add(blob_id, kind, value)
-        fut = asyncio.ensure_future(self._write(self._cache_job(blob_id, kind, value)))
-        self._later.add(fut)
+        put = self._cache_job(blob_id, kind, value)
 
-        def done(f: asyncio.Future[Any]) -> None:
-            self._later.discard(f)
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if exc is not None:
-                log.warning("caching %s of blob %s failed: %s", kind, blob_id, exc)
-            if exc is not None or not f.result():
+        def job(tx: Tx) -> None:
+            if not put(tx):
                 self._memo_forget(blob_id, kind)
 
-        fut.add_done_callback(done)
+        self.engine.write_soon(job)
 
     # -- POP3 maildrop lock (RFC 1939 §8: exclusive access) -------------------------------
     async def lock_maildrop(self, account_id: int) -> bool:
