@@ -352,3 +352,35 @@ def test_cache_memo_is_bounded_and_forgets_with_the_blob(
         await s.close()
 
     asyncio.run(main())
+
+
+def test_riders_commit_soon_and_never_after_a_later_job(tmp_path: Path) -> None:
+    """A rider is committed soon without any other write, and never after a job queued
+    later, although jobs without blobs skip the stager and may overtake its queue."""
+    async def record(s: SQLiteStore, n: int) -> None:
+        for i in range(n):
+            await s.record_auth_result(when=float(i), source_ip="192.0.2.1",
+                                       header_from="example.org", spf="pass", dkim="none",
+                                       dmarc="pass", disposition="none")
+
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        await record(s, 2)
+        for _ in range(200):
+            if len(await s.list_auth_results()) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(await s.list_auth_results()) == 2  # no other write needed
+        for n in range(3, 40, 3):
+            await record(s, 3)
+            await s.add_domain(f"d{n}.example")  # no blobs: straight to the writer
+            assert len(await s.list_auth_results()) == n + 2  # the riders went with it
+        await record(s, 1)
+        await s.close()
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        assert len(await s.list_auth_results()) == 42  # the last one at close
+        await s.close()
+
+    asyncio.run(main())

@@ -51,6 +51,7 @@ that is not cached reads it from disk on the loop (one page, ~0.1 ms on SSD).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -69,6 +70,7 @@ from mailyard.storage.sqlite.segments import LocRow, StagedBlob
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_WAKE: Any = object()  # in the stager's queue: riders are waiting (see write_soon)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -149,9 +151,10 @@ class Engine:
         self._after_commit = after_commit
         self._sink = blob_sink
         self._publish = publish
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Job, _WAKE or None
         self._wconn = connect(path)
         self._prepared: queue.SimpleQueue[_Prepared | None] = queue.SimpleQueue()
+        self._riders: collections.deque[_Job] = collections.deque()  # see write_soon
         self._writer = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._stager = threading.Thread(target=self._stage, name="blob-stager", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-read")
@@ -194,9 +197,13 @@ class Engine:
         """
         if self._closed:
             raise StorageError("store closed")
-        # Straight to the writer, like every job without blobs: it rides with whatever
-        # the writer commits next, whichever way that came.
-        self._prepared.put(_Prepared([_Job(fn, asyncio.get_running_loop(), None)], [], {}, []))
+        # Riders wait beside the queues: the writer takes them first into whatever
+        # batch it commits next, whichever way that came (jobs without blobs do not
+        # pass the stager), so one is never committed after a job queued later. A wake
+        # token through the stager makes sure that a batch comes soon, and lets a
+        # delivery queued right behind the rider carry it.
+        self._riders.append(_Job(fn, asyncio.get_running_loop(), None))
+        self._jobs.put(_WAKE)
 
     @staticmethod
     def _take(q: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
@@ -221,6 +228,7 @@ class Engine:
             while True:
                 batch, stop = self._take(self._jobs)
                 if batch:
+                    batch = [job for job in batch if job is not _WAKE]  # may leave none
                     staged: dict[str, StagedBlob] = {}
                     for job in batch:
                         for b in job.blobs:
@@ -245,8 +253,11 @@ class Engine:
         """Stage 2: commit every prepared batch waiting in one transaction."""
         while True:
             preps, stop = self._take(self._prepared)
-            if preps:
-                merged = _Prepared([j for p in preps for j in p.jobs],
+            riders: list[_Job] = []
+            while self._riders and (preps or stop):
+                riders.append(self._riders.popleft())
+            if riders or any(p.jobs for p in preps):
+                merged = _Prepared(riders + [j for p in preps for j in p.jobs],
                                    [r for p in preps for r in p.rows],
                                    {k: v for p in preps for k, v in p.failed.items()},
                                    [b for p in preps for b in p.pins])
