@@ -384,3 +384,47 @@ def test_riders_commit_soon_and_never_after_a_later_job(tmp_path: Path) -> None:
         await s.close()
 
     asyncio.run(main())
+
+
+def test_riders_without_prompt_wait_for_a_write_or_enough_company(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write_soon(prompt=False)`` (cached values): no commit of its own until
+    RIDERS_MAX wait; the next write, or close(), takes them."""
+    import mailyard.storage.sqlite.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "RIDERS_MAX", 3)
+
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        refs = [await s.blobs.put(b"m %d\r\n" % i) for i in range(6)]
+        for r in refs:
+            await s.deliver(r, [DeliveryTarget(acc.id)])
+
+        def rows() -> int:
+            return int(s.engine.read_now(lambda c: c.execute(
+                "SELECT count(*) FROM blob_cache").fetchone()[0]))
+
+        s.cache_put_later(refs[0].blob_id, "k", "v0")
+        s.cache_put_later(refs[1].blob_id, "k", "v1")
+        await asyncio.sleep(0.1)
+        assert rows() == 0  # waiting for company
+        await s.add_domain("example.org")
+        assert rows() == 2  # rode with that write
+        for r in refs[2:5]:  # RIDERS_MAX of them: a commit of their own
+            s.cache_put_later(r.blob_id, "k", "v")
+        for _ in range(200):
+            if rows() == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert rows() == 5
+        s.cache_put_later(refs[5].blob_id, "k", "v5")
+        await s.close()
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        assert rows() == 6  # the last one at close
+        assert await s.cache_get(refs[5].blob_id, "k") == "v5"
+        await s.close()
+
+    asyncio.run(main())

@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _WAKE: Any = object()  # in the stager's queue: riders are waiting (see write_soon)
+RIDERS_MAX = 256  # riders without a wake token of their own waiting at most
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -188,7 +189,7 @@ class Engine:
             self._prepared.put(_Prepared([_Job(fn, loop, fut)], [], {}, []))
         return await fut
 
-    def write_soon(self, fn: Callable[[Tx], None]) -> None:
+    def write_soon(self, fn: Callable[[Tx], None], *, prompt: bool = True) -> None:
         """Run ``fn`` in the next group commit; nobody waits for it (a *rider*).
 
         For records that may be lost in a crash but must not cost the caller a wait of
@@ -202,8 +203,12 @@ class Engine:
         # pass the stager), so one is never committed after a job queued later. A wake
         # token through the stager makes sure that a batch comes soon, and lets a
         # delivery queued right behind the rider carry it.
-        self._riders.append(_Job(fn, asyncio.get_running_loop(), None))
-        self._jobs.put(_WAKE)
+        # ``prompt=False``: no wake token; the rider waits for the next write, or until
+        # RIDERS_MAX are waiting (derived data that only saves work later).
+        riders = self._riders
+        riders.append(_Job(fn, asyncio.get_running_loop(), None))
+        if prompt or len(riders) >= RIDERS_MAX:
+            self._jobs.put(_WAKE)
 
     @staticmethod
     def _take(q: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:

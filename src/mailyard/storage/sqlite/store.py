@@ -1292,7 +1292,8 @@ class SQLiteStore:
         # Served from memory at once; the row goes to the writer without anyone waiting
         # for its commit (a value depends only on the blob's bytes, so serving it early
         # is never wrong). Dropped again when the blob turned out to be gone.
-        # The row is a rider (Engine.write_soon): it goes with the next group commit.
+        # The row is a rider (Engine.write_soon) that asks for no commit of its own: it
+        # goes with the next write (or once RIDERS_MAX wait, or at close).
         self._memo_add(blob_id, kind, value)
         put = self._cache_job(blob_id, kind, value)
 
@@ -1300,7 +1301,7 @@ class SQLiteStore:
             if not put(tx):
                 self._memo_forget(blob_id, kind)
 
-        self.engine.write_soon(job)
+        self.engine.write_soon(job, prompt=False)
 
     # -- POP3 maildrop lock (RFC 1939 §8: exclusive access) -------------------------------
     async def lock_maildrop(self, account_id: int) -> bool:
