@@ -142,6 +142,10 @@ class TextIndex:
         self._closed = False
         self.indexed = 0  # statistics
         self.batches = 0
+        # Work handed over / work done (each counted by one thread only): a reader finds
+        # the index complete without a round trip to the thread when they are equal.
+        self._handed = 0
+        self._done = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -149,18 +153,26 @@ class TextIndex:
     # -- the writer's side (after COMMIT, in commit order) -----------------------------------
     def add(self, rowid: int, blob_id: str, text: TextSource) -> None:
         if text is not None:
+            self._handed += 1
             self._q.put(_Add(rowid, blob_id, text))
 
     def remove(self, rowid: int) -> None:
+        self._handed += 1
         self._q.put(_Remove(rowid))
 
     def reconcile(self, main_db: Path) -> None:
+        self._handed += 1
         self._q.put(_Reconcile(main_db))
 
     # -- readers ---------------------------------------------------------------------------
     async def flush(self) -> None:
         """Return once everything handed over before this call is in the index."""
         if self._closed:
+            return
+        # The writer hands work over before it wakes anyone, so whatever a caller can have
+        # seen committed is counted in _handed already (read first).
+        handed = self._handed
+        if self._done >= handed:
             return
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -201,12 +213,14 @@ class TextIndex:
                 self._process(work)
 
     def _process(self, work: list[_Item]) -> None:
+        units = sum(1 for i in work if not isinstance(i, _Barrier))
         try:
             self._apply(work)
         except Exception:  # never let the indexer die: reconciliation repairs at next open
             log.exception("full-text indexing failed for a batch of %d", len(work))
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+        self._done += units  # failed work too: the next open's repair redoes it
         for item in work:
             if isinstance(item, _Barrier):
                 with contextlib.suppress(RuntimeError):  # loop closed
