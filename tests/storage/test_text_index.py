@@ -174,3 +174,25 @@ def test_deleted_index_file_is_rebuilt(tmp_path: Path) -> None:
         await s.close()
 
     asyncio.run(check())
+
+
+def test_header_candidates_never_miss_what_the_indexer_has_not_taken_in(tmp_path: Path) -> None:
+    """SEARCH's header prefilter does not wait for the indexer: a message it has not
+    indexed yet is a candidate; once indexed, only the matches are."""
+    async def main() -> None:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+        inbox = await s.get_mailbox(acc.id, "INBOX")
+        assert inbox is not None
+        await _deliver(s, acc.id, 1)
+        await _deliver(s, acc.id, 2, SearchableText(headers="Subject: lunch", body="soup"))
+        got = await s.header_candidates(inbox.id, "quarterly")
+        assert got is not None and 1 in got  # matched, or not indexed yet
+        await s.search_text(inbox.id, "x")  # waits for the indexer
+        assert await s.header_candidates(inbox.id, "quarterly") == {1}
+        assert await s.header_candidates(inbox.id, "lunch") == {2}
+        assert await s.header_candidates(inbox.id, "qu") is None  # too short to narrow
+        await s.close()
+
+    asyncio.run(main())

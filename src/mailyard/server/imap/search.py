@@ -74,6 +74,10 @@ async def _candidates(s: Session, key: sk.SearchKey) -> set[int] | None:
     if isinstance(key, sk.UidKey) and not key.sequence.saved:
         return set(key.sequence.select(view.uids))
     if (isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii()
+            and hasattr(store, "header_candidates")):
+        # One read, no wait for the indexer: what it has not taken in yet is a candidate.
+        return await store.header_candidates(view.id, key.value)  # type: ignore[no-any-return]
+    if (isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii()
             and hasattr(store, "unindexed_uids")):
         # Two independent reads (each a trip to the reader pool): waited for together.
         found, unindexed = await asyncio.gather(
