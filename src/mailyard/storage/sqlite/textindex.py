@@ -18,7 +18,8 @@ messages themselves, so it does not need to be durable with them:
   removals (blob rows deleted), in commit order. The thread defers the work while
   mail keeps arriving, then writes everything waiting in one transaction (no
   savepoints, so FTS5 flushes once): when nothing new came for ``IDLE_SECONDS``,
-  when ``DEFER_MAX`` items wait, or at once when a reader asks. The text is
+  when the oldest has waited ``MAX_DEFER_SECONDS``, when ``DEFER_MAX`` items wait,
+  or at once when a reader asks. The text is
   extracted there too, from the stored message, so a delivery's path to its
   ``250`` holds neither tokenising nor MIME decoding for the index;
 * a reader wanting the index complete (``search_text``) first awaits
@@ -43,6 +44,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "search.sqlite3"
 MAX_DERIVE_SIZE = 8 * 1024 * 1024  # larger messages are not indexed (as APPEND's limit)
 IDLE_SECONDS = 0.2  # index what waits once no work has arrived for this long ...
+MAX_DEFER_SECONDS = 2.0  # ... or once the oldest item has waited this long ...
 DEFER_MAX = 5000  # ... or once this many additions and removals wait
 TXN_MAX = 100  # items per index transaction (FTS5 holds its pending terms in memory)
 
@@ -181,18 +184,25 @@ class TextIndex:
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        """Collect work; index it when asked (a barrier), when idle, or when a lot waits.
+        """Collect work; index it when asked (a barrier), when idle, when the oldest item
+        has waited ``MAX_DEFER_SECONDS`` or when a lot waits.
 
         Indexing is deferred while mail keeps arriving (Dovecot's FTS plugins index
         lazily too): a burst of deliveries is not slowed by tokenising, and one large
-        transaction costs FTS5 far less than many small ones. A search never sees the
-        deferral: its barrier makes the thread index everything before it at once.
+        transaction costs FTS5 far less than many small ones. A body search never sees
+        the deferral: its barrier makes the thread index everything before it at once;
+        the header prefilter counts what is not indexed yet as a candidate, and the age
+        limit keeps that set small under a steady stream of mail.
         """
         pending: list[_Item] = []
+        oldest = 0.0
         stop = False
         while not stop:
+            timeout = None
+            if pending:
+                timeout = max(0.0, min(IDLE_SECONDS, oldest + MAX_DEFER_SECONDS - time.monotonic()))
             try:
-                item = self._q.get(timeout=IDLE_SECONDS if pending else None)
+                item = self._q.get(timeout=timeout)
             except queue.Empty:
                 item = _IDLE
             urgent = item is _IDLE
@@ -201,6 +211,8 @@ class TextIndex:
                     stop = urgent = True
                     break
                 if item is not _IDLE:
+                    if not pending:
+                        oldest = time.monotonic()
                     pending.append(item)
                     if not isinstance(item, _Add | _Remove) or len(pending) >= DEFER_MAX:
                         urgent = True
@@ -208,7 +220,7 @@ class TextIndex:
                     item = self._q.get_nowait()
                 except queue.Empty:
                     break
-            if urgent and pending:
+            if pending and (urgent or time.monotonic() - oldest >= MAX_DEFER_SECONDS):
                 work, pending = pending, []
                 self._process(work)
 
