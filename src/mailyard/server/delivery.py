@@ -6,12 +6,14 @@ Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local send
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailyard.mailauth import pipeline
 from mailyard.policy.addresses import AddressError, split_address
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
@@ -64,9 +66,29 @@ def _protocol(sub: Submission) -> str:
     return base
 
 
-def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
-    from mailyard.server.smtp import received_header
+def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str,
+                    session_id: str, for_rcpt: str | None, now: float) -> bytes:
+    """RFC 5321 §4.4 trace line; every part comes from validated input (no CR/LF)."""
+    ip = f"IPv6:{remote_ip}" if ":" in remote_ip else remote_ip
+    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {session_id}"
+    if for_rcpt:
+        parts += f"\r\n\tfor <{for_rcpt}>"
+    return f"Received: {parts};\r\n\t{_date(now)}\r\n".encode()
 
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date(now: float) -> str:
+    """RFC 5322 date-time of ``now`` (UTC), formatted once per second."""
+    global _last_date
+    second = int(now // 1)
+    if _last_date[0] != second:
+        _last_date = (second, email.utils.formatdate(second, localtime=False))
+    return _last_date[1]
+
+
+def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
     rcpts = [a for a, _ in sub.local_rcpts] + [r.address for r in sub.remote_rcpts]
     return received_header(helo=sub.helo, remote_ip=sub.remote_ip, hostname=ctx.hostname,
                            protocol=_protocol(sub), session_id=sub.session_id,
@@ -151,8 +173,6 @@ async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
     The verdict is recorded for DMARC reports by a write nobody waits for: queued
     first, it rides in the delivery's group commit.
     """
-    from mailyard.mailauth import pipeline
-
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import errno
 import secrets
 import shutil
@@ -27,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mailyard.mailauth import pipeline
 from mailyard.policy.addresses import AddressError, base_address, canonical_address, split_address
 from mailyard.policy.recipients import Verdict
 from mailyard.protocol.smtp import server as core
@@ -45,6 +45,11 @@ _disk_ok_until: dict[Any, float] = {}  # data_dir -> loop time until which it ha
 
 def R(code: int, enhanced: str | None, text: str) -> Reply:
     return Reply.make(code, text, enhanced)
+
+
+# The replies of the common path, built once (a Reply renders its wire form once).
+_SENDER_OK = R(250, "2.1.0", "Sender OK")
+_RECIPIENT_OK = R(250, "2.1.5", "Recipient OK")
 
 
 @dataclass
@@ -101,15 +106,30 @@ class SMTPSession:
         self._reading = False
         self._timed_out = False
         self._quotas: dict[int, tuple[float, int | None]] = {}
+        self._high_water = -1
+        self._buffered: Any = _zero
+        self._watch_transport()
 
     # -- I/O helpers --------------------------------------------------------------------
     async def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
             self.writer.write(out)
-            if _below_high_water(self.writer.transport):
+            if self._buffered() <= self._high_water:
                 return  # drain() would return at once
             await self.writer.drain()
+
+    def _watch_transport(self) -> None:
+        """Look up the transport's write-buffer size and high-water mark once (again
+        after STARTTLS, which replaces the transport)."""
+        transport = self.writer.transport
+        try:
+            self._high_water = transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
+            self._buffered = transport.get_write_buffer_size  # type: ignore[attr-defined]
+            self._buffered()
+        except (AttributeError, NotImplementedError):
+            self._high_water = -1  # unknown: always drain()
+            self._buffered = _zero
 
     def _arm_deadline(self) -> None:
         """Commands must complete within command_timeout, however slowly bytes trickle in."""
@@ -187,9 +207,12 @@ class SMTPSession:
 
     async def _loop(self) -> None:
         conn = self.conn
+        next_event = conn.next_event
+        need_data = core.NEED_DATA
+        message_data = core.MessageData
         while True:
-            ev = conn.next_event()
-            if ev is core.NEED_DATA:
+            ev = next_event()
+            if ev is need_data:
                 await self.flush()
                 if not await self.read_more():
                     return
@@ -197,8 +220,8 @@ class SMTPSession:
             if ev is core.PAUSED:  # pragma: no cover - we always answer before asking again
                 raise RuntimeError("SMTP core paused without an outstanding decision")
             kind = type(ev)
-            if kind is core.MessageData:
-                await self.dispatch(ev)
+            if kind is message_data:
+                self.on_data(ev)
                 continue
             if kind is core.ConnectionClosed or kind is core.Quit:
                 await self.flush()
@@ -209,7 +232,7 @@ class SMTPSession:
                 continue
             self._arm_deadline()
             reply = await self.dispatch(ev)
-            if getattr(ev, "needs_decision", False):
+            if ev.needs_decision:
                 conn.respond(reply)  # None: the core's default acceptance
 
     async def _start_tls(self) -> bool:
@@ -227,9 +250,20 @@ class SMTPSession:
         self.txn.discard()
         self.txn = Transaction()
         self.conn.tls_started()
+        self._watch_transport()
         return True
 
     async def dispatch(self, ev: Any) -> Reply | None:
+        kind = type(ev)
+        if kind is core.MailFrom:
+            return await self.on_mail(ev)
+        if kind is core.RcptTo:
+            return await self.on_rcpt(ev)
+        if kind is core.MessageComplete:
+            return await self.on_message()
+        if kind is core.MessageData:
+            self.on_data(ev)
+            return None
         if isinstance(ev, core.Hello):
             self.helo = ev.name
             self.txn.discard()
@@ -237,35 +271,31 @@ class SMTPSession:
             return None
         if isinstance(ev, core.AuthCredentials):
             return await self.on_auth(ev)
-        if isinstance(ev, core.MailFrom):
-            return await self.on_mail(ev)
-        if isinstance(ev, core.RcptTo):
-            return await self.on_rcpt(ev)
-        if isinstance(ev, core.MessageData):
-            if self.txn.failed is not None:
-                return None  # keep reading to the end of DATA, store nothing
-            if self.txn.spool is None:
-                self.txn.spool = self.ctx.store.blobs.new_spool()
-                self.data_started = self.loop.time()
-            try:
-                self.txn.spool.write(ev.chunk)
-            except (StorageError, OSError) as e:
-                # ENOSPC while spooling: drop what was spooled now (freeing the space),
-                # read the rest and answer the final dot with 452 (RFC 3463 X.3.1).
-                self.ctx.log.warning("smtp %s: spooling failed: %s", self.remote_ip, e)
-                self.txn.discard()
-                self.txn.failed = (R(452, "4.3.1", "Insufficient system storage")
-                                   if _is_no_space(e) else
-                                   R(451, "4.3.0", "Local error in processing"))
-            return None
         if isinstance(ev, core.MessageAborted):
             self.txn.discard()
             self.txn.local_rcpts.clear()
             self.txn.remote_rcpts.clear()
             return None
-        if isinstance(ev, core.MessageComplete):
-            return await self.on_message()
         return None
+
+    def on_data(self, ev: Any) -> None:
+        """A piece of message content: to the spool (no await: nothing to wait for)."""
+        txn = self.txn
+        if txn.failed is not None:
+            return  # keep reading to the end of DATA, store nothing
+        if txn.spool is None:
+            txn.spool = self.ctx.store.blobs.new_spool()
+            self.data_started = self.loop.time()
+        try:
+            txn.spool.write(ev.chunk)
+        except (StorageError, OSError) as e:
+            # ENOSPC while spooling: drop what was spooled now (freeing the space),
+            # read the rest and answer the final dot with 452 (RFC 3463 X.3.1).
+            self.ctx.log.warning("smtp %s: spooling failed: %s", self.remote_ip, e)
+            txn.discard()
+            txn.failed = (R(452, "4.3.1", "Insufficient system storage")
+                          if _is_no_space(e) else
+                          R(451, "4.3.0", "Local error in processing"))
 
     # -- AUTH ------------------------------------------------------------------------------
     async def on_auth(self, ev: Any) -> Reply:
@@ -321,7 +351,7 @@ class SMTPSession:
         self.txn.sender = sender
         self.txn.raw_sender = raw
         self.txn.mail = ev
-        return R(250, "2.1.0", "Sender OK")
+        return _SENDER_OK
 
     async def _may_send_as(self, sender: str) -> bool:
         assert self.account is not None
@@ -339,8 +369,6 @@ class SMTPSession:
         return False
 
     async def _check_spf(self, sender: str) -> Any:
-        from mailyard.mailauth import pipeline
-
         try:
             return await pipeline.authenticate_envelope(self.remote_ip, self.helo, sender,
                                                         resolver=self.ctx.resolver)
@@ -366,14 +394,14 @@ class SMTPSession:
                 self.txn.local_rcpts.append((addr, list(res.account_ids)))
             for fwd in res.remote:
                 self.txn.remote_rcpts.append(_Forward(fwd, via=addr))
-            return R(250, "2.1.5", "Recipient OK")
+            return _RECIPIENT_OK
         if res.verdict is Verdict.UNKNOWN_USER:
             return R(550, "5.1.1", "No such user here")
         if self.mode == "submission" and res.verdict is Verdict.NOT_LOCAL:
             if _is_routable(addr):
                 # Remote local parts keep their case (RFC 5321 §2.4): only we fold ours.
                 self.txn.remote_rcpts.append(_Forward(ev.path.mailbox, ev.notify, ev.orcpt))
-                return R(250, "2.1.5", "Recipient OK")
+                return _RECIPIENT_OK
             return R(553, "5.1.3", "Invalid recipient address")
         return R(554, "5.7.1", "Relay access denied")
 
@@ -436,12 +464,8 @@ class _Forward:
     via: str = ""  # the local alias that forwards here (its domain ARC-seals the copy)
 
 
-def _below_high_water(transport: asyncio.BaseTransport) -> bool:
-    try:
-        size = transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        return bool(size <= transport.get_write_buffer_limits()[1])  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError):
-        return False
+def _zero() -> int:
+    return 0
 
 
 def _is_no_space(e: Exception) -> bool:
@@ -468,15 +492,3 @@ async def handle_smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     await session.run()
-
-
-def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str,
-                    session_id: str, for_rcpt: str | None, now: float) -> bytes:
-    """RFC 5321 §4.4 trace line; every part comes from validated input (no CR/LF)."""
-    ip = f"IPv6:{remote_ip}" if ":" in remote_ip else remote_ip
-    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {session_id}"
-    if for_rcpt:
-        parts += f"\r\n\tfor <{for_rcpt}>"
-    date = email.utils.formatdate(now, localtime=False)
-    return f"Received: {parts};\r\n\t{date}\r\n".encode()
-
