@@ -49,6 +49,8 @@ class Submission:
     local_rcpts: list[tuple[str, list[int]]] = field(default_factory=list)
     remote_rcpts: list[Any] = field(default_factory=list)
     spf: Any = None
+    #: MX: the session's iprev result for the client, if known; set to the one used
+    iprev: Any = None
 
 
 def _r(code: int, enhanced: str, text: str) -> Reply:
@@ -175,7 +177,9 @@ async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
     """
     verdict = await pipeline.authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
-        resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
+        resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf,
+        iprev_result=sub.iprev)
+    sub.iprev = verdict.iprev
     await _record(ctx, sub, verdict)
     header = verdict.header
     if not header.endswith("\r\n"):

@@ -106,6 +106,9 @@ class SMTPSession:
         self._reading = False
         self._timed_out = False
         self._quotas: dict[int, tuple[float, int | None]] = {}
+        # MX: the client's iprev (FCrDNS) result, looked up with the first message and
+        # kept for the connection (the address does not change), unless temporary.
+        self._iprev: Any = None
         self._high_water = -1
         self._buffered: Any = _zero
         self._watch_transport()
@@ -446,12 +449,15 @@ class SMTPSession:
             local_rcpts=list(txn.local_rcpts),
             remote_rcpts=list(txn.remote_rcpts),
             spf=txn.spf,
+            iprev=self._iprev,
         )
         self.txn = Transaction()
         try:
             return await accept_message(self.ctx, sub, spool)
         finally:
             spool.abort()
+            if sub.iprev is not None and getattr(sub.iprev, "result", "") != "temperror":
+                self._iprev = sub.iprev
 
 
 @dataclass(frozen=True)
