@@ -235,7 +235,7 @@ class SMTPSession:
                 continue
             self._arm_deadline()
             reply = await self.dispatch(ev)
-            if ev.needs_decision:
+            if ev.needs_decision:  # type: ignore[union-attr]  # NEED_DATA, PAUSED handled above
                 conn.respond(reply)  # None: the core's default acceptance
 
     async def _start_tls(self) -> bool:
