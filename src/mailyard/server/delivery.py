@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import functools
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -346,4 +347,10 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         return _r(451, "4.3.0", "Local error in processing, try again later")
     finally:
         spool.abort()  # the spool in use (it may have been replaced); idempotent
-    return _r(250, "2.0.0", f"Ok: queued as {sub.session_id}")
+    return _queued(sub.session_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _queued(session_id: str) -> Reply:
+    """The final 250 of a session (one Reply per session: its wire form is kept)."""
+    return _r(250, "2.0.0", f"Ok: queued as {session_id}")

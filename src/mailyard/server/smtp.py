@@ -63,6 +63,12 @@ class Transaction:
     spf: Any = None  # mailauth SPF result from MAIL FROM time (MX mode)
     failed: Reply | None = None  # the spool failed (ENOSPC...): the reply to the final dot
 
+    def fresh(self) -> bool:
+        """Nothing learnt yet (as a new Transaction)."""
+        return (self.mail is None and self.spool is None and self.spf is None
+                and self.failed is None and not self.sender and not self.raw_sender
+                and not self.local_rcpts and not self.remote_rcpts)
+
     def discard(self) -> None:
         if self.spool is not None:
             self.spool.abort()
@@ -330,8 +336,9 @@ class SMTPSession:
         return free < threshold
 
     async def on_mail(self, ev: Any) -> Reply:
-        self.txn.discard()
-        self.txn = Transaction()
+        if not self.txn.fresh():  # (after a message the session already holds a new one)
+            self.txn.discard()
+            self.txn = Transaction()
         if self._disk_low():
             return R(452, "4.3.1", "Insufficient system storage")
         raw = "" if ev.path.is_null else ev.path.mailbox  # source route stripped
@@ -446,8 +453,8 @@ class SMTPSession:
             account=self.account,
             sender=txn.sender,
             mail=txn.mail,
-            local_rcpts=list(txn.local_rcpts),
-            remote_rcpts=list(txn.remote_rcpts),
+            local_rcpts=txn.local_rcpts,  # the session moves on to a new Transaction
+            remote_rcpts=txn.remote_rcpts,
             spf=txn.spf,
             iprev=self._iprev,
         )
