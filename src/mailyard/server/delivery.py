@@ -14,7 +14,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailyard.mailauth import pipeline
 from mailyard.policy.addresses import AddressError, split_address
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
@@ -52,6 +51,20 @@ class Submission:
     spf: Any = None
     #: MX: the session's iprev result for the client, if known; set to the one used
     iprev: Any = None
+
+
+_pipeline: Any = None
+
+
+def auth_pipeline() -> Any:
+    """``mailyard.mailauth.pipeline``, imported at first use (servers without an MX
+    listener never need it) and then kept: no import statement per message."""
+    global _pipeline
+    if _pipeline is None:
+        from mailyard.mailauth import pipeline
+
+        _pipeline = pipeline
+    return _pipeline
 
 
 def _r(code: int, enhanced: str, text: str) -> Reply:
@@ -176,7 +189,7 @@ async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
     The verdict is recorded for DMARC reports by a write nobody waits for: queued
     first, it rides in the delivery's group commit.
     """
-    verdict = await pipeline.authenticate_message(
+    verdict = await auth_pipeline().authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf,
         iprev_result=sub.iprev)

@@ -26,13 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mailyard.mailauth import pipeline
 from mailyard.policy.addresses import AddressError, base_address, canonical_address, split_address
 from mailyard.policy.recipients import Verdict
 from mailyard.protocol.smtp import server as core
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
-from mailyard.server.delivery import Submission, accept_message
+from mailyard.server.delivery import Submission, accept_message, auth_pipeline
 from mailyard.server.streams import upgrade_to_tls
 from mailyard.storage.interface import InsufficientStorage, Spool, StorageError
 from mailyard.storage.models import Account
@@ -76,6 +75,12 @@ class Transaction:
 
 
 class SMTPSession:
+    # Slots: a session is per connection, and most connections are idle (no __dict__).
+    __slots__ = ("_buffered", "_high_water", "_iprev", "_quotas", "_reading", "_task",
+                 "_timed_out", "_timer", "account", "conn", "ctx", "data_started",
+                 "deadline", "helo", "loop", "mode", "reader", "remote_ip", "session_id",
+                 "settings", "tls_active", "txn", "writer")
+
     def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, mode: Literal["mx", "submission"],
                  implicit_tls: bool) -> None:
@@ -380,8 +385,8 @@ class SMTPSession:
 
     async def _check_spf(self, sender: str) -> Any:
         try:
-            return await pipeline.authenticate_envelope(self.remote_ip, self.helo, sender,
-                                                        resolver=self.ctx.resolver)
+            return await auth_pipeline().authenticate_envelope(
+                self.remote_ip, self.helo, sender, resolver=self.ctx.resolver)
         except Exception:
             self.ctx.log.exception("SPF check failed")
             return None
