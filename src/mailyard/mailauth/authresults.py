@@ -8,6 +8,7 @@ with the message (RFC 8601 §5: a forged result under our name must not survive)
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -33,22 +34,33 @@ class IprevResult:
     reason: str = ""
 
 
-async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
-    """Forward-confirmed reverse DNS: a PTR name of ``ip`` whose A/AAAA include ``ip``."""
+@functools.lru_cache(maxsize=1024)
+def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str] | None:
+    """(address, its text) of ``ip`` (IPv4-mapped IPv6 as IPv4); None if not an address.
+    Parsed once per address: every message from a client asks again."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        return IprevResult("permerror", ip, reason="not an IP address")
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
+    return addr, str(addr)
+
+
+async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
+    """Forward-confirmed reverse DNS: a PTR name of ``ip`` whose A/AAAA include ``ip``."""
+    parsed = _address(ip)
+    if parsed is None:
+        return IprevResult("permerror", ip, reason="not an IP address")
+    addr, text = parsed
     try:
-        names = await resolver.ptr(str(addr))
+        names = await resolver.ptr(text)
     except NXDomain:
-        return IprevResult("fail", str(addr), reason="no PTR record")
+        return IprevResult("fail", text, reason="no PTR record")
     except TempError as e:
-        return IprevResult("temperror", str(addr), reason=str(e))
+        return IprevResult("temperror", text, reason=str(e))
     if not names:
-        return IprevResult("fail", str(addr), reason="no PTR record")
+        return IprevResult("fail", text, reason="no PTR record")
 
     async def forward(name: str) -> list[str] | TempError:
         try:
@@ -69,14 +81,12 @@ async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
             temp = True
             continue
         for a in ans:
-            try:
-                if ipaddress.ip_address(a) == addr:
-                    return IprevResult("pass", str(addr), name.rstrip(".").lower())
-            except ValueError:
-                continue
+            found = _address(a)
+            if found is not None and found[0] == addr:
+                return IprevResult("pass", text, name.rstrip(".").lower())
     if temp:
-        return IprevResult("temperror", str(addr), reason="forward lookup failed")
-    return IprevResult("fail", str(addr), checked[0].rstrip("."), "PTR name does not resolve back")
+        return IprevResult("temperror", text, reason="forward lookup failed")
+    return IprevResult("fail", text, checked[0].rstrip("."), "PTR name does not resolve back")
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +95,7 @@ async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+$")
 
 
+@functools.lru_cache(maxsize=4096)
 def _value(v: str) -> str:
     """A property value: bare when it is a token/addr-spec, else a quoted-string."""
     v = re.sub(r"[\x00-\x1f\x7f]", "", v)
@@ -93,6 +104,7 @@ def _value(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=1024)
 def _comment(text: str) -> str:
     text = re.sub(r"[\x00-\x1f\x7f]", " ", text).strip()
     if not text:
@@ -171,10 +183,15 @@ def format_authentication_results(
         if arc.sealer:
             arc_part += f" header.d={_value(arc.sealer)}"
         parts.append(arc_part)
-    serv = re.sub(r"[\s;()\x00-\x1f]", "", authserv_id) or "localhost"
+    serv = _authserv(authserv_id)
     if not parts:
         return f"Authentication-Results: {serv}; none"
     return f"Authentication-Results: {serv};\r\n\t" + ";\r\n\t".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _authserv(authserv_id: str) -> str:
+    return re.sub(r"[\s;()\x00-\x1f]", "", authserv_id) or "localhost"
 
 
 # --------------------------------------------------------------------------------------------

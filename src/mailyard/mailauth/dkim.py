@@ -178,15 +178,26 @@ def key_record_problem(txt: str) -> tuple[DKIMResultCode, str] | None:
     return None
 
 
+_EMPTY_LINE_RE = re.compile(rb"\n\r?\n")
+
+
 def split_message(message: bytes) -> tuple[list[tuple[str, str]], bytes]:
     """(header fields as (name, raw unfolded-not value), body). Lenient, never raises."""
-    m = re.search(rb"\r?\n\r?\n", message)
+    # The first empty line: an LF, an optional CR, an LF (and the CR before the first LF,
+    # if any). A pattern starting with a literal octet is scanned for quickly; the header
+    # section's lines are split at LF, less a CR before it (as splitting at CR? LF would).
+    m = _EMPTY_LINE_RE.search(message)
     if m:
-        head, body = message[: m.start()], message[m.end() :]
+        start = m.start() - 1 if m.start() and message[m.start() - 1] == 0x0D else m.start()
+        head, body = message[:start], message[m.end() :]
     else:
         head, body = message, b""
     fields: list[tuple[str, str]] = []
-    for line in re.split(rb"\r?\n", head):
+    lines = head.split(b"\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if i < last and line[-1:] == b"\r":
+            line = line[:-1]
         if line[:1] in (b" ", b"\t") and fields:
             prev_name, prev_value = fields[-1]
             fields[-1] = (prev_name, prev_value + "\r\n" + line.decode("utf-8", "replace"))

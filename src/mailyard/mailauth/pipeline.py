@@ -99,15 +99,19 @@ async def authenticate_message(
     resolver: Resolver,
     authserv_id: str,
     spf_result: SPFResult | None = None,
+    iprev_result: IprevResult | None = None,
     trusted_arc_sealers: frozenset[str] = frozenset(),
     now: float | None = None,
     rand: Callable[[], float] = random.random,
 ) -> AuthVerdict:
-    """SPF (unless given), DKIM, ARC and iprev concurrently, then DMARC and the decision.
+    """SPF (unless given), DKIM, ARC and iprev (unless given) concurrently, then DMARC
+    and the decision.
 
     The header block is parsed once and shared. Checks with nothing to look up (no
     DKIM-Signature, no ARC set, SPF given) are not scheduled as tasks: then only iprev
-    (usually an answer from the resolver's cache) is awaited.
+    (usually an answer from the resolver's cache) is awaited. ``iprev_result`` is the
+    session's earlier answer for the same client address (it is looked up once per
+    connection, as MTAs do with the client's name).
     """
     fields, _ = split_message(message)
     has_dkim = has_arc = False
@@ -128,15 +132,20 @@ async def authenticate_message(
                 return spf_result
             return await check_spf(ip, mail_from, helo, resolver=resolver, now=now)
 
+        async def iprev_task() -> IprevResult:
+            if iprev_result is not None:
+                return iprev_result
+            return await check_iprev(ip, resolver=resolver)
+
         spf, dkim, arc, iprev = await asyncio.gather(
             spf_task(),
             verify_dkim(message, resolver=resolver, now=now, fields=fields),
             verify_arc(message, resolver=resolver, fields=fields),
-            check_iprev(ip, resolver=resolver),
+            iprev_task(),
         )
     else:
         spf, dkim, arc = spf_result, [], ARC_NOT_SIGNED
-        iprev = await check_iprev(ip, resolver=resolver)
+        iprev = iprev_result or await check_iprev(ip, resolver=resolver)
     mf = mail_from.strip().strip("<>")
     mail_from_domain = mf.rpartition("@")[2].lower() if mf else None
     dmarc = await check_dmarc(from_values, spf, mail_from_domain, dkim, resolver=resolver,

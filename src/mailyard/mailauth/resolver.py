@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -113,16 +114,23 @@ class DnsResolver:
                 del self._cache[k]
         self._cache[key] = (self._clock() + max(0.0, min(ttl, MAX_TTL)), value)
 
-    async def _query(self, name: str, rdtype: str) -> list:  # type: ignore[type-arg]
-        import dns.exception
-        import dns.resolver
-
+    async def _query(self, name: str, rdtype: str,
+                     convert: Callable[[list], list] | None = None) -> list:  # type: ignore[type-arg]
+        """The records of ``name``, or ``convert(records)`` when given: the converted
+        value is what is cached, so a hit costs no conversion. Callers get a copy."""
         key = (name.lower().rstrip("."), rdtype)
         found, value = self._cached(key)
         if found:
             if value is None:
                 raise NXDomain(name)
-            return value
+            return list(value)
+        return list(await self._resolve(name, rdtype, key, convert))
+
+    async def _resolve(self, name: str, rdtype: str, key: tuple[str, str],
+                       convert: Callable[[list], list] | None) -> list:  # type: ignore[type-arg]
+        import dns.exception
+        import dns.resolver
+
         try:
             answer = await self._res.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
@@ -136,29 +144,43 @@ class DnsResolver:
         except dns.exception.DNSException as e:
             raise TempError(f"{name}/{rdtype}: {e}") from None
         records = list(answer)
+        if convert is not None:
+            records = convert(records)
         ttl = answer.rrset.ttl if answer.rrset is not None else NEGATIVE_TTL
         self._remember(key, ttl, records)
         return records
 
     async def txt(self, name: str) -> list[str]:
-        out = []
-        for r in await self._query(name, "TXT"):
-            out.append(b"".join(r.strings).decode("utf-8", "replace"))
-        return out
+        return await self._query(name, "TXT", _txt_strings)
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
-        out = []
-        for r in await self._query(name, "MX"):
-            host = r.exchange.to_text(omit_final_dot=True)
-            out.append((int(r.preference), "" if host in ("", ".") else host.lower()))
-        return out
+        return await self._query(name, "MX", _mx_pairs)
 
     async def a(self, name: str) -> list[str]:
-        return [r.address for r in await self._query(name, "A")]
+        return await self._query(name, "A", _addresses)
 
     async def aaaa(self, name: str) -> list[str]:
-        return [r.address for r in await self._query(name, "AAAA")]
+        return await self._query(name, "AAAA", _addresses)
 
     async def ptr(self, ip: str) -> list[str]:
-        return [r.target.to_text(omit_final_dot=True)
-                for r in await self._query(_reverse_name(ip), "PTR")]
+        return await self._query(_reverse_name(ip), "PTR", _ptr_names)
+
+
+def _txt_strings(records: list) -> list[str]:  # type: ignore[type-arg]
+    return [b"".join(r.strings).decode("utf-8", "replace") for r in records]
+
+
+def _mx_pairs(records: list) -> list[tuple[int, str]]:  # type: ignore[type-arg]
+    out = []
+    for r in records:
+        host = r.exchange.to_text(omit_final_dot=True)
+        out.append((int(r.preference), "" if host in ("", ".") else host.lower()))
+    return out
+
+
+def _addresses(records: list) -> list[str]:  # type: ignore[type-arg]
+    return [r.address for r in records]
+
+
+def _ptr_names(records: list) -> list[str]:  # type: ignore[type-arg]
+    return [r.target.to_text(omit_final_dot=True) for r in records]

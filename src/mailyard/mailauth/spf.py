@@ -637,7 +637,9 @@ async def _check(ctx: _Ctx, domain: str, *, want_exp: bool = True) -> SPFResult:
         return SPFResult(e.result, domain, reason=e.reason)
 
 
+@functools.lru_cache(maxsize=1024)
 def _parse_ip(ip: str) -> IPAddr | None:
+    """The client address, parsed once per address (not per message)."""
     try:
         addr = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -658,9 +660,16 @@ async def check_host(
     now: float | None = None,
 ) -> SPFResult:
     """RFC 7208 §4 check_host(<ip>, <domain>, <sender>). Never raises."""
+    return await _check_host(ip, domain, sender, resolver=resolver, helo=helo,
+                             receiver=receiver, now=now, identity="mailfrom")
+
+
+async def _check_host(ip: str, domain: str, sender: str, *, resolver: Resolver, helo: str,
+                      receiver: str, now: float | None, identity: str) -> SPFResult:
     addr = _parse_ip(ip)
     if addr is None:
-        return SPFResult("permerror", domain, reason=f"bad client address {ip!r}")
+        return SPFResult("permerror", domain, identity=identity,
+                         reason=f"bad client address {ip!r}")
     local, at, sdom = sender.rpartition("@")
     if not at:
         local, sdom = "", sender
@@ -684,6 +693,7 @@ async def check_host(
         domain.rstrip(".").lower(),
         res.explanation,
         res.mechanism,
+        identity=identity,
         sender=full_sender,
         reason=res.reason,
         lookups=ctx.lookups,
@@ -711,16 +721,5 @@ async def check_spf(
     else:
         domain = helo
         sender, identity = f"postmaster@{helo}", "helo"
-    res = await check_host(
-        ip, domain, sender, resolver=resolver, helo=helo, receiver=receiver, now=now
-    )
-    return SPFResult(
-        res.result,
-        res.domain,
-        res.explanation,
-        res.mechanism,
-        identity=identity,
-        sender=res.sender,
-        reason=res.reason,
-        lookups=res.lookups,
-    )
+    return await _check_host(ip, domain, sender, resolver=resolver, helo=helo,
+                             receiver=receiver, now=now, identity=identity)

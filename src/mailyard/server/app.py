@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import gc
 import logging
 import signal
 import ssl
@@ -216,6 +217,15 @@ class App:
 async def serve(config: Config, *, ready: Callable[[App], None] | None = None) -> int:
     app = App(config)
     await app.start()
+    # Everything built so far (modules, config, the store) lives as long as the process:
+    # move it out of the collector's sight, so that full collections under load scan only
+    # the objects made since (they were ~8% of the event loop's time per message). And
+    # collect the young generation after 10,000 net allocations instead of 700: nearly
+    # every object a session makes dies by reference counting, so the frequent young
+    # collections found little and cost ~5 us per SMTP message (240 vs 10 per 6,000).
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(10_000, gen1, gen2)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stopping.set)

@@ -6,7 +6,9 @@ Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local send
 
 from __future__ import annotations
 
+import email.utils
 import errno
+import functools
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -47,6 +49,22 @@ class Submission:
     local_rcpts: list[tuple[str, list[int]]] = field(default_factory=list)
     remote_rcpts: list[Any] = field(default_factory=list)
     spf: Any = None
+    #: MX: the session's iprev result for the client, if known; set to the one used
+    iprev: Any = None
+
+
+_pipeline: Any = None
+
+
+def auth_pipeline() -> Any:
+    """``mailyard.mailauth.pipeline``, imported at first use (servers without an MX
+    listener never need it) and then kept: no import statement per message."""
+    global _pipeline
+    if _pipeline is None:
+        from mailyard.mailauth import pipeline
+
+        _pipeline = pipeline
+    return _pipeline
 
 
 def _r(code: int, enhanced: str, text: str) -> Reply:
@@ -64,9 +82,29 @@ def _protocol(sub: Submission) -> str:
     return base
 
 
-def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
-    from mailyard.server.smtp import received_header
+def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str,
+                    session_id: str, for_rcpt: str | None, now: float) -> bytes:
+    """RFC 5321 §4.4 trace line; every part comes from validated input (no CR/LF)."""
+    ip = f"IPv6:{remote_ip}" if ":" in remote_ip else remote_ip
+    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {session_id}"
+    if for_rcpt:
+        parts += f"\r\n\tfor <{for_rcpt}>"
+    return f"Received: {parts};\r\n\t{_date(now)}\r\n".encode()
 
+
+_last_date: tuple[int, str] = (-1, "")
+
+
+def _date(now: float) -> str:
+    """RFC 5322 date-time of ``now`` (UTC), formatted once per second."""
+    global _last_date
+    second = int(now // 1)
+    if _last_date[0] != second:
+        _last_date = (second, email.utils.formatdate(second, localtime=False))
+    return _last_date[1]
+
+
+def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
     rcpts = [a for a, _ in sub.local_rcpts] + [r.address for r in sub.remote_rcpts]
     return received_header(helo=sub.helo, remote_ip=sub.remote_ip, hostname=ctx.hostname,
                            protocol=_protocol(sub), session_id=sub.session_id,
@@ -141,11 +179,11 @@ async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
     The verdict is recorded for DMARC reports by a write nobody waits for: queued
     first, it rides in the delivery's group commit.
     """
-    from mailyard.mailauth import pipeline
-
-    verdict = await pipeline.authenticate_message(
+    verdict = await auth_pipeline().authenticate_message(
         content, ip=sub.remote_ip, helo=sub.helo, mail_from=sub.sender,
-        resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf)
+        resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf,
+        iprev_result=sub.iprev)
+    sub.iprev = verdict.iprev
     await _record(ctx, sub, verdict)
     header = verdict.header
     if not header.endswith("\r\n"):
@@ -312,4 +350,10 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         return _r(451, "4.3.0", "Local error in processing, try again later")
     finally:
         spool.abort()  # the spool in use (it may have been replaced); idempotent
-    return _r(250, "2.0.0", f"Ok: queued as {sub.session_id}")
+    return _queued(sub.session_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _queued(session_id: str) -> Reply:
+    """The final 250 of a session (one Reply per session: its wire form is kept)."""
+    return _r(250, "2.0.0", f"Ok: queued as {session_id}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import errno
 import secrets
 import shutil
@@ -32,7 +31,7 @@ from mailyard.policy.recipients import Verdict
 from mailyard.protocol.smtp import server as core
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
-from mailyard.server.delivery import Submission, accept_message
+from mailyard.server.delivery import Submission, accept_message, auth_pipeline
 from mailyard.server.streams import upgrade_to_tls
 from mailyard.storage.interface import InsufficientStorage, Spool, StorageError
 from mailyard.storage.models import Account
@@ -47,6 +46,11 @@ def R(code: int, enhanced: str | None, text: str) -> Reply:
     return Reply.make(code, text, enhanced)
 
 
+# The replies of the common path, built once (a Reply renders its wire form once).
+_SENDER_OK = R(250, "2.1.0", "Sender OK")
+_RECIPIENT_OK = R(250, "2.1.5", "Recipient OK")
+
+
 @dataclass
 class Transaction:
     sender: str = ""  # canonical envelope sender, "" for <>
@@ -58,6 +62,12 @@ class Transaction:
     spf: Any = None  # mailauth SPF result from MAIL FROM time (MX mode)
     failed: Reply | None = None  # the spool failed (ENOSPC...): the reply to the final dot
 
+    def fresh(self) -> bool:
+        """Nothing learnt yet (as a new Transaction)."""
+        return (self.mail is None and self.spool is None and self.spf is None
+                and self.failed is None and not self.sender and not self.raw_sender
+                and not self.local_rcpts and not self.remote_rcpts)
+
     def discard(self) -> None:
         if self.spool is not None:
             self.spool.abort()
@@ -65,6 +75,12 @@ class Transaction:
 
 
 class SMTPSession:
+    # Slots: a session is per connection, and most connections are idle (no __dict__).
+    __slots__ = ("_buffered", "_high_water", "_iprev", "_quotas", "_reading", "_task",
+                 "_timed_out", "_timer", "account", "conn", "ctx", "data_started",
+                 "deadline", "helo", "loop", "mode", "reader", "remote_ip", "session_id",
+                 "settings", "tls_active", "txn", "writer")
+
     def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, *, mode: Literal["mx", "submission"],
                  implicit_tls: bool) -> None:
@@ -101,15 +117,33 @@ class SMTPSession:
         self._reading = False
         self._timed_out = False
         self._quotas: dict[int, tuple[float, int | None]] = {}
+        # MX: the client's iprev (FCrDNS) result, looked up with the first message and
+        # kept for the connection (the address does not change), unless temporary.
+        self._iprev: Any = None
+        self._high_water = -1
+        self._buffered: Any = _zero
+        self._watch_transport()
 
     # -- I/O helpers --------------------------------------------------------------------
     async def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
             self.writer.write(out)
-            if _below_high_water(self.writer.transport):
+            if self._buffered() <= self._high_water:
                 return  # drain() would return at once
             await self.writer.drain()
+
+    def _watch_transport(self) -> None:
+        """Look up the transport's write-buffer size and high-water mark once (again
+        after STARTTLS, which replaces the transport)."""
+        transport = self.writer.transport
+        try:
+            self._high_water = transport.get_write_buffer_limits()[1]  # type: ignore[attr-defined]
+            self._buffered = transport.get_write_buffer_size  # type: ignore[attr-defined]
+            self._buffered()
+        except (AttributeError, NotImplementedError):
+            self._high_water = -1  # unknown: always drain()
+            self._buffered = _zero
 
     def _arm_deadline(self) -> None:
         """Commands must complete within command_timeout, however slowly bytes trickle in."""
@@ -187,9 +221,12 @@ class SMTPSession:
 
     async def _loop(self) -> None:
         conn = self.conn
+        next_event = conn.next_event
+        need_data = core.NEED_DATA
+        message_data = core.MessageData
         while True:
-            ev = conn.next_event()
-            if ev is core.NEED_DATA:
+            ev = next_event()
+            if ev is need_data:
                 await self.flush()
                 if not await self.read_more():
                     return
@@ -197,8 +234,8 @@ class SMTPSession:
             if ev is core.PAUSED:  # pragma: no cover - we always answer before asking again
                 raise RuntimeError("SMTP core paused without an outstanding decision")
             kind = type(ev)
-            if kind is core.MessageData:
-                await self.dispatch(ev)
+            if kind is message_data:
+                self.on_data(ev)
                 continue
             if kind is core.ConnectionClosed or kind is core.Quit:
                 await self.flush()
@@ -209,7 +246,7 @@ class SMTPSession:
                 continue
             self._arm_deadline()
             reply = await self.dispatch(ev)
-            if getattr(ev, "needs_decision", False):
+            if ev.needs_decision:  # type: ignore[union-attr]  # NEED_DATA, PAUSED handled above
                 conn.respond(reply)  # None: the core's default acceptance
 
     async def _start_tls(self) -> bool:
@@ -227,9 +264,20 @@ class SMTPSession:
         self.txn.discard()
         self.txn = Transaction()
         self.conn.tls_started()
+        self._watch_transport()
         return True
 
     async def dispatch(self, ev: Any) -> Reply | None:
+        kind = type(ev)
+        if kind is core.MailFrom:
+            return await self.on_mail(ev)
+        if kind is core.RcptTo:
+            return await self.on_rcpt(ev)
+        if kind is core.MessageComplete:
+            return await self.on_message()
+        if kind is core.MessageData:
+            self.on_data(ev)
+            return None
         if isinstance(ev, core.Hello):
             self.helo = ev.name
             self.txn.discard()
@@ -237,35 +285,31 @@ class SMTPSession:
             return None
         if isinstance(ev, core.AuthCredentials):
             return await self.on_auth(ev)
-        if isinstance(ev, core.MailFrom):
-            return await self.on_mail(ev)
-        if isinstance(ev, core.RcptTo):
-            return await self.on_rcpt(ev)
-        if isinstance(ev, core.MessageData):
-            if self.txn.failed is not None:
-                return None  # keep reading to the end of DATA, store nothing
-            if self.txn.spool is None:
-                self.txn.spool = self.ctx.store.blobs.new_spool()
-                self.data_started = self.loop.time()
-            try:
-                self.txn.spool.write(ev.chunk)
-            except (StorageError, OSError) as e:
-                # ENOSPC while spooling: drop what was spooled now (freeing the space),
-                # read the rest and answer the final dot with 452 (RFC 3463 X.3.1).
-                self.ctx.log.warning("smtp %s: spooling failed: %s", self.remote_ip, e)
-                self.txn.discard()
-                self.txn.failed = (R(452, "4.3.1", "Insufficient system storage")
-                                   if _is_no_space(e) else
-                                   R(451, "4.3.0", "Local error in processing"))
-            return None
         if isinstance(ev, core.MessageAborted):
             self.txn.discard()
             self.txn.local_rcpts.clear()
             self.txn.remote_rcpts.clear()
             return None
-        if isinstance(ev, core.MessageComplete):
-            return await self.on_message()
         return None
+
+    def on_data(self, ev: Any) -> None:
+        """A piece of message content: to the spool (no await: nothing to wait for)."""
+        txn = self.txn
+        if txn.failed is not None:
+            return  # keep reading to the end of DATA, store nothing
+        if txn.spool is None:
+            txn.spool = self.ctx.store.blobs.new_spool()
+            self.data_started = self.loop.time()
+        try:
+            txn.spool.write(ev.chunk)
+        except (StorageError, OSError) as e:
+            # ENOSPC while spooling: drop what was spooled now (freeing the space),
+            # read the rest and answer the final dot with 452 (RFC 3463 X.3.1).
+            self.ctx.log.warning("smtp %s: spooling failed: %s", self.remote_ip, e)
+            txn.discard()
+            txn.failed = (R(452, "4.3.1", "Insufficient system storage")
+                          if _is_no_space(e) else
+                          R(451, "4.3.0", "Local error in processing"))
 
     # -- AUTH ------------------------------------------------------------------------------
     async def on_auth(self, ev: Any) -> Reply:
@@ -297,8 +341,9 @@ class SMTPSession:
         return free < threshold
 
     async def on_mail(self, ev: Any) -> Reply:
-        self.txn.discard()
-        self.txn = Transaction()
+        if not self.txn.fresh():  # (after a message the session already holds a new one)
+            self.txn.discard()
+            self.txn = Transaction()
         if self._disk_low():
             return R(452, "4.3.1", "Insufficient system storage")
         raw = "" if ev.path.is_null else ev.path.mailbox  # source route stripped
@@ -321,7 +366,7 @@ class SMTPSession:
         self.txn.sender = sender
         self.txn.raw_sender = raw
         self.txn.mail = ev
-        return R(250, "2.1.0", "Sender OK")
+        return _SENDER_OK
 
     async def _may_send_as(self, sender: str) -> bool:
         assert self.account is not None
@@ -339,11 +384,9 @@ class SMTPSession:
         return False
 
     async def _check_spf(self, sender: str) -> Any:
-        from mailyard.mailauth import pipeline
-
         try:
-            return await pipeline.authenticate_envelope(self.remote_ip, self.helo, sender,
-                                                        resolver=self.ctx.resolver)
+            return await auth_pipeline().authenticate_envelope(
+                self.remote_ip, self.helo, sender, resolver=self.ctx.resolver)
         except Exception:
             self.ctx.log.exception("SPF check failed")
             return None
@@ -366,14 +409,14 @@ class SMTPSession:
                 self.txn.local_rcpts.append((addr, list(res.account_ids)))
             for fwd in res.remote:
                 self.txn.remote_rcpts.append(_Forward(fwd, via=addr))
-            return R(250, "2.1.5", "Recipient OK")
+            return _RECIPIENT_OK
         if res.verdict is Verdict.UNKNOWN_USER:
             return R(550, "5.1.1", "No such user here")
         if self.mode == "submission" and res.verdict is Verdict.NOT_LOCAL:
             if _is_routable(addr):
                 # Remote local parts keep their case (RFC 5321 §2.4): only we fold ours.
                 self.txn.remote_rcpts.append(_Forward(ev.path.mailbox, ev.notify, ev.orcpt))
-                return R(250, "2.1.5", "Recipient OK")
+                return _RECIPIENT_OK
             return R(553, "5.1.3", "Invalid recipient address")
         return R(554, "5.7.1", "Relay access denied")
 
@@ -415,15 +458,18 @@ class SMTPSession:
             account=self.account,
             sender=txn.sender,
             mail=txn.mail,
-            local_rcpts=list(txn.local_rcpts),
-            remote_rcpts=list(txn.remote_rcpts),
+            local_rcpts=txn.local_rcpts,  # the session moves on to a new Transaction
+            remote_rcpts=txn.remote_rcpts,
             spf=txn.spf,
+            iprev=self._iprev,
         )
         self.txn = Transaction()
         try:
             return await accept_message(self.ctx, sub, spool)
         finally:
             spool.abort()
+            if sub.iprev is not None and getattr(sub.iprev, "result", "") != "temperror":
+                self._iprev = sub.iprev
 
 
 @dataclass(frozen=True)
@@ -436,12 +482,8 @@ class _Forward:
     via: str = ""  # the local alias that forwards here (its domain ARC-seals the copy)
 
 
-def _below_high_water(transport: asyncio.BaseTransport) -> bool:
-    try:
-        size = transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        return bool(size <= transport.get_write_buffer_limits()[1])  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError):
-        return False
+def _zero() -> int:
+    return 0
 
 
 def _is_no_space(e: Exception) -> bool:
@@ -468,15 +510,3 @@ async def handle_smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     await session.run()
-
-
-def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str,
-                    session_id: str, for_rcpt: str | None, now: float) -> bytes:
-    """RFC 5321 §4.4 trace line; every part comes from validated input (no CR/LF)."""
-    ip = f"IPv6:{remote_ip}" if ":" in remote_ip else remote_ip
-    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {session_id}"
-    if for_rcpt:
-        parts += f"\r\n\tfor <{for_rcpt}>"
-    date = email.utils.formatdate(now, localtime=False)
-    return f"Received: {parts};\r\n\t{date}\r\n".encode()
-

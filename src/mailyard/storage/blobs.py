@@ -147,6 +147,8 @@ class FileSpool:
                 yield block
 
     def read_all(self) -> bytes:
+        if self._file is None and not self._closed:
+            return bytes(self._buf)  # in memory: one copy, not one per chunk and a join
         return b"".join(self.chunks())
 
     def _detach_file(self) -> str | None:

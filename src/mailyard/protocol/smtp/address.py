@@ -39,6 +39,7 @@ is registered (RFC 5321 §4.1.3).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class ParsedPath:
     def is_postmaster(self) -> bool:
         return not self.is_null and self.domain == "" and self.local.lower() == "postmaster"
 
-    @property
+    @functools.cached_property  # the instance is immutable (and shared: see parse_path)
     def mailbox(self) -> str:
         """Canonical ``local@domain`` (local part quoted only when needed),
         ``""`` for the null path and ``postmaster`` for bare postmaster."""
@@ -195,8 +196,26 @@ def _parse_local(text: str, allow_utf8: bool) -> tuple[str, int]:
     return m.group(0), m.end()
 
 
+#: Paths parsed recently (a session sends the same MAIL FROM and RCPT TO paths again and
+#: again): ParsedPath is immutable, so a hit is shared. Only successes are kept; the
+#: whole map is dropped when full, which bounds its memory whatever the peers send.
+_PATH_CACHE: dict[tuple[str, bool], ParsedPath] = {}
+_PATH_CACHE_MAX = 4096
+
+
 def parse_path(text: str, *, allow_utf8: bool) -> ParsedPath:
     """Parse ``<...>`` (brackets included). Raises :class:`AddressError`."""
+    key = (text, allow_utf8)
+    path = _PATH_CACHE.get(key)
+    if path is None:
+        path = _parse_path(text, allow_utf8)
+        if len(_PATH_CACHE) >= _PATH_CACHE_MAX:
+            _PATH_CACHE.clear()
+        _PATH_CACHE[key] = path
+    return path
+
+
+def _parse_path(text: str, allow_utf8: bool) -> ParsedPath:
     if any(c in text for c in "\r\n\x00"):
         raise AddressError("control characters in path")
     if not (text.startswith("<") and text.endswith(">")) or len(text) < 2:

@@ -51,7 +51,7 @@ class Reply:
         for line in self.lines:
             # A reply line can never carry a line break: that would let text
             # supplied by the application forge further replies.
-            if any(c in line for c in "\r\n\x00"):
+            if "\r" in line or "\n" in line or "\x00" in line:
                 raise ValueError("reply text must not contain CR, LF or NUL")
 
     @classmethod
@@ -77,7 +77,16 @@ class Reply:
 
     def to_bytes(self, *, enhanced: bool = True) -> bytes:
         """Wire form. ``enhanced=False`` drops the enhanced status code
-        (a HELO session, RFC 2034 §3)."""
+        (a HELO session, RFC 2034 §3). Rendered once per instance and form:
+        the catalogue's replies are sent over and over."""
+        wire = self.__dict__.get("_wire_e" if enhanced else "_wire")
+        if wire is None:
+            wire = self._render(enhanced)
+            # Not a field: eq, hash and repr ignore it (and the instance is frozen).
+            self.__dict__["_wire_e" if enhanced else "_wire"] = wire
+        return wire  # type: ignore[no-any-return]
+
+    def _render(self, enhanced: bool) -> bytes:
         out: list[bytes] = []
         last = len(self.lines) - 1
         prefix = f"{self.enhanced} " if (enhanced and self.enhanced) else ""

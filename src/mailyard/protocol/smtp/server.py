@@ -542,8 +542,7 @@ class SMTPServerConnection:
             else:
                 self._error(reply)
             return
-        handler = getattr(self, "_cmd_" + handler_name)
-        outcome = handler(arg)
+        outcome = _HANDLERS[handler_name](self, arg)
         if isinstance(outcome, Reply):
             if outcome.code in _ERROR_CODES:
                 self._error(outcome)
@@ -825,6 +824,12 @@ class SMTPServerConnection:
         return AuthCredentials(step.mechanism, step.authzid, step.authcid, step.password)
 
 
+#: COMMANDS' handler names to the functions, looked up once.
+_HANDLERS = {
+    name: getattr(SMTPServerConnection, "_cmd_" + name)
+    for table in COMMANDS.values()
+    for name in table.values()
+}
 _TOO_LONG = object()
 #: Replies that count towards ``max_errors`` (syntax, sequence, unknown).
 _ERROR_CODES = frozenset({500, 501, 503, 504, 555})

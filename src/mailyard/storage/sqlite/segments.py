@@ -101,6 +101,8 @@ SEGMENT_TARGET = 64 * 1024 * 1024  # rotate once the current segment reaches thi
 INLINE_READ_MAX = 256 * 1024  # reads up to this size are done on the event loop
 LOCATE_BATCH = 200  # blob locations a SegmentSetReader looks up in one query
 _CHUNK = 1 << 16
+#: hashlib releases the GIL for inputs of 2048 octets or more (HASHLIB_GIL_MINSIZE).
+_GIL_SLICE = 2047
 _BLOB_ID_RE = re.compile(r"[0-9a-f]{64}")
 _SEG_RE = re.compile(r"(\d{8})\.seg")
 
@@ -463,8 +465,10 @@ class SegmentBlobStore:
     async def stage(self, spool: Spool, *, prefix: bytes = b"") -> StagedBlob:
         """Hash ``prefix + spool`` now; the bytes are written by the call that takes the ref.
 
-        In-memory spools are hashed on the loop (SHA-256 of 5 KB is a few us);
-        spilled ones in a thread.
+        In-memory spools are hashed on the loop (SHA-256 of 5 KB is a few us), in
+        slices too small for hashlib to release the GIL: getting it back from a
+        thread running Python can take a whole switch interval (5 ms), a stall of
+        the event loop far longer than the hash. Spilled ones are hashed in a thread.
         """
 
         def digest() -> tuple[str, int]:
@@ -476,7 +480,14 @@ class SegmentBlobStore:
             return h.hexdigest(), size
 
         if isinstance(spool, FileSpool) and not spool.spilled:
-            blob_id, size = digest()
+            h = hashlib.sha256()
+            size = 0
+            for part in (prefix, *spool.chunks(_CHUNK)):
+                view = memoryview(part)
+                for i in range(0, len(view), _GIL_SLICE):
+                    h.update(view[i : i + _GIL_SLICE])
+                size += len(view)
+            blob_id = h.hexdigest()
         else:
             blob_id, size = await asyncio.to_thread(digest)
         return StagedBlob(blob_id=blob_id, size=size, prefix=prefix, spool=spool)
