@@ -143,8 +143,6 @@ class TextIndex:
         self._q: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="text-index", daemon=True)
         self._closed = False
-        self.indexed = 0  # statistics
-        self.batches = 0
         # Work handed over / work done (each counted by one thread only): a reader finds
         # the index complete without a round trip to the thread when they are equal.
         self._handed = 0
@@ -244,7 +242,7 @@ class TextIndex:
         for item in items:
             if isinstance(item, _Barrier):
                 continue
-            if isinstance(item, _Reconcile):
+            if isinstance(item, _Reconcile):  # runs its own transactions
                 if began:
                     conn.execute("COMMIT")
                     began = False
@@ -258,13 +256,16 @@ class TextIndex:
                 began, done = True, 0
             done += 1
             if isinstance(item, _Remove):
-                conn.execute("DELETE FROM msg_text WHERE rowid = ?", (item.rowid,))
-                conn.execute("DELETE FROM indexed WHERE id = ?", (item.rowid,))
+                self._remove(conn, item.rowid)
             else:
                 self._add(conn, item.rowid, item.blob_id, item.text)
         if began:
             conn.execute("COMMIT")
-            self.batches += 1
+
+    @staticmethod
+    def _remove(conn: sqlite3.Connection, rowid: int) -> None:
+        conn.execute("DELETE FROM msg_text WHERE rowid = ?", (rowid,))
+        conn.execute("DELETE FROM indexed WHERE id = ?", (rowid,))
 
     def _add(self, conn: sqlite3.Connection, rowid: int, blob_id: str, text: TextSource) -> None:
         row = conn.execute("SELECT blob_id FROM indexed WHERE id = ?", (rowid,)).fetchone()
@@ -287,36 +288,29 @@ class TextIndex:
                          (rowid, made.headers, made.body, "\n".join(made.extra.values())))
         conn.execute("INSERT OR REPLACE INTO indexed (id, blob_id, ok) VALUES (?, ?, ?)",
                      (rowid, blob_id, int(made is not None)))
-        self.indexed += 1
 
     def _reconcile(self, main_db: Path) -> None:
+        """Called by ``_apply`` outside any transaction. The main database is attached
+        only to read: written with it attached, a transaction would lock it too."""
         conn = self._conn
         conn.execute("ATTACH DATABASE ? AS store", (str(main_db),))
         try:
             stale = conn.execute(
                 "SELECT i.id FROM indexed i LEFT JOIN store.blobs b ON b.id = i.id "
                 "WHERE b.blob_id IS NOT i.blob_id").fetchall()
-            if stale:
-                conn.execute("BEGIN IMMEDIATE")
-                for (rowid,) in stale:
-                    conn.execute("DELETE FROM msg_text WHERE rowid = ?", (rowid,))
-                    conn.execute("DELETE FROM indexed WHERE id = ?", (rowid,))
-                conn.execute("COMMIT")
-                log.info("full-text index: %d stale rows removed", len(stale))
             missing = conn.execute(
                 "SELECT b.id, b.blob_id FROM store.blobs b WHERE NOT EXISTS "
-                "(SELECT 1 FROM indexed i WHERE i.id = b.id) AND EXISTS "
-                "(SELECT 1 FROM store.messages m WHERE m.blob_id = b.blob_id)").fetchall()
+                "(SELECT 1 FROM indexed i WHERE i.id = b.id AND i.blob_id = b.blob_id) "
+                "AND EXISTS (SELECT 1 FROM store.messages m WHERE m.blob_id = b.blob_id)"
+            ).fetchall()
         finally:
             conn.execute("DETACH DATABASE store")
-        # Index the missing ones from their bytes, a few hundred per transaction.
-        for start in range(0, len(missing), 256):
-            conn.execute("BEGIN IMMEDIATE")
-            for rowid, blob_id in missing[start:start + 256]:
-                self._add(conn, rowid, blob_id, self._derive)
-            conn.execute("COMMIT")
-        if missing:
-            log.info("full-text index: %d messages indexed from their stored bytes", len(missing))
+        # Stale rows first: a reused row id is then indexed afresh from its bytes.
+        self._apply([_Remove(rowid) for (rowid,) in stale]
+                    + [_Add(rowid, blob_id, self._derive) for rowid, blob_id in missing])
+        if stale or missing:
+            log.info("full-text index: %d stale rows removed, %d messages indexed from their "
+                     "stored bytes", len(stale), len(missing))
 
     def close(self) -> None:
         """Blocking: index what was handed over, stop the thread, close the file."""
