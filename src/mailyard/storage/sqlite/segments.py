@@ -78,6 +78,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -471,25 +472,20 @@ class SegmentBlobStore:
         the event loop far longer than the hash. Spilled ones are hashed in a thread.
         """
 
-        def digest() -> tuple[str, int]:
-            h = hashlib.sha256(prefix)
-            size = len(prefix)
-            for block in spool.chunks(_CHUNK):
-                h.update(block)
-                size += len(block)
+        def digest(step: int) -> tuple[str, int]:
+            h = hashlib.sha256()
+            size = 0
+            for part in itertools.chain((prefix,), spool.chunks(_CHUNK)):
+                view = memoryview(part)
+                for i in range(0, len(view), step):
+                    h.update(view[i : i + step])
+                size += len(view)
             return h.hexdigest(), size
 
         if isinstance(spool, FileSpool) and not spool.spilled:
-            h = hashlib.sha256()
-            size = 0
-            for part in (prefix, *spool.chunks(_CHUNK)):
-                view = memoryview(part)
-                for i in range(0, len(view), _GIL_SLICE):
-                    h.update(view[i : i + _GIL_SLICE])
-                size += len(view)
-            blob_id = h.hexdigest()
+            blob_id, size = digest(_GIL_SLICE)
         else:
-            blob_id, size = await asyncio.to_thread(digest)
+            blob_id, size = await asyncio.to_thread(digest, _CHUNK)
         return StagedBlob(blob_id=blob_id, size=size, prefix=prefix, spool=spool)
 
     async def commit(self, spool: Spool, *, prefix: bytes = b"") -> BlobRef:
