@@ -86,3 +86,22 @@ def test_unindexed_uids(make_store):
         assert await s.search_text(inbox.id, "Subject: n", field="headers") == {2, 4}
 
     run(make_store, body)
+
+
+def test_header_candidates_are_a_superset(make_store):
+    """SEARCH's header prefilter: never misses a match, never answers for another mailbox."""
+    async def body(s: Store) -> None:
+        from mailyard.storage.models import SearchableText
+
+        a = await account(s)
+        inbox = await mailbox(s, a)
+        for i in range(4):
+            text = SearchableText(headers=f"Subject: n{i}") if i % 2 else None
+            await s.deliver(await blob(s, message(i)), [DeliveryTarget(a.id)], text=text)
+        await s.search_text(inbox.id, "Subject: n")  # a store may index in the background
+        got = await s.header_candidates(inbox.id, "Subject: n1")
+        assert got is None or {2} <= got <= {1, 2, 3, 4}
+        other = await mailbox(s, a, "Archive")
+        assert await s.header_candidates(other.id, "Subject: n1") in (None, set())
+
+    run(make_store, body)

@@ -322,11 +322,14 @@ class Store(Protocol):
         ...
 
     async def unindexed_uids(self, mailbox_id: int) -> set[int]:
-        """UIDs of the messages that have no full-text row (delivered without ``text``).
+        """UIDs of the messages that have no full-text row (delivered without ``text``)."""
+        ...
 
-        Added so SEARCH can use ``search_text(field="headers")`` as a prefilter for
-        header keys: its result plus these is a superset of the matches.
-        """
+    async def header_candidates(self, mailbox_id: int, query: str) -> set[int] | None:
+        """SEARCH's prefilter for header keys: a superset of the UIDs whose indexed
+        header text contains ``query`` (the index's matches plus every message it does
+        not hold, or not yet), without waiting for an index that fills in the
+        background; None when the index cannot narrow the search for this query."""
         ...
 
     async def cache_get(self, blob_id: str, kind: str) -> str | None:

@@ -9,9 +9,9 @@ How a search runs:
 2. the candidates are narrowed without reading any message: a UID set from step 1 or
    from the client, and for a header key (SUBJECT, FROM, HEADER ...) with an ASCII
    value of 3+ characters the messages whose indexed header text contains the value
-   (``search_text(field="headers")``, plus ``unindexed_uids``: a superset, since the
-   index holds ``name: decoded value`` lines made by the same decoder the evaluator
-   uses). AND intersects, OR unites, NOT and other keys leave "all". What we give up:
+   (``store.header_candidates``: those plus the messages not indexed (yet), a
+   superset, since the index holds ``name: decoded value`` lines made by the same
+   decoder the evaluator uses). AND intersects, OR unites, NOT and other keys leave "all". What we give up:
    a header past the index's first 10^6 characters of header text is not seen;
 3. the candidates (or every message of the view) are evaluated with the core's evaluator
    (protocol/imap/search.py) on a :class:`MessageSearchContext` built from its index
@@ -73,17 +73,9 @@ async def _candidates(s: Session, key: sk.SearchKey) -> set[int] | None:
     store = s.ctx.store
     if isinstance(key, sk.UidKey) and not key.sequence.saved:
         return set(key.sequence.select(view.uids))
-    if (isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii()
-            and hasattr(store, "header_candidates")):
-        # One read, no wait for the indexer: what it has not taken in yet is a candidate.
-        return await store.header_candidates(view.id, key.value)  # type: ignore[no-any-return]
-    if (isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii()
-            and hasattr(store, "unindexed_uids")):
-        # Two independent reads (each a trip to the reader pool): waited for together.
-        found, unindexed = await asyncio.gather(
-            store.search_text(view.id, key.value, field="headers"),
-            store.unindexed_uids(view.id))
-        return found | unindexed
+    if isinstance(key, sk.Header) and len(key.value) >= 3 and key.value.isascii():
+        # No wait for the indexer: what it has not taken in yet is a candidate.
+        return await store.header_candidates(view.id, key.value)
     if isinstance(key, sk.And):
         out: set[int] | None = None
         for k in key.keys:

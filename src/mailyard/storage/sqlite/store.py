@@ -1201,10 +1201,8 @@ class SQLiteStore:
         return await self._read(scan)  # type: ignore[no-any-return]
 
     async def header_candidates(self, mailbox_id: int, query: str) -> set[int] | None:
-        """Extra (not in the seam, looked up with getattr): a superset of the UIDs whose
-        header text holds ``query`` -- the index's matches plus every message it has not
-        taken in (yet) -- in one read and without waiting for the indexer; None when the
-        index cannot narrow it (no trigram tokenizer, or a query under 3 characters)."""
+        """See the seam. One read; None without a trigram tokenizer or for a query
+        under 3 characters."""
         if not self.trigram or len(query) < 3:
             return None
         match = "{headers} : " + '"' + query.replace('"', '""') + '"'
