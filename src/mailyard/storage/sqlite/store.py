@@ -133,6 +133,12 @@ def _mailbox(row: tuple) -> Mailbox:
                    subscribed=bool(row[7]))
 
 
+def _fts_match(cols: Sequence[str], query: str) -> str:
+    """FTS5 query for ``query`` in ``cols``: with the trigram tokenizer a quoted phrase
+    is an indexed, case-insensitive substring match (no query syntax passes through)."""
+    return "{" + " ".join(cols) + "} : " + '"' + query.replace('"', '""') + '"'
+
+
 def _flagset(text: str) -> frozenset[str]:
     got = _FLAGSETS.get(text)
     if got is None:
@@ -1178,9 +1184,7 @@ class SQLiteStore:
             return {r[0] for r in rows}
         await self._flush_index()
         if self.trigram and len(query) >= 3:
-            # Trigram FTS5: a quoted phrase is an indexed, case-insensitive substring match.
-            phrase = '"' + query.replace('"', '""') + '"'
-            match = ("{" + " ".join(cols) + "} : " + phrase)
+            match = _fts_match(cols, query)
             rows = await self._read(
                 lambda c: c.execute(_MATCH_SQL, (match, mailbox_id)).fetchall())
             return {r[0] for r in rows}
@@ -1205,7 +1209,7 @@ class SQLiteStore:
         under 3 characters."""
         if not self.trigram or len(query) < 3:
             return None
-        match = "{headers} : " + '"' + query.replace('"', '""') + '"'
+        match = _fts_match(("headers",), query)
 
         def run(c: sqlite3.Connection) -> set[int]:
             # One read transaction: both queries see the same snapshot of the index, so
