@@ -55,7 +55,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,6 +131,20 @@ def _mailbox(row: tuple) -> Mailbox:
     return Mailbox(id=row[0], account_id=row[1], name=row[2], uidvalidity=row[3],
                    uidnext=row[4], highestmodseq=row[5], special_use=row[6],
                    subscribed=bool(row[7]))
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction on an autocommit connection: committed, or rolled back when
+    the body raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _fts_match(cols: Sequence[str], query: str) -> str:
@@ -278,17 +292,13 @@ class SQLiteStore:
             return
         conn.execute("ATTACH DATABASE ? AS fts", (str(index_path),))
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT OR IGNORE INTO fts.msg_text (rowid, headers, body, extra) "
-                         "SELECT rowid, headers, body, extra FROM main.msg_text")
-            conn.execute("INSERT OR IGNORE INTO fts.indexed (id, blob_id, ok) SELECT b.id, "
-                         "b.blob_id, 1 FROM main.msg_text t JOIN main.blobs b ON b.id = t.rowid")
-            conn.execute("DROP TABLE main.msg_text")
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+            with _immediate(conn):
+                conn.execute("INSERT OR IGNORE INTO fts.msg_text (rowid, headers, body, extra) "
+                             "SELECT rowid, headers, body, extra FROM main.msg_text")
+                conn.execute("INSERT OR IGNORE INTO fts.indexed (id, blob_id, ok) SELECT b.id, "
+                             "b.blob_id, 1 FROM main.msg_text t JOIN main.blobs b "
+                             "ON b.id = t.rowid")
+                conn.execute("DROP TABLE main.msg_text")
         finally:
             conn.execute("DETACH DATABASE fts")
         log.info("moved the full-text index to %s", index_path.name)
@@ -342,10 +352,9 @@ class SQLiteStore:
                 if conn.execute("SELECT 1 FROM blobs WHERE blob_id = ?", (b,)).fetchone()
                 and not conn.execute("SELECT 1 FROM blob_locs WHERE blob_id = ?", (b,)).fetchone()]
         rows = self._store_now(conn, todo) if todo else []
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO blob_locs (blob_id, segment, start, length) "
-                         "VALUES (?, ?, ?, ?)", rows)
-        conn.execute("COMMIT")
+        with _immediate(conn):
+            conn.executemany("INSERT INTO blob_locs (blob_id, segment, start, length) "
+                             "VALUES (?, ?, ?, ?)", rows)
         for _, p in found:  # only now: the segment copy is durable and indexed
             with contextlib.suppress(OSError):
                 p.unlink()
@@ -368,10 +377,9 @@ class SQLiteStore:
             rows = self._store_now(conn, [
                 StagedBlob(blob_id=b, size=n, spool=SegmentSource(files, seg, start, n))
                 for b, start, n in old])
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("UPDATE blob_locs SET segment = ?, start = ? WHERE blob_id = ?",
-                             [(r[1], r[2], r[0]) for r in rows])
-            conn.execute("COMMIT")
+            with _immediate(conn):
+                conn.executemany("UPDATE blob_locs SET segment = ?, start = ? WHERE blob_id = ?",
+                                 [(r[1], r[2], r[0]) for r in rows])
             files.drop(seg)
             log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0), size)
 
@@ -436,18 +444,13 @@ class SQLiteStore:
         if orphans:
             # Rare: the pin is gone now and nothing references them.
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for b in orphans:
-                    row = conn.execute("DELETE FROM blob_locs WHERE blob_id = ? AND blob_id NOT IN "
-                                       "(SELECT blob_id FROM blobs) RETURNING segment",
-                                       (b,)).fetchone()
-                    if row is not None:
-                        freed.add(row[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+                with _immediate(conn):
+                    for b in orphans:
+                        row = conn.execute("DELETE FROM blob_locs WHERE blob_id = ? AND blob_id "
+                                           "NOT IN (SELECT blob_id FROM blobs) RETURNING segment",
+                                           (b,)).fetchone()
+                        if row is not None:
+                            freed.add(row[0])
             finally:
                 segs.unclaim(orphans)
         if freed:
