@@ -31,11 +31,11 @@ maildrop lock, reading message blobs, the TLS handshake, timeouts.
   nothing. The lock is always released.
 * Timeouts: ``limits.preauth_timeout`` while waiting for a command before
   login, 10 minutes after (RFC 1939 §3: the autologout timer "MUST be of at
-  least 10 minutes duration"). Waiting for a command is timed by one watchdog
-  timer per session that is re-armed only when it fires (:meth:`_Session.read`),
-  not by an ``asyncio.timeout`` per read: a client fetching a maildrop sends a
-  command every few tens of microseconds, and arming and cancelling a timer
-  for each cost more than the rest of a small RETR's Python work.
+  least 10 minutes duration"). Waiting for a command is timed by one lazy timer
+  per session (``streams.ReadWatchdog``, shared with SMTP), not by an
+  ``asyncio.timeout`` per read: a client fetching a maildrop sends a command
+  every few tens of microseconds, and arming and cancelling a timer for each
+  cost more than the rest of a small RETR's Python work.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from mailyard.protocol.pop3 import (
     Top,
 )
 from mailyard.server.context import ServerContext
-from mailyard.server.streams import upgrade_to_tls
+from mailyard.server.streams import ReadWatchdog, upgrade_to_tls
 from mailyard.storage.interface import BlobSetReader
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
@@ -144,14 +144,8 @@ class _Session:
         self.in_body = False  # a multi-line body is being written: no -ERR can follow
         self.seen_pending: list[int] = []  # RETRieved UIDs whose \Seen is not stored yet
         self.seen_write: asyncio.Future[None] | None = None  # the last \Seen write started
-        # The inactivity watchdog (see read()).
         self.loop = asyncio.get_running_loop()
-        self.task: asyncio.Task[None] | None = None
-        self.reading = False
-        self.read_deadline = 0.0
-        self.watchdog: asyncio.TimerHandle | None = None
-        self.watchdog_at = 0.0
-        self.idle_fired = False
+        self.watchdog = ReadWatchdog()  # made in the connection's own task
 
     # -- I/O helpers ---------------------------------------------------------------------
     @property
@@ -175,43 +169,8 @@ class _Session:
             await self.writer.drain()
 
     async def read(self) -> bytes:
-        """The next octets from the peer; TimeoutError after ``timeout`` s of silence.
-
-        The watchdog is armed when a read starts and none is pending; when it fires
-        during a read that began less than ``timeout`` ago it re-arms itself for that
-        read's deadline. So a busy session arms about one timer per ``timeout``.
-        The cancellation is told apart from any other the way ``asyncio.timeout``
-        does it (``Task.uncancel``).
-        """
-        deadline = self.loop.time() + self.timeout
-        self.read_deadline = deadline
-        if self.watchdog is None or deadline < self.watchdog_at:
-            self._arm(deadline)
-        self.reading = True
-        try:
-            return await self.reader.read(READ_CHUNK)
-        except asyncio.CancelledError:
-            if self.idle_fired and self.task is not None and self.task.uncancel() == 0:
-                raise TimeoutError from None
-            raise
-        finally:
-            self.reading = False
-
-    def _arm(self, when: float) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-        self.watchdog_at = when
-        self.watchdog = self.loop.call_at(when, self._on_watchdog)
-
-    def _on_watchdog(self) -> None:
-        self.watchdog = None
-        if not self.reading or self.task is None or self.idle_fired:
-            return  # the next read() arms it again
-        if self.loop.time() < self.read_deadline:
-            self._arm(self.read_deadline)
-            return
-        self.idle_fired = True
-        self.task.cancel()
+        """The next octets from the peer; TimeoutError after ``timeout`` s of silence."""
+        return await self.watchdog.read(self.reader, READ_CHUNK, self.loop.time() + self.timeout)
 
     def try_send(self, data: bytes) -> None:
         """A last word before closing; after the replies the core still holds."""
@@ -222,7 +181,6 @@ class _Session:
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        self.task = asyncio.current_task()
         self.conn.greet(f"{self.ctx.hostname} mailyard POP3 ready")
         while True:
             event = self.conn.next_event()
@@ -409,9 +367,7 @@ class _Session:
                 self.ctx.log.exception("pop3: cannot release the maildrop lock")
 
     async def cleanup(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
+        self.watchdog.close()
         try:
             await self.release()
         finally:

@@ -32,7 +32,7 @@ from mailyard.protocol.smtp import server as core
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
 from mailyard.server.delivery import Submission, accept_message, auth_pipeline
-from mailyard.server.streams import upgrade_to_tls
+from mailyard.server.streams import ReadWatchdog, upgrade_to_tls
 from mailyard.storage.interface import InsufficientStorage, Spool, StorageError
 from mailyard.storage.models import Account
 
@@ -76,8 +76,8 @@ class Transaction:
 
 class SMTPSession:
     # Slots: a session is per connection, and most connections are idle (no __dict__).
-    __slots__ = ("_buffered", "_high_water", "_iprev", "_quotas", "_reading", "_task",
-                 "_timed_out", "_timer", "account", "conn", "ctx", "data_started",
+    __slots__ = ("_buffered", "_high_water", "_iprev", "_quotas", "_watchdog",
+                 "account", "conn", "ctx", "data_started",
                  "deadline", "helo", "loop", "mode", "reader", "remote_ip", "session_id",
                  "settings", "tls_active", "txn", "writer")
 
@@ -112,10 +112,7 @@ class SMTPSession:
         self.loop = asyncio.get_running_loop()
         self.deadline = 0.0
         self.data_started = 0.0
-        self._task: asyncio.Task[Any] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._reading = False
-        self._timed_out = False
+        self._watchdog = ReadWatchdog()  # made in the connection's own task
         self._quotas: dict[int, tuple[float, int | None]] = {}
         # MX: the client's iprev (FCrDNS) result, looked up with the first message and
         # kept for the connection (the address does not change), unless temporary.
@@ -157,41 +154,12 @@ class SMTPSession:
         return self.data_started + self.ctx.config.limits.data_timeout + \
             self.txn.spool.size / MIN_DATA_RATE
 
-    # One lazy timer per session instead of a timeout context per read: moving the
-    # deadline costs an assignment; when the timer fires it either finds the deadline
-    # moved (and sleeps again until then) or cancels the read it is waiting on.
-    def _on_timer(self) -> None:
-        self._timer = None
-        now = self.loop.time()
-        deadline = self._current_deadline()
-        if now < deadline:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-        elif self._reading and self._task is not None:
-            self._timed_out = True
-            self._task.cancel()
-        # else: not waiting on the peer; read_more finds the deadline passed and says so
-
     async def read_more(self) -> bool:
-        deadline = self._current_deadline()
-        if deadline <= self.loop.time():
-            return await self._timeout()
-        if self._timer is None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-        elif self._timer.when() > deadline:  # an earlier deadline (rare): re-arm
-            self._timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-        self._reading = True
+        # Moving the deadline costs an assignment: the watchdog keeps one lazy timer.
         try:
-            data = await self.reader.read(READ_CHUNK)
-        except asyncio.CancelledError:
-            if not self._timed_out or self._task is None:
-                raise
-            self._timed_out = False
-            if self._task.uncancel() > 0:
-                raise  # cancelled from outside as well: shutting down
+            data = await self._watchdog.read(self.reader, READ_CHUNK, self._current_deadline())
+        except TimeoutError:
             return await self._timeout()
-        finally:
-            self._reading = False
         if not data:
             self.conn.receive_eof()
             return True
@@ -206,7 +174,6 @@ class SMTPSession:
 
     # -- main loop ----------------------------------------------------------------------
     async def run(self) -> None:
-        self._task = asyncio.current_task()
         self._arm_deadline()
         self.data_started = 0.0
         self.writer.write(self.conn.greeting())
@@ -214,9 +181,7 @@ class SMTPSession:
         try:
             await self._loop()
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._watchdog.close()
             self.txn.discard()
 
     async def _loop(self) -> None:

@@ -66,3 +66,69 @@ async def upgrade_to_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     # whatever the reader holds now came through TLS, possibly the client's first command.
     await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout)
     ack_now(sock)
+
+
+class ReadWatchdog:
+    """Bounds every wait for the peer with one lazy timer per session.
+
+    ``read(reader, n, deadline)`` waits for data until ``deadline`` (loop time) and
+    raises TimeoutError past it. Instead of a timeout context per read (arming and
+    cancelling a timer each time cost more than the rest of a small command's work),
+    one timer stays armed: when it fires during a read that is not yet due, it re-arms
+    itself for that read's deadline; when it finds the read overdue, it cancels the
+    session's task, and ``read`` turns that cancellation, and only that one, into
+    TimeoutError (told apart from a cancellation from outside the way
+    ``asyncio.timeout`` does it, with ``Task.uncancel``). A busy session so arms about
+    one timer per timeout period. ``close()`` at the end of the session.
+    """
+
+    __slots__ = ("_deadline", "_fired", "_loop", "_reading", "_task", "_timer")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._reading = False
+        self._fired = False
+
+    async def read(self, reader: asyncio.StreamReader, n: int, deadline: float) -> bytes:
+        if deadline <= self._loop.time():
+            raise TimeoutError
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # none, or a later one: (re-)arm
+            self._arm(deadline)
+        self._reading = True
+        try:
+            return await reader.read(n)
+        except asyncio.CancelledError:
+            task = self._task
+            if not self._fired or task is None:
+                raise
+            self._fired = False
+            if task.uncancel() > 0:
+                raise  # cancelled from outside as well (shutting down)
+            raise TimeoutError from None
+        finally:
+            self._reading = False
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._reading or self._task is None:
+            return  # not waiting on the peer: the next read arms it again
+        if self._loop.time() < self._deadline:
+            self._arm(self._deadline)
+            return
+        self._fired = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
