@@ -14,7 +14,7 @@ SAVEDATE) come from the MessageRef; message items go through the core's renderer
 
 ENVELOPE, BODYSTRUCTURE and BODY are cached per blob with ``store.cache_get/put``
 (their serialised form; the cache key says whether UTF-8 quoting was on); a value
-computed during a FETCH is cached without waiting for its commit (:func:`put_cache`).
+computed during a FETCH is cached without waiting for its commit (``cache_put_later``).
 
 Messages expunged by another session but not yet announced to this one are skipped
 (RFC 2180 §4.1.2 lets the server omit them); the FETCH still completes OK.
@@ -127,10 +127,9 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
     kinds = {k for k in (_cache_kind(i, s.utf8) for i in items) if k is not None}
     simple = all(i.name in _SIMPLE and (i.name != "BODY" or i.section is None)
                  for i in items) and kinds <= _SIMPLE_KINDS
-    get_many = getattr(s.ctx.store, "cache_get_many", None)
-    index_rows = getattr(s.ctx.store, "index_rows", None)
-    if simple and not set_seen and get_many is not None and index_rows is not None:
-        await _fetch_rows(s, uids, items, kinds, cmd.changedsince, index_rows, get_many)
+    get_many = s.ctx.store.cache_get_many
+    if simple and not set_seen:
+        await _fetch_rows(s, uids, items, kinds, cmd.changedsince)
         return ok(("UID " if cmd.uid else "") + "FETCH completed")
     for i in range(0, len(uids), BATCH):
         refs = await s.ctx.store.get_messages(view.id, uids[i : i + BATCH])
@@ -141,7 +140,7 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
             refs, seen_changed = await _mark_seen(s, refs)
         # One cache lookup per kind for the whole batch, not one per message.
         pre: dict[str, dict[str, str]] = {}
-        if get_many is not None and refs:
+        if refs:
             for kind in kinds:
                 pre[kind] = await get_many([m.blob_id for m in refs], kind)
         for ref in refs:
@@ -161,6 +160,14 @@ async def cmd_fetch(s: Session, cmd: c.Fetch) -> Reply:
             await _write(s, seq, parts)
         await s.pace()
     return ok(("UID " if cmd.uid else "") + "FETCH completed")
+
+
+def _flags_text(text: str, recent: bool) -> str:
+    """The FLAGS list of an index row's flags text, \\Recent added when it is recent."""
+    names = set(text.split())
+    if recent:
+        names.add("\\Recent")
+    return " ".join(sorted(names))
 
 
 async def _fetch_flags(s: Session, uids: list[int], names: list[str],
@@ -189,7 +196,7 @@ async def _fetch_flags(s: Session, uids: list[int], names: list[str],
             if seq is None:
                 continue  # appended since the last announcement: not in this view yet
             if uid in recent:
-                text = " ".join(sorted({*text.split(), "\\Recent"}))
+                text = _flags_text(text, True)
             out.append(line.format(uid, modseq, text, seq))
         if out:
             s.send("".join(out).encode("utf-8"))
@@ -198,8 +205,7 @@ async def _fetch_flags(s: Session, uids: list[int], names: list[str],
 
 
 async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
-                      kinds: set[str], changedsince: int | None, index_rows: Any,
-                      get_many: Any) -> None:
+                      kinds: set[str], changedsince: int | None) -> None:
     """Index fields and cached ENVELOPE/BODYSTRUCTURE/BODY (the common
     ``FETCH 1:* (FLAGS ENVELOPE)``) from plain index rows (``Store.index_rows``): no
     MessageRef per message, the FLAGS text formatted once per distinct flag set, the
@@ -223,7 +229,7 @@ async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
             kind = f"imap.{name}" + (".u8" if utf8 else "")
         plan.append((name, kind))
     for i in range(0, len(uids), ROW_BATCH):
-        rows = await index_rows(view.id, uids[i : i + ROW_BATCH])
+        rows = await store.index_rows(view.id, uids[i : i + ROW_BATCH])
         if changedsince is not None:
             rows = [row for row in rows if row[1] > changedsince]
         if not rows:
@@ -232,7 +238,7 @@ async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
         if kinds:
             blob_ids = [row[5] for row in rows]
             for kind in kinds:
-                pre[kind] = await get_many(blob_ids, kind)
+                pre[kind] = await store.cache_get_many(blob_ids, kind)
         out: list[bytes] = []
         missing: list[tuple[int, int, int]] = []  # (index in out, seq, uid)
         j = bisect.bisect_left(vuids, rows[0][0])  # rows and view both ascend by UID
@@ -253,10 +259,7 @@ async def _fetch_rows(s: Session, uids: list[int], items: Sequence[c.FetchItem],
                     key = (text, uid in recent)
                     flags = flag_text.get(key)
                     if flags is None:
-                        names = set(text.split())
-                        if key[1]:
-                            names.add("\\Recent")
-                        flags = b"FLAGS (" + " ".join(sorted(names)).encode("utf-8") + b")"
+                        flags = b"FLAGS (" + _flags_text(*key).encode("utf-8") + b")"
                         flag_text[key] = flags
                     parts.append(flags)
                 elif name == "UID":
@@ -352,17 +355,6 @@ def _cache_kind(item: c.FetchItem, utf8: bool) -> str | None:
     return None
 
 
-async def put_cache(store: Any, blob_id: str, kind: str, value: str) -> None:
-    """Cache a value computed while answering: without waiting for its commit when the
-    store can (``cache_put_later``): the client's answer never waits for an fsync of
-    derived data."""
-    later = getattr(store, "cache_put_later", None)
-    if later is not None:
-        later(blob_id, kind, value)
-    else:
-        await store.cache_put(blob_id, kind, value)
-
-
 async def _cached(s: Session, ref: MessageRef, kind: str,
                   pre: dict[str, dict[str, str]] | None) -> str | None:
     if pre is not None and kind in pre:
@@ -427,7 +419,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
             text = await _cached(s, ref, "imap.PREVIEW", pre)
             if text is None:
                 _, text = message_item(item, await get_root(True), utf8=utf8)
-                await put_cache(store, ref.blob_id, "imap.PREVIEW", text)
+                store.cache_put_later(ref.blob_id, "imap.PREVIEW", text)
             add(name, text)
         elif _streamable(item):
             parts.append(_Stream(item.response_name(), ref.blob_id, ref.size))
@@ -443,7 +435,7 @@ async def _render(s: Session, ref: MessageRef, items: Sequence[c.FetchItem], *,
                 root_ = await get_root(name not in _HEADER_ONLY)
                 _, value = message_item(item, root_, utf8=utf8)
                 raw = r.serialize(value, utf8=utf8)
-                await put_cache(store, ref.blob_id, kind, raw.decode("latin-1"))
+                store.cache_put_later(ref.blob_id, kind, raw.decode("latin-1"))
             else:
                 raw = cached.encode("latin-1")
             parts.append(name.encode("ascii") + b" " + raw)

@@ -75,9 +75,5 @@ async def thread_id_of(store: Store, ref: MessageRef) -> str:
     if len(head) >= HEADER_PROBE and b"\r\n\r\n" not in head and b"\n\n" not in head:
         head = await store.blobs.read(ref.blob_id)
     tid = thread_id(parse_mime(head).fields, ref.blob_id)
-    later = getattr(store, "cache_put_later", None)  # see fetch.put_cache
-    if later is not None:
-        later(ref.blob_id, kind, tid)
-    else:
-        await store.cache_put(ref.blob_id, kind, tid)
+    store.cache_put_later(ref.blob_id, kind, tid)
     return tid

@@ -24,7 +24,6 @@ substitution in step 1 recurses at most 64 levels.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,6 @@ from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap import search as sk
 from mailyard.protocol.imap.sequence import from_numbers
 from mailyard.server.imap import objectid
-from mailyard.server.imap.fetch import put_cache
 from mailyard.server.imap.reply import Reply, ok
 from mailyard.storage.models import MessageRef
 
@@ -111,37 +109,7 @@ def _has(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
     return False
 
 
-class HeaderPuts:
-    """Header blocks waiting to be cached: written together (the store's writer commits
-    concurrent jobs in one transaction), once PUT_BATCH octets are waiting and at the
-    end, instead of one commit per message of a first search over a large mailbox.
-    A store with ``cache_put_later`` takes each block at once, and nobody waits for
-    its commit (the search answer does not depend on it)."""
-
-    PUT_BATCH = 1 << 20
-
-    def __init__(self, s: Session) -> None:
-        self.store = s.ctx.store
-        self.later = getattr(self.store, "cache_put_later", None)
-        self.items: list[tuple[str, str]] = []
-        self.size = 0
-
-    async def add(self, blob_id: str, block: str) -> None:
-        if self.later is not None:
-            self.later(blob_id, HEADER_KIND, block)
-            return
-        self.items.append((blob_id, block))
-        self.size += len(block)
-        if self.size >= self.PUT_BATCH:
-            await self.flush()
-
-    async def flush(self) -> None:
-        items, self.items, self.size = self.items, [], 0
-        if items:
-            await asyncio.gather(*(self.store.cache_put(b, HEADER_KIND, v) for b, v in items))
-
-
-async def header_bytes(s: Session, ref: MessageRef, puts: HeaderPuts | None = None) -> bytes:
+async def header_bytes(s: Session, ref: MessageRef) -> bytes:
     """The message header (and maybe some body): enough for header keys and SORT.
 
     The header block (up to and with its empty line) is cached per blob
@@ -163,10 +131,7 @@ async def header_bytes(s: Session, ref: MessageRef, puts: HeaderPuts | None = No
     if end <= HEADER_CACHE_MAX and (end < len(data) or len(data) == ref.size):
         block = data[:end]
         if find_body_start(block) == end:  # the block alone splits where the message did
-            if puts is not None:
-                await puts.add(ref.blob_id, block.decode("latin-1"))
-            else:
-                await put_cache(store, ref.blob_id, HEADER_KIND, block.decode("latin-1"))
+            store.cache_put_later(ref.blob_id, HEADER_KIND, block.decode("latin-1"))
             return block
     return data
 
@@ -189,12 +154,11 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
         refs = await s.ctx.store.get_messages(view.id, sorted(wanted))
     else:
         refs = []
-    puts = HeaderPuts(s)
     for m in refs:
         seq = view.seq_of(m.uid)
         if seq is None:
             continue
-        data = await header_bytes(s, m, puts) if needs else None
+        data = await header_bytes(s, m) if needs else None
         tid = await objectid.thread_id_of(s.ctx.store, m) if threads else ""
         msg = MessageSearchContext(uid=m.uid, seq=seq, flags=s.flags_of(m),
                                    size=m.size, internaldate=m.internaldate,
@@ -202,7 +166,6 @@ async def run_search(s: Session, key: sk.SearchKey) -> list[tuple[int, MessageRe
                                    email_id=objectid.email_id(m), thread_id=tid, data=data)
         if sk.evaluate(key, msg, env):
             out.append((seq, m))
-    await puts.flush()
     return out
 
 
