@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from mailyard.mailauth.resolver import NXDomain, Resolver, TempError
+from mailyard.mailauth.spf import parse_client_ip
 
 if TYPE_CHECKING:
     from mailyard.mailauth.arc import ARCResult
@@ -34,25 +34,12 @@ class IprevResult:
     reason: str = ""
 
 
-@functools.lru_cache(maxsize=1024)
-def _address(ip: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str] | None:
-    """(address, its text) of ``ip`` (IPv4-mapped IPv6 as IPv4); None if not an address.
-    Parsed once per address: every message from a client asks again."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr, str(addr)
-
-
 async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
     """Forward-confirmed reverse DNS: a PTR name of ``ip`` whose A/AAAA include ``ip``."""
-    parsed = _address(ip)
-    if parsed is None:
+    addr = parse_client_ip(ip)
+    if addr is None:
         return IprevResult("permerror", ip, reason="not an IP address")
-    addr, text = parsed
+    text = str(addr)
     try:
         names = await resolver.ptr(text)
     except NXDomain:
@@ -81,8 +68,7 @@ async def check_iprev(ip: str, *, resolver: Resolver) -> IprevResult:
             temp = True
             continue
         for a in ans:
-            found = _address(a)
-            if found is not None and found[0] == addr:
+            if parse_client_ip(a) == addr:
                 return IprevResult("pass", text, name.rstrip(".").lower())
     if temp:
         return IprevResult("temperror", text, reason="forward lookup failed")

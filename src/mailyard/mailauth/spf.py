@@ -638,8 +638,9 @@ async def _check(ctx: _Ctx, domain: str, *, want_exp: bool = True) -> SPFResult:
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_ip(ip: str) -> IPAddr | None:
-    """The client address, parsed once per address (not per message)."""
+def parse_client_ip(ip: str) -> IPAddr | None:
+    """A client address (IPv4-mapped IPv6 as IPv4), or None; parsed once per address
+    (not per message). Shared with the iprev check."""
     try:
         addr = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -666,7 +667,7 @@ async def check_host(
 
 async def _check_host(ip: str, domain: str, sender: str, *, resolver: Resolver, helo: str,
                       receiver: str, now: float | None, identity: str) -> SPFResult:
-    addr = _parse_ip(ip)
+    addr = parse_client_ip(ip)
     if addr is None:
         return SPFResult("permerror", domain, identity=identity,
                          reason=f"bad client address {ip!r}")
