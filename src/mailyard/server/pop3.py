@@ -61,18 +61,9 @@ from mailyard.protocol.pop3 import (
     Top,
 )
 from mailyard.server.context import ServerContext
-from mailyard.server.streams import ReadWatchdog, upgrade_to_tls
+from mailyard.server.streams import ReadWatchdog, below_high_water, upgrade_to_tls
 from mailyard.storage.interface import BlobSetReader
 from mailyard.storage.models import Account, Mailbox, MessageRef
-
-
-def _below_high_water(transport: asyncio.BaseTransport) -> bool:
-    try:
-        size = transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        return bool(size <= transport.get_write_buffer_limits()[1])  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError):
-        return False
-
 
 SEEN_BATCH = 256  # RETRs per batched \\Seen write
 # RETR/TOP of a message up to this size: one read, one write (larger ones stream in
@@ -163,7 +154,7 @@ class _Session:
         if self.writer.is_closing():
             raise _Closed
         self.writer.write(data)
-        if _below_high_water(self.writer.transport):
+        if below_high_water(self.writer.transport):
             return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()

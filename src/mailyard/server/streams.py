@@ -35,6 +35,15 @@ def pause_reading(writer: asyncio.StreamWriter) -> None:
         pause()
 
 
+def below_high_water(transport: Any) -> bool:
+    """True when the transport's write buffer is at or below its high-water mark, so
+    that ``drain()`` would not wait (False when the transport cannot tell)."""
+    try:
+        return bool(transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1])
+    except (AttributeError, NotImplementedError, TypeError):
+        return False
+
+
 def ack_now(sock: Any) -> None:
     """Have the kernel acknowledge what it has received at once (Linux TCP_QUICKACK).
 

@@ -39,7 +39,7 @@ from mailyard.server.context import ServerContext
 from mailyard.server.imap import recent
 from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
 from mailyard.server.imap.view import MailboxView
-from mailyard.server.streams import upgrade_to_tls
+from mailyard.server.streams import below_high_water, upgrade_to_tls
 from mailyard.storage.changes import RESYNC
 from mailyard.storage.interface import (
     AlreadyExists,
@@ -70,15 +70,6 @@ Handler = Callable[["Session", Any], Awaitable[Reply | None]]
 
 
 MAX_BAD = 10  # BAD replies before "* BYE" (what SMTP and POP3 allow too)
-
-def _below_high_water(transport: Any) -> bool:
-    """True when the transport's write buffer is at or below its high-water mark, so
-    that ``drain()`` would not wait."""
-    try:
-        return bool(transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1])
-    except (AttributeError, NotImplementedError, TypeError):
-        return False
-
 
 class Closed(Exception):
     """The peer went away, a write failed, or LOGOUT completed: stop quietly."""
@@ -229,7 +220,7 @@ class Session:
 
     async def flush(self) -> None:
         self._sync_flush()
-        if _below_high_water(self.writer.transport):
+        if below_high_water(self.writer.transport):
             return  # drain() would return at once: skip arming a timer for it
         async with asyncio.timeout(self.timeout):
             await self.writer.drain()
@@ -240,7 +231,7 @@ class Session:
         send() collected leaves by itself at WRITE_CHUNK, or at the next flush() (before
         the session waits for the client), so a small answer and its tagged reply go
         out in one write instead of one per piece."""
-        if not _below_high_water(self.writer.transport):
+        if not below_high_water(self.writer.transport):
             await self.flush()
 
     def try_send(self, data: bytes) -> None:
