@@ -184,7 +184,8 @@ async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
         resolver=ctx.resolver, authserv_id=ctx.hostname, spf_result=sub.spf,
         iprev_result=sub.iprev)
     sub.iprev = verdict.iprev
-    await _record(ctx, sub, verdict)
+    await _record(ctx, sub, verdict,
+                  delivery_follows=verdict.action not in ("reject", "tempfail"))
     header = verdict.header
     if not header.endswith("\r\n"):
         header += "\r\n"
@@ -232,7 +233,8 @@ async def _arc_seal(ctx: ServerContext, sub: Submission, body: _Body, auth_heade
         return b""
 
 
-async def _record(ctx: ServerContext, sub: Submission, verdict: Any) -> None:
+async def _record(ctx: ServerContext, sub: Submission, verdict: Any, *,
+                  delivery_follows: bool) -> None:
     """Keep each verdict for DMARC aggregate reports (RFC 7489 §7.2); never fails delivery."""
     try:
         dkim = ",".join(f"{r.domain}:{r.result}" for r in verdict.dkim) or "none"
@@ -240,7 +242,8 @@ async def _record(ctx: ServerContext, sub: Submission, verdict: Any) -> None:
         await ctx.store.record_auth_result(
             when=ctx.clock(), source_ip=sub.remote_ip,
             header_from=verdict.dmarc.domain or "", spf=verdict.spf.result, dkim=dkim,
-            dmarc=verdict.dmarc.result, disposition=disposition)
+            dmarc=verdict.dmarc.result, disposition=disposition,
+            delivery_follows=delivery_follows)
     except Exception:
         ctx.log.exception("could not record the authentication results")
 

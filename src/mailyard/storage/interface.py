@@ -391,7 +391,10 @@ class Store(Protocol):
 
     # -- authentication results (for DMARC aggregate reports, later) ------------------
     async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
-                                 spf: str, dkim: str, dmarc: str, disposition: str) -> None:
+                                 spf: str, dkim: str, dmarc: str, disposition: str,
+                                 delivery_follows: bool = False) -> None:
         """Keep one verdict for DMARC aggregate reports. A store may write it later,
-        with the next durable write, and lose the last few in a crash."""
+        with the next durable write, and lose the last few in a crash.
+        ``delivery_follows``: the caller is about to store the message, whose write
+        may carry this one (no write of its own is needed)."""
         ...

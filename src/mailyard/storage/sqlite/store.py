@@ -1403,16 +1403,20 @@ class SQLiteStore:
 
     # -- authentication results ----------------------------------------------------------
     async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
-                                 spf: str, dkim: str, dmarc: str, disposition: str) -> None:
+                                 spf: str, dkim: str, dmarc: str, disposition: str,
+                                 delivery_follows: bool = False) -> None:
         # A rider: written with the next group commit (the delivery that follows it),
         # never waited for; a crash may lose the last few (they only feed reports).
+        # When a delivery follows, its batch carries the row: no wake token (which
+        # cost the stager and the writer a wake-up each per message, and now and then
+        # a commit of its own).
         def job(tx: Tx) -> None:
             tx.conn.execute(
                 "INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, dmarc, "
                 "disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (when, source_ip, header_from, spf, dkim, dmarc, disposition))
 
-        self.engine.write_soon(job)
+        self.engine.write_soon(job, prompt=not delivery_follows)
 
     async def list_auth_results(self, since: float = 0.0) -> list[tuple]:
         """Extra (not in the seam): (when, ip, header_from, spf, dkim, dmarc, disposition)."""
