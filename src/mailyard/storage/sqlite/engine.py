@@ -104,6 +104,8 @@ class Tx:
     # Full-text index work for after COMMIT, in order: (blob row, blob id, text source)
     # to add, (blob row, None, None) to remove.
     index: list[tuple[int, str | None, Any]] = field(default_factory=list)
+    # Blobs whose location rows this batch wrote first thing (pinned: none can go).
+    recorded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -301,11 +303,13 @@ class Engine:
             self.jobs_done += 1
             self._finish(conn, prep, [(job, tx, result, None)])
             return
+        recorded: frozenset[str] = frozenset()
         try:
             if rows and self._sink is not None:
                 self._sink.record(conn, rows)
+                recorded = frozenset(r[0] for r in rows)
             for job in batch:
-                tx = Tx(conn)
+                tx = Tx(conn, recorded=recorded)
                 if job.future is None:
                     try:
                         job.fn(tx)

@@ -420,9 +420,14 @@ class SegmentBlobStore:
                      if b.blob_id in self._inflight}
             deleting = {b.blob_id for b in blobs if b.blob_id in self._deleting}
         try:
-            new = [b for b in blobs if b.blob_id not in reuse and (
-                b.blob_id in deleting or conn.execute(
-                    "SELECT 1 FROM blob_locs WHERE blob_id = ?", (b.blob_id,)).fetchone() is None)]
+            ask = [b.blob_id for b in blobs if b.blob_id not in reuse and b.blob_id not in deleting]
+            stored: set[str] = set()
+            for i in range(0, len(ask), 500):  # one query per batch, not one per blob
+                part = ask[i:i + 500]
+                stored.update(r[0] for r in conn.execute(
+                    f"SELECT blob_id FROM blob_locs WHERE blob_id IN ({','.join('?' * len(part))})",
+                    part))
+            new = [b for b in blobs if b.blob_id not in reuse and b.blob_id not in stored]
             rows: list[LocRow] = []
             failed: dict[str, BaseException] = {}
             if new:

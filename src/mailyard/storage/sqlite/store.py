@@ -522,7 +522,7 @@ class SQLiteStore:
             "ON CONFLICT(blob_id) DO UPDATE SET refcount = refcount + 1 RETURNING id, refcount",
             (blob_id, size),
         ).fetchone()
-        if row[1] == 1 and tx.conn.execute(
+        if row[1] == 1 and blob_id not in tx.recorded and tx.conn.execute(
                 "SELECT 1 FROM blob_locs WHERE blob_id = ?", (blob_id,)).fetchone() is None:
             raise NotFound(f"blob {blob_id} is not stored")
         return int(row[0])
