@@ -1,19 +1,55 @@
 """The SMTP adapter's one lazy timer per session: each command moves the deadline on
-(command_timeout counts from the last command, not from the first), and a client that
-falls silent is still cut with 421 4.4.2 once the deadline passes."""
+(command_timeout counts from the last command, not from the first), whether the adapter
+decides it (MAIL) or the core answers it alone (NOOP, RSET, HELP), and a client that
+falls silent, or trickles a command without ever ending it, is still cut with 421 4.4.2
+once the deadline passes."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.integration.harness import Dialog, make_server
 
 
-def test_deadline_moves_with_each_command_then_silence_is_cut(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _server(tmp_path):  # type: ignore[no-untyped-def]
     srv = make_server(tmp_path)
     cfg = srv.data / "mailyard.toml"
     cfg.write_text(cfg.read_text().replace("[limits]\n", "[limits]\ncommand_timeout = 1.0\n", 1))
     srv.start()
+    return srv
+
+
+@pytest.mark.parametrize("command", ["NOOP", "RSET", "HELP"])
+def test_commands_the_core_answers_move_the_deadline_too(tmp_path, command) -> None:  # type: ignore[no-untyped-def]
+    srv = _server(tmp_path)
+    try:
+        d = Dialog(*srv.addr("smtp"))
+        assert d.reply()[0] == 220
+        assert d.cmd("EHLO client.remote.example")[0] == 250
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:  # well past the first deadline
+            assert d.cmd(command)[0] in (214, 250)
+            time.sleep(0.3)
+        assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250  # still served
+        # A command trickled a byte at a time and never ended moves nothing.
+        t1 = time.monotonic()
+        for ch in "NOOP NOOP NOOP":
+            try:
+                d.send(ch.encode())
+            except (BrokenPipeError, ConnectionResetError):
+                break  # cut off already
+            time.sleep(0.2)
+        code, text = d.reply()
+        assert code == 421 and "4.4.2" in text, text
+        assert time.monotonic() - t1 < 5
+    finally:
+        srv.stop()
+
+
+def test_deadline_moves_with_each_command_then_silence_is_cut(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    srv = _server(tmp_path)
     try:
         d = Dialog(*srv.addr("smtp"))
         assert d.reply()[0] == 220

@@ -125,6 +125,10 @@ class SMTPSession:
     async def flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
+            # A reply ends a command, whoever answered it (the core answers NOOP, RSET,
+            # HELP... itself): the client's time for the next one starts now (RFC 5321
+            # §4.5.3.2.7, a timeout per command).
+            self._arm_deadline()
             self.writer.write(out)
             if self._buffered() <= self._high_water:
                 return  # drain() would return at once
@@ -402,8 +406,6 @@ class SMTPSession:
             return True
         usage = await self.ctx.store.account_usage(account_id)
         return usage < quota
-        usage = await self.ctx.store.account_usage(account_id)
-        return usage < account.quota_bytes
 
     # -- end of DATA ---------------------------------------------------------------------
     async def on_message(self) -> Reply:
