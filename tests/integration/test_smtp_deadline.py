@@ -21,17 +21,23 @@ def _server(tmp_path):  # type: ignore[no-untyped-def]
     return srv
 
 
+def _keep_busy(d: Dialog, *commands: str) -> None:
+    """Greeting and EHLO, then ``commands`` every 0.3 s, well past the first deadline."""
+    assert d.reply()[0] == 220
+    assert d.cmd("EHLO client.remote.example")[0] == 250
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5:
+        for command in commands:
+            assert d.cmd(command)[0] in (214, 250), command
+        time.sleep(0.3)
+
+
 @pytest.mark.parametrize("command", ["NOOP", "RSET", "HELP"])
 def test_commands_the_core_answers_move_the_deadline_too(tmp_path, command) -> None:  # type: ignore[no-untyped-def]
     srv = _server(tmp_path)
     try:
         d = Dialog(*srv.addr("smtp"))
-        assert d.reply()[0] == 220
-        assert d.cmd("EHLO client.remote.example")[0] == 250
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 2.5:  # well past the first deadline
-            assert d.cmd(command)[0] in (214, 250)
-            time.sleep(0.3)
+        _keep_busy(d, command)
         assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250  # still served
         # A command trickled a byte at a time and never ended moves nothing.
         t1 = time.monotonic()
@@ -52,14 +58,8 @@ def test_deadline_moves_with_each_command_then_silence_is_cut(tmp_path) -> None:
     srv = _server(tmp_path)
     try:
         d = Dialog(*srv.addr("smtp"))
-        assert d.reply()[0] == 220
-        assert d.cmd("EHLO client.remote.example")[0] == 250
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 2.5:  # well past the first deadline
-            # MAIL is decided by the adapter, which moves the deadline on.
-            assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250
-            assert d.cmd("RSET")[0] == 250
-            time.sleep(0.3)
+        # MAIL is decided by the adapter, which moves the deadline on.
+        _keep_busy(d, "MAIL FROM:<sender@remote.example>", "RSET")
         silent_since = time.monotonic()
         code, text = d.reply()
         waited = time.monotonic() - silent_since
