@@ -25,6 +25,16 @@ async def _reopen(tmp_path: Path) -> tuple[SQLiteStore, int]:
     return s, inbox.id
 
 
+async def _new_store(tmp_path: Path) -> tuple[SQLiteStore, int, int]:
+    """A new store with one account: (store, account id, INBOX id)."""
+    s = SQLiteStore(tmp_path)
+    await s.open()
+    acc = await s.add_account("a@example.com", "h")
+    inbox = await s.get_mailbox(acc.id, "INBOX")
+    assert inbox is not None
+    return s, acc.id, inbox.id
+
+
 def _count(tmp_path: Path, sql: str) -> int:
     db = sqlite3.connect(tmp_path / textindex.INDEX_NAME)
     try:
@@ -41,18 +51,14 @@ async def _deliver(s: SQLiteStore, acc: int, i: int, text: object = index_text) 
 def test_search_sees_every_delivery_at_once(tmp_path: Path) -> None:
     """Indexing is deferred while mail arrives, yet a search right after sees it all."""
     async def main() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
-        inbox = await s.get_mailbox(acc.id, "INBOX")
-        assert inbox is not None
-        await asyncio.gather(*(_deliver(s, acc.id, i) for i in range(50)))
+        s, acc, inbox = await _new_store(tmp_path)
+        await asyncio.gather(*(_deliver(s, acc, i) for i in range(50)))
         # The text is extracted from the stored message (prefix headers and all).
-        assert await s.search_text(inbox.id, "pelican") == set(range(1, 51))
-        assert await s.search_text(inbox.id, "note 17.", field="body") == {
-            m.uid for m in await s.list_messages(inbox.id)
+        assert await s.search_text(inbox, "pelican") == set(range(1, 51))
+        assert await s.search_text(inbox, "note 17.", field="body") == {
+            m.uid for m in await s.list_messages(inbox)
             if (await s.blobs.read(m.blob_id)).endswith(b"note 17.\r\n")}
-        assert await s.unindexed_uids(inbox.id) == set()
+        assert await s.unindexed_uids(inbox) == set()
         await s.close()
 
     asyncio.run(main())
@@ -62,14 +68,10 @@ def test_lost_index_is_rebuilt_at_open(tmp_path: Path) -> None:
     """A crash may lose the index's last transactions: the next open indexes what is
     missing from the stored messages and drops rows whose blob is gone or changed."""
     async def setup() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
+        s, acc, inbox = await _new_store(tmp_path)
         for i in range(5):
-            await _deliver(s, acc.id, i)
-        inbox = await s.get_mailbox(acc.id, "INBOX")
-        assert inbox is not None
-        assert await s.search_text(inbox.id, "pelican") == {1, 2, 3, 4, 5}
+            await _deliver(s, acc, i)
+        assert await s.search_text(inbox, "pelican") == {1, 2, 3, 4, 5}
         await s.close()
 
     asyncio.run(setup())
@@ -98,18 +100,14 @@ def test_lost_index_is_rebuilt_at_open(tmp_path: Path) -> None:
 
 def test_removed_messages_leave_the_index(tmp_path: Path) -> None:
     async def main() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
-        inbox = await s.get_mailbox(acc.id, "INBOX")
-        assert inbox is not None
-        await _deliver(s, acc.id, 1)
-        await s.search_text(inbox.id, "pelican")  # indexed now
-        await s.store_flags(inbox.id, [1], ["\\Deleted"], "add")
-        await s.expunge(inbox.id)
-        await _deliver(s, acc.id, 2, SearchableText(headers="Subject: other", body="walrus"))
-        assert await s.search_text(inbox.id, "pelican") == set()
-        assert await s.search_text(inbox.id, "walrus") == {2}
+        s, acc, inbox = await _new_store(tmp_path)
+        await _deliver(s, acc, 1)
+        await s.search_text(inbox, "pelican")  # indexed now
+        await s.store_flags(inbox, [1], ["\\Deleted"], "add")
+        await s.expunge(inbox)
+        await _deliver(s, acc, 2, SearchableText(headers="Subject: other", body="walrus"))
+        assert await s.search_text(inbox, "pelican") == set()
+        assert await s.search_text(inbox, "walrus") == {2}
         await s.close()
 
     asyncio.run(main())
@@ -120,10 +118,8 @@ def test_removed_messages_leave_the_index(tmp_path: Path) -> None:
 def test_old_database_index_is_moved(tmp_path: Path) -> None:
     """A database from before the separate file keeps its index: rows are moved once."""
     async def setup() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
-        await _deliver(s, acc.id, 1, SearchableText(headers="Subject: x", body="only in old"))
+        s, acc, _ = await _new_store(tmp_path)
+        await _deliver(s, acc, 1, SearchableText(headers="Subject: x", body="only in old"))
         await s.close()
 
     asyncio.run(setup())
@@ -155,11 +151,9 @@ def test_old_database_index_is_moved(tmp_path: Path) -> None:
 def test_deleted_index_file_is_rebuilt(tmp_path: Path) -> None:
     """The index is derived data: with its file gone, the next open rebuilds it."""
     async def setup() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
+        s, acc, _ = await _new_store(tmp_path)
         for i in range(3):
-            await _deliver(s, acc.id, i)
+            await _deliver(s, acc, i)
         await s.close()
 
     asyncio.run(setup())
@@ -180,19 +174,15 @@ def test_header_candidates_never_miss_what_the_indexer_has_not_taken_in(tmp_path
     """SEARCH's header prefilter does not wait for the indexer: a message it has not
     indexed yet is a candidate; once indexed, only the matches are."""
     async def main() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
-        inbox = await s.get_mailbox(acc.id, "INBOX")
-        assert inbox is not None
-        await _deliver(s, acc.id, 1)
-        await _deliver(s, acc.id, 2, SearchableText(headers="Subject: lunch", body="soup"))
-        got = await s.header_candidates(inbox.id, "quarterly")
+        s, acc, inbox = await _new_store(tmp_path)
+        await _deliver(s, acc, 1)
+        await _deliver(s, acc, 2, SearchableText(headers="Subject: lunch", body="soup"))
+        got = await s.header_candidates(inbox, "quarterly")
         assert got is not None and 1 in got  # matched, or not indexed yet
-        await s.search_text(inbox.id, "x")  # waits for the indexer
-        assert await s.header_candidates(inbox.id, "quarterly") == {1}
-        assert await s.header_candidates(inbox.id, "lunch") == {2}
-        assert await s.header_candidates(inbox.id, "qu") is None  # too short to narrow
+        await s.search_text(inbox, "x")  # waits for the indexer
+        assert await s.header_candidates(inbox, "quarterly") == {1}
+        assert await s.header_candidates(inbox, "lunch") == {2}
+        assert await s.header_candidates(inbox, "qu") is None  # too short to narrow
         await s.close()
 
     asyncio.run(main())
