@@ -15,7 +15,7 @@ from mailyard.storage import open_store
 from mailyard.storage.blobs import SPOOL_MEMORY_LIMIT, FileBlobStore
 from mailyard.storage.changes import ChangeBus, SubscriptionClosed
 from mailyard.storage.interface import NotFound, StorageError, Store
-from mailyard.storage.models import Change, DeliveryTarget
+from mailyard.storage.models import BlobRef, Change, DeliveryTarget
 from mailyard.storage.sqlite import SQLiteStore
 from mailyard.storage.sqlite.schema import MIGRATIONS
 
@@ -323,6 +323,17 @@ def test_migration_3_moves_the_delay_warning_out_of_last_error(tmp_path: Path) -
                                            ("warned", True, "b@x.example: 451 later")]
 
 
+async def _store_with_messages(tmp_path: Path, n: int) -> tuple[SQLiteStore, list[BlobRef]]:
+    """A new store with one account and ``n`` small messages in its INBOX."""
+    s = SQLiteStore(tmp_path)
+    await s.open()
+    acc = await s.add_account("a@example.com", "h")
+    refs = [await s.blobs.put(b"m %d\r\n" % i) for i in range(n)]
+    for r in refs:
+        await s.deliver(r, [DeliveryTarget(acc.id)])
+    return s, refs
+
+
 def test_cache_memo_is_bounded_and_forgets_with_the_blob(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mailyard.storage.sqlite.store as store_mod
@@ -330,12 +341,7 @@ def test_cache_memo_is_bounded_and_forgets_with_the_blob(
     monkeypatch.setattr(store_mod, "MEMO_CHARS", 100)
 
     async def main() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
-        refs = [await s.blobs.put(b"m %d\r\n" % i) for i in range(8)]
-        for r in refs:
-            await s.deliver(r, [DeliveryTarget(acc.id)])
+        s, refs = await _store_with_messages(tmp_path, 8)
         for r in refs:  # 8 x 20 characters of one kind, 8 x 5 of another
             await s.cache_put(r.blob_id, "big", "x" * 20)
             await s.cache_put(r.blob_id, "small", "y" * 5)
@@ -395,12 +401,7 @@ def test_riders_without_prompt_wait_for_a_write_or_enough_company(
     monkeypatch.setattr(engine_mod, "RIDERS_MAX", 3)
 
     async def main() -> None:
-        s = SQLiteStore(tmp_path)
-        await s.open()
-        acc = await s.add_account("a@example.com", "h")
-        refs = [await s.blobs.put(b"m %d\r\n" % i) for i in range(6)]
-        for r in refs:
-            await s.deliver(r, [DeliveryTarget(acc.id)])
+        s, refs = await _store_with_messages(tmp_path, 6)
 
         def rows() -> int:
             return int(s.engine.read_now(lambda c: c.execute(
