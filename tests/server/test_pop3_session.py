@@ -103,12 +103,16 @@ def tls_files(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server_context(cert, key), client
 
 
-async def inbox_uids(store: SQLiteStore) -> list[int]:
+async def inbox_id(store: SQLiteStore) -> int:
     account = await store.get_account(USER)
     assert account is not None
     inbox = await store.get_mailbox(account.id, "INBOX")
     assert inbox is not None
-    return [m.uid for m in await store.list_messages(inbox.id)]
+    return inbox.id
+
+
+async def inbox_uids(store: SQLiteStore) -> list[int]:
+    return [m.uid for m in await store.list_messages(await inbox_id(store))]
 
 
 def test_stat_list_retr_top_uidl_capa(tmp_path: Path) -> None:
@@ -249,11 +253,8 @@ def test_dele_then_quit_removes_and_marks_seen(tmp_path: Path) -> None:
 
                 await asyncio.to_thread(client)
             after = await inbox_uids(store)
-            account = await store.get_account(USER)
-            assert account is not None
-            inbox = await store.get_mailbox(account.id, "INBOX")
-            assert inbox is not None
-            (left,) = await store.list_messages(inbox.id)
+            inbox = await inbox_id(store)
+            (left,) = await store.list_messages(inbox)
             return before, after, left.flags
         finally:
             await store.close()
@@ -421,11 +422,8 @@ def test_large_message_streams(tmp_path: Path) -> None:
     async def main() -> tuple[int, bytes]:
         store = await open_store(tmp_path, seed=True)
         try:
-            account = await store.get_account(USER)
-            assert account is not None
-            inbox = await store.get_mailbox(account.id, "INBOX")
-            assert inbox is not None
-            await store.append(inbox.id, await store.blobs.put(big))
+            inbox = await inbox_id(store)
+            await store.append(inbox, await store.blobs.put(big))
             async with pop3_server(make_ctx(store)) as port:
                 def client() -> tuple[int, bytes]:
                     c = login(port)
@@ -680,12 +678,9 @@ def test_seen_is_stored_for_every_message_of_a_long_session(tmp_path: Path) -> N
     async def main() -> list[MessageRef]:
         store = await open_store(tmp_path, seed=True)
         try:
-            account = await store.get_account(USER)
-            assert account is not None
-            inbox = await store.get_mailbox(account.id, "INBOX")
-            assert inbox is not None
+            inbox = await inbox_id(store)
             for i in range(count - len(MESSAGES)):
-                await store.append(inbox.id, await store.blobs.put(b"Subject: %d\r\n\r\nx\r\n" % i))
+                await store.append(inbox, await store.blobs.put(b"Subject: %d\r\n\r\nx\r\n" % i))
             async with pop3_server(make_ctx(store)) as port:
                 def client() -> None:
                     c = login(port)
@@ -694,7 +689,7 @@ def test_seen_is_stored_for_every_message_of_a_long_session(tmp_path: Path) -> N
                     c.quit()
 
                 await asyncio.to_thread(client)
-            return await store.list_messages(inbox.id)
+            return await store.list_messages(inbox)
         finally:
             await store.close()
 
@@ -710,11 +705,8 @@ def test_unreadable_large_message_gives_sys_temp(tmp_path: Path) -> None:
     async def main() -> tuple[bytes, bytes]:
         store = await open_store(tmp_path, seed=True)
         try:
-            account = await store.get_account(USER)
-            assert account is not None
-            inbox = await store.get_mailbox(account.id, "INBOX")
-            assert inbox is not None
-            await store.append(inbox.id, await store.blobs.put(big))
+            inbox = await inbox_id(store)
+            await store.append(inbox, await store.blobs.put(big))
             real = store.blobs
 
             class Broken:
