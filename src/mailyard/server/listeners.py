@@ -95,7 +95,9 @@ class Listener:
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
             pass
         except asyncio.CancelledError:
-            raise
+            # drain() gave up on it: the connection task ends here (re-raising would
+            # only make asyncio's stream callback log the cancellation as an error).
+            pass
         except Exception:  # the handler must not take the listener down
             log.exception("%s: unhandled error serving %s", self.name, ip)
         finally:
