@@ -155,6 +155,37 @@ def test_a_bad_blob_fails_alone(tmp_path: Path) -> None:
     assert sum(segment_sizes(tmp_path).values()) == sum(len(body(i)) for i in range(2, 10))
 
 
+def test_a_failed_segment_sync_fails_its_batch_and_commits_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = await opened(tmp_path)
+        try:
+            acc = await s.add_account("a@example.com", "h")
+            real = s._segs.files._sync
+            calls = []
+
+            def failing_sync(fd: int) -> None:
+                calls.append(fd)
+                if len(calls) == 1:
+                    raise OSError(5, "Input/output error")
+                real(fd)
+
+            s._segs.files._sync = failing_sync  # type: ignore[method-assign]
+            with pytest.raises(StorageError):
+                await staged_deliver(s, acc.id, body(1))
+            inbox = await s.get_mailbox(acc.id, "INBOX")
+            assert inbox is not None and await s.list_messages(inbox.id) == []
+            assert not s._segs.exists(hashlib.sha256(body(1)).hexdigest())
+            # the pipeline goes on, and the same content can be stored afterwards
+            blob_id, _ = await staged_deliver(s, acc.id, body(1))
+            assert await s.blobs.read(blob_id) == body(1)
+            assert len(await s.list_messages(inbox.id)) == 1
+        finally:
+            await s.close()
+
+    asyncio.run(main())
+    assert sum(segment_sizes(tmp_path).values()) == len(body(1))  # the failed tail was cut
+
+
 def test_unacknowledged_tail_is_truncated_at_open(tmp_path: Path) -> None:
     async def first() -> tuple[str, int]:
         s = await opened(tmp_path)
