@@ -10,7 +10,8 @@ commit, shared through group commit) and DNS answered by a local server. The
 baseline is aiosmtpd with a handler that writes each message to its own file and
 fsyncs it. Both servers run side by side and ``--rounds`` timed runs each alternate
 between them (the baseline's rate follows the disk's fsync latency, which swings
-on this VM); the medians are compared. Also printed: the server's peak RSS, and the memory per idle connection
+on this VM); the medians are compared. Also printed: each server's CPU per message (user + system,
+all threads), the server's peak RSS, and the memory per idle connection
 with 1,000 idle connections open; and, since mailyard defers full-text indexing
 while mail arrives, the rate counting the time until a body SEARCH answers (the
 index complete): the baseline indexes nothing, so that figure is the fairer one.
