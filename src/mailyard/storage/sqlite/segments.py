@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import logging
@@ -102,6 +103,10 @@ SEGMENT_TARGET = 64 * 1024 * 1024  # rotate once the current segment reaches thi
 INLINE_READ_MAX = 256 * 1024  # reads up to this size are done on the event loop
 LOCATE_BATCH = 200  # blob locations a SegmentSetReader looks up in one query
 _CHUNK = 1 << 16
+GATHER_MAX = 256 * 1024  # blobs up to this size are gathered into one vectored write ...
+GATHER_TOTAL = 4 * 1024 * 1024  # ... of at most about this many bytes
+IOV_MAX = 1024  # buffers per pwritev (Linux's UIO_MAXIOV)
+
 #: hashlib releases the GIL for inputs of 2048 octets or more (HASHLIB_GIL_MINSIZE).
 _GIL_SLICE = 2047
 _BLOB_ID_RE = re.compile(r"[0-9a-f]{64}")
@@ -121,6 +126,22 @@ def _oserror(exc: OSError) -> StorageError:
     if exc.errno in (28, 122):  # ENOSPC, EDQUOT
         return InsufficientStorage(str(exc))
     return StorageError(str(exc))
+
+
+def _pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:
+    """Write ``buffers`` contiguously at ``offset``: pwritev, resumed after a short write."""
+    views = [memoryview(b) for b in buffers if b]
+    i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i:i + IOV_MAX], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        offset += n
+        while i < len(views) and n >= len(views[i]):
+            n -= len(views[i])
+            i += 1
+        if n:
+            views[i] = views[i][n:]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -261,13 +282,42 @@ class SegmentFiles:
         self._wfd, self.current, self.end = fd, seg, 0
 
     def append(self, blobs: Iterable[StagedBlob]) -> tuple[list[LocRow], dict[str, BaseException]]:
-        """Write ``blobs`` and fdatasync once. Returns (rows to index, failures by blob id)."""
+        """Write ``blobs`` and fdatasync once. Returns (rows to index, failures by blob id).
+
+        Blobs up to ``GATHER_MAX`` bytes are gathered and written together with one
+        ``pwritev`` (up to ``GATHER_TOTAL`` at a time); larger ones stream in chunks. Each
+        write gives the GIL away and must take it back, a wait of its own when the
+        event loop is busy: a batch of twenty 5 KB messages is one write, not forty.
+        """
         rows: list[LocRow] = []
         failed: dict[str, BaseException] = {}
         dirty: list[tuple[int, int, int]] = []  # (segment, fd, end before this batch)
+        gathered: list[tuple[StagedBlob, int]] = []  # (blob, start): not written yet
+        vec: list[bytes] = []
+
+        def flush() -> None:
+            if not gathered:
+                return
+            first = gathered[0][1]
+            try:
+                _pwrite_all(self._wfd, vec, first)
+            except OSError as exc:
+                err = _oserror(exc)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._wfd, first)
+                for blob, _ in gathered:
+                    failed[blob.blob_id] = err
+                self.end = first
+            else:
+                rows.extend((blob.blob_id, self.current, start, blob.size)
+                            for blob, start in gathered)
+            gathered.clear()
+            vec.clear()
+
         for blob in blobs:
             try:
                 if self._wfd < 0 or self.end >= self.target:
+                    flush()
                     if self._wfd >= 0 and dirty and dirty[-1][0] == self.current:
                         self._sync(self._wfd)  # the old segment is done: sync before leaving it
                     self._rotate()
@@ -276,6 +326,24 @@ class SegmentFiles:
             except OSError as exc:
                 failed[blob.blob_id] = _oserror(exc)
                 continue
+            start = self.end
+            if blob.size <= GATHER_MAX:
+                try:
+                    pieces = [bytes(p) for p in blob.pieces()]
+                except OSError as exc:
+                    failed[blob.blob_id] = _oserror(exc)
+                    continue
+                if sum(len(p) for p in pieces) != blob.size:
+                    failed[blob.blob_id] = StorageError(
+                        f"spool of blob {blob.blob_id} changed after staging")
+                    continue
+                gathered.append((blob, start))
+                vec.extend(pieces)
+                self.end = start + blob.size
+                if self.end - gathered[0][1] >= GATHER_TOTAL:
+                    flush()
+                continue
+            flush()
             start = pos = self.end
             try:
                 for piece in blob.pieces():
@@ -293,6 +361,7 @@ class SegmentFiles:
                 continue
             self.end = pos
             rows.append((blob.blob_id, self.current, start, blob.size))
+        flush()
         if rows and dirty:
             seg, fd, before = dirty[-1]
             try:
