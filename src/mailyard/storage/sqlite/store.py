@@ -412,8 +412,13 @@ class SQLiteStore:
     def record(self, conn: sqlite3.Connection, rows: list[LocRow]) -> None:
         # OR REPLACE: a row written by an earlier batch still in flight is recorded
         # again; a fresh copy of a blob whose deletion was rolled back supersedes it.
-        conn.executemany("INSERT OR REPLACE INTO blob_locs (blob_id, segment, start, length) "
-                         "VALUES (?, ?, ?, ?)", rows)
+        # One multi-row statement, not executemany: every step gives the GIL away and
+        # takes it back, a wait when the event loop is busy (see Engine: bulk jobs).
+        for i in range(0, len(rows), 200):
+            part = rows[i:i + 200]
+            conn.execute("INSERT OR REPLACE INTO blob_locs (blob_id, segment, start, length) "
+                         "VALUES " + ",".join(["(?, ?, ?, ?)"] * len(part)),
+                         [v for row in part for v in row])
 
     def _after_commit(self, conn: sqlite3.Connection, txs: list[Tx], every: list[Tx],
                       pins: list[str], rows: list[LocRow]) -> None:
@@ -851,7 +856,106 @@ class SQLiteStore:
             return out
 
         return await self.engine.write(  # type: ignore[no-any-return]
-            job, blobs=staged_blobs(blob, queue.blob if queue is not None else None))
+            job, blobs=staged_blobs(blob, queue.blob if queue is not None else None),
+            bulk=None if queue is not None else (self._deliver_bulk, (blob, targets, idate, now, text)))
+
+    def _deliver_bulk(self, conn: sqlite3.Connection,
+                      items: list[tuple[Tx, tuple[BlobRef, Sequence[DeliveryTarget], float, float,
+                                                  TextSource]]]) -> list[list[Delivered]]:
+        """Writer: the deliveries of a batch (without queue entries) in a few multi-row
+        statements, with what ``deliver``'s job does one by one: each message its own
+        UID and MODSEQ, in order, per mailbox (see Engine: bulk jobs)."""
+        # Each target mailbox's UIDs and MODSEQs are taken in ONE statement, by name (a
+        # missing mailbox falls back to INBOX, as in ``deliver``).
+        count: dict[tuple[int, str], int] = {}
+        for tx, (blob, targets, _idate, _now, _text) in items:
+            if not isinstance(blob, StagedBlob):
+                tx.release_pins.append(blob.blob_id)
+            for t in targets:
+                key = (t.account_id, names.mailbox(t.mailbox))
+                count[key] = count.get(key, 0) + 1
+        where: dict[tuple[int, str], int] = {}  # (account, name) -> mailbox id
+        nxt: dict[tuple[int, str], list[int]] = {}  # (account, name) -> [next uid, next modseq]
+        missing: list[tuple[int, str]] = []
+        for key, n in count.items():
+            row = conn.execute(
+                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + ? "
+                "WHERE account_id = ? AND name = ? RETURNING id, uidnext - ?, highestmodseq - ? + 1",
+                (n, n, key[0], key[1], n, n)).fetchone()
+            if row is None:
+                missing.append(key)
+                continue
+            where[key] = row[0]
+            nxt[key] = [row[1], row[2]]
+        for key in missing:
+            n = count[key]
+            row = conn.execute(
+                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + ? "
+                "WHERE account_id = ? AND name = ? RETURNING id, uidnext - ?, highestmodseq - ? + 1",
+                (n, n, key[0], "INBOX", n, n)).fetchone()
+            if row is None:
+                raise NotFound(f"account {key[0]} has no INBOX")
+            where[key] = row[0]
+            nxt[key] = [row[1], row[2]]
+        msg_rows: list[tuple[Any, ...]] = []
+        refs: dict[str, list[int]] = {}  # blob id -> [size, references added]
+        usage: dict[int, int] = {}
+        out: list[list[Delivered]] = []
+        for tx, (blob, targets, idate, now, _text) in items:
+            delivered: list[Delivered] = []
+            appended: dict[int, tuple[int, list[int], int]] = {}
+            for t in targets:
+                key = (t.account_id, names.mailbox(t.mailbox))
+                mailbox_id, account_id = where[key], t.account_id
+                uid, modseq = nxt[key]
+                nxt[key] = [uid + 1, modseq + 1]
+                msg_rows.append((mailbox_id, uid, modseq, names.flags_to_text(t.flags), idate,
+                                 now, blob.size, blob.blob_id))
+                ref = refs.setdefault(blob.blob_id, [blob.size, 0])
+                ref[1] += 1
+                usage[account_id] = usage.get(account_id, 0) + blob.size
+                delivered.append(Delivered(account_id=account_id, mailbox_id=mailbox_id, uid=uid))
+                acc, uids, _ = appended.get(mailbox_id, (account_id, [], 0))
+                uids.append(uid)
+                appended[mailbox_id] = (acc, uids, modseq)
+            for mailbox_id, (acc, uids, modseq) in appended.items():
+                tx.changes.append(Change(account_id=acc, mailbox_id=mailbox_id, kind="append",
+                                         uids=tuple(uids), modseq=modseq))
+            out.append(delivered)
+        for i in range(0, len(msg_rows), 100):
+            part = msg_rows[i:i + 100]
+            conn.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES "
+                         + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
+                         [v for r in part for v in r])
+        blob_rows: dict[str, int] = {}
+        ref_items = list(refs.items())
+        recorded = items[0][0].recorded
+        for i in range(0, len(ref_items), 100):
+            part = ref_items[i:i + 100]
+            conn.execute("INSERT INTO blobs (blob_id, size, refcount) VALUES "
+                         + ",".join(["(?, ?, ?)"] * len(part))
+                         + " ON CONFLICT(blob_id) DO UPDATE SET refcount = refcount + excluded.refcount",
+                         [v for blob_id, (size, n) in part for v in (blob_id, size, n)])
+            # The rows back as ONE row (RETURNING would step, and hand the GIL over, once
+            # per row).
+            (got,) = conn.execute(
+                "SELECT json_group_array(json_array(blob_id, id, refcount)) FROM blobs "
+                f"WHERE blob_id IN ({','.join('?' * len(part))})",
+                [blob_id for blob_id, _ in part]).fetchone()
+            for bid, rowid, refcount in json.loads(got):
+                if (refcount == refs[bid][1] and bid not in recorded and conn.execute(
+                        "SELECT 1 FROM blob_locs WHERE blob_id = ?", (bid,)).fetchone() is None):
+                    raise NotFound(f"blob {bid} is not stored")
+                blob_rows[bid] = int(rowid)
+            if len(blob_rows) < i + len(part):
+                raise StorageError("a blob row vanished in its own transaction")
+        for account_id, size in usage.items():
+            conn.execute("UPDATE accounts SET usage = usage + ? WHERE id = ?", (size, account_id))
+        for tx, (blob, targets, _idate, _now, text) in items:
+            if text is not None:
+                rowid = blob_rows[blob.blob_id]
+                tx.index.extend((rowid, blob.blob_id, text) for _ in targets)
+        return out
 
     # -- mailboxes ---------------------------------------------------------------------
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
@@ -1416,7 +1520,18 @@ class SQLiteStore:
                 "disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (when, source_ip, header_from, spf, dkim, dmarc, disposition))
 
-        self.engine.write_soon(job, prompt=not delivery_follows)
+        self.engine.write_soon(job, prompt=not delivery_follows, bulk=(
+            self._auth_results_bulk,
+            (when, source_ip, header_from, spf, dkim, dmarc, disposition)))
+
+    @staticmethod
+    def _auth_results_bulk(conn: sqlite3.Connection, items: list[tuple[Tx, tuple]]) -> list[None]:
+        for i in range(0, len(items), 100):
+            part = items[i:i + 100]
+            conn.execute("INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, dmarc, "
+                         "disposition) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)),
+                         [v for _, row in part for v in row])
+        return [None] * len(items)
 
     async def list_auth_results(self, since: float = 0.0) -> list[tuple]:
         """Extra (not in the seam): (when, ip, header_from, spf, dkim, dmarc, disposition)."""
