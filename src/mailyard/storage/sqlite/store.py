@@ -57,7 +57,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from mailyard.storage import changes as changes_mod
 from mailyard.storage.interface import (
@@ -113,6 +113,7 @@ _UNINDEXED_SQL = ("SELECT m.uid FROM messages m JOIN blobs b ON b.blob_id = m.bl
                   "WHERE m.mailbox_id = ? AND NOT EXISTS "
                   "(SELECT 1 FROM fts.indexed t WHERE t.id = b.id AND t.ok)")
 _MBOX_COLS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+T = TypeVar("T")
 _MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id"
 _ROW_COLS = "uid, modseq, trim(flags), internaldate, size, blob_id"  # index_rows
 MEMO_CHARS = 32 << 20  # characters of blob_cache values kept in memory (about 32 MB)
@@ -180,9 +181,24 @@ def _uid_col(cols: str) -> int:
     return [c.strip() for c in cols.split(",")].index("uid")
 
 
-def _chunks(seq: Sequence[int]) -> Iterable[Sequence[int]]:
+def _chunks(seq: Sequence[T]) -> Iterable[Sequence[T]]:
     for i in range(0, len(seq), _CHUNK):
         yield seq[i : i + _CHUNK]
+
+
+def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], *,
+                 tail: str = "", per_statement: int = 100) -> None:
+    """``head VALUES (?, ...), (?, ...)tail`` for ``rows``, ``per_statement`` rows at a time.
+
+    Not ``executemany``: that steps once per row, and every step gives the GIL away and
+    takes it back, a wait when the event loop is busy (see Engine: bulk jobs)."""
+    if not rows:
+        return
+    mark = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for i in range(0, len(rows), per_statement):
+        part = rows[i:i + per_statement]
+        conn.execute(f"{head} VALUES {','.join([mark] * len(part))}{tail}",
+                     [v for row in part for v in row])
 
 
 class SQLiteStore:
@@ -412,13 +428,8 @@ class SQLiteStore:
     def record(self, conn: sqlite3.Connection, rows: list[LocRow]) -> None:
         # OR REPLACE: a row written by an earlier batch still in flight is recorded
         # again; a fresh copy of a blob whose deletion was rolled back supersedes it.
-        # One multi-row statement, not executemany: every step gives the GIL away and
-        # takes it back, a wait when the event loop is busy (see Engine: bulk jobs).
-        for i in range(0, len(rows), 200):
-            part = rows[i:i + 200]
-            conn.execute("INSERT OR REPLACE INTO blob_locs (blob_id, segment, start, length) "
-                         "VALUES " + ",".join(["(?, ?, ?, ?)"] * len(part)),
-                         [v for row in part for v in row])
+        _insert_rows(conn, "INSERT OR REPLACE INTO blob_locs (blob_id, segment, start, length)",
+                     rows, per_statement=200)
 
     def _after_commit(self, conn: sqlite3.Connection, txs: list[Tx], every: list[Tx],
                       pins: list[str], rows: list[LocRow]) -> None:
@@ -850,14 +861,19 @@ class SQLiteStore:
                     tx.release_pins.append(queue.blob.blob_id)
                 queue_ops.insert(tx.conn, queue)
                 self._ref_blob(tx, queue.blob.blob_id, queue.blob.size)
-            for mailbox_id, (acc, uids, modseq) in appended.items():
-                tx.changes.append(Change(account_id=acc, mailbox_id=mailbox_id, kind="append",
-                                         uids=tuple(uids), modseq=modseq))
+            self._append_changes(tx, appended)
             return out
 
         return await self.engine.write(  # type: ignore[no-any-return]
             job, blobs=staged_blobs(blob, queue.blob if queue is not None else None),
             bulk=None if queue is not None else (self._deliver_bulk, (blob, targets, idate, now, text)))
+
+    @staticmethod
+    def _append_changes(tx: Tx, appended: dict[int, tuple[int, list[int], int]]) -> None:
+        """Publish a delivery's new messages: mailbox id -> (account, UIDs, last MODSEQ)."""
+        for mailbox_id, (acc, uids, modseq) in appended.items():
+            tx.changes.append(Change(account_id=acc, mailbox_id=mailbox_id, kind="append",
+                                     uids=tuple(uids), modseq=modseq))
 
     def _deliver_bulk(self, conn: sqlite3.Connection,
                       items: list[tuple[Tx, tuple[BlobRef, Sequence[DeliveryTarget], float, float,
@@ -874,25 +890,17 @@ class SQLiteStore:
             for t in targets:
                 key = (t.account_id, names.mailbox(t.mailbox))
                 count[key] = count.get(key, 0) + 1
+        def take(account_id: int, name: str, n: int) -> tuple | None:
+            """(mailbox id, first UID, first MODSEQ) of ``n`` new messages, or None."""
+            return conn.execute(  # type: ignore[no-any-return]
+                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + ? "
+                "WHERE account_id = ? AND name = ? RETURNING id, uidnext - ?, highestmodseq - ? + 1",
+                (n, n, account_id, name, n, n)).fetchone()
+
         where: dict[tuple[int, str], int] = {}  # (account, name) -> mailbox id
         nxt: dict[tuple[int, str], list[int]] = {}  # (account, name) -> [next uid, next modseq]
-        missing: list[tuple[int, str]] = []
         for key, n in count.items():
-            row = conn.execute(
-                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + ? "
-                "WHERE account_id = ? AND name = ? RETURNING id, uidnext - ?, highestmodseq - ? + 1",
-                (n, n, key[0], key[1], n, n)).fetchone()
-            if row is None:
-                missing.append(key)
-                continue
-            where[key] = row[0]
-            nxt[key] = [row[1], row[2]]
-        for key in missing:
-            n = count[key]
-            row = conn.execute(
-                "UPDATE mailboxes SET uidnext = uidnext + ?, highestmodseq = highestmodseq + ? "
-                "WHERE account_id = ? AND name = ? RETURNING id, uidnext - ?, highestmodseq - ? + 1",
-                (n, n, key[0], "INBOX", n, n)).fetchone()
+            row = take(key[0], key[1], n) or take(key[0], "INBOX", n)
             if row is None:
                 raise NotFound(f"account {key[0]} has no INBOX")
             where[key] = row[0]
@@ -918,37 +926,27 @@ class SQLiteStore:
                 acc, uids, _ = appended.get(mailbox_id, (account_id, [], 0))
                 uids.append(uid)
                 appended[mailbox_id] = (acc, uids, modseq)
-            for mailbox_id, (acc, uids, modseq) in appended.items():
-                tx.changes.append(Change(account_id=acc, mailbox_id=mailbox_id, kind="append",
-                                         uids=tuple(uids), modseq=modseq))
+            self._append_changes(tx, appended)
             out.append(delivered)
-        for i in range(0, len(msg_rows), 100):
-            part = msg_rows[i:i + 100]
-            conn.execute(f"INSERT INTO messages ({_MSG_COLS}) VALUES "
-                         + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)),
-                         [v for r in part for v in r])
+        _insert_rows(conn, f"INSERT INTO messages ({_MSG_COLS})", msg_rows)
+        _insert_rows(conn, "INSERT INTO blobs (blob_id, size, refcount)",
+                     [(blob_id, size, n) for blob_id, (size, n) in refs.items()],
+                     tail=" ON CONFLICT(blob_id) DO UPDATE SET refcount = refcount + excluded.refcount")
         blob_rows: dict[str, int] = {}
-        ref_items = list(refs.items())
         recorded = items[0][0].recorded
-        for i in range(0, len(ref_items), 100):
-            part = ref_items[i:i + 100]
-            conn.execute("INSERT INTO blobs (blob_id, size, refcount) VALUES "
-                         + ",".join(["(?, ?, ?)"] * len(part))
-                         + " ON CONFLICT(blob_id) DO UPDATE SET refcount = refcount + excluded.refcount",
-                         [v for blob_id, (size, n) in part for v in (blob_id, size, n)])
+        for part in _chunks(list(refs)):
             # The rows back as ONE row (RETURNING would step, and hand the GIL over, once
             # per row).
             (got,) = conn.execute(
                 "SELECT json_group_array(json_array(blob_id, id, refcount)) FROM blobs "
-                f"WHERE blob_id IN ({','.join('?' * len(part))})",
-                [blob_id for blob_id, _ in part]).fetchone()
+                f"WHERE blob_id IN ({','.join('?' * len(part))})", part).fetchone()
             for bid, rowid, refcount in json.loads(got):
                 if (refcount == refs[bid][1] and bid not in recorded and conn.execute(
                         "SELECT 1 FROM blob_locs WHERE blob_id = ?", (bid,)).fetchone() is None):
                     raise NotFound(f"blob {bid} is not stored")
                 blob_rows[bid] = int(rowid)
-            if len(blob_rows) < i + len(part):
-                raise StorageError("a blob row vanished in its own transaction")
+        if len(blob_rows) != len(refs):
+            raise StorageError("a blob row vanished in its own transaction")
         for account_id, size in usage.items():
             conn.execute("UPDATE accounts SET usage = usage + ? WHERE id = ?", (size, account_id))
         for tx, (blob, targets, _idate, _now, text) in items:
@@ -1526,11 +1524,8 @@ class SQLiteStore:
 
     @staticmethod
     def _auth_results_bulk(conn: sqlite3.Connection, items: list[tuple[Tx, tuple]]) -> list[None]:
-        for i in range(0, len(items), 100):
-            part = items[i:i + 100]
-            conn.execute("INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, dmarc, "
-                         "disposition) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)),
-                         [v for _, row in part for v in row])
+        _insert_rows(conn, "INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, "
+                     "dmarc, disposition)", [row for _, row in items])
         return [None] * len(items)
 
     async def list_auth_results(self, since: float = 0.0) -> list[tuple]:
