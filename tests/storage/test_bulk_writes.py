@@ -9,7 +9,6 @@ alone.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,27 +16,8 @@ from typing import Any
 from mailyard.storage.interface import NotFound
 from mailyard.storage.models import DeliveryTarget
 from mailyard.storage.sqlite import SQLiteStore
-
-
-def body(n: int, size: int = 3000) -> bytes:
-    head = b"Subject: bulk %d\r\n\r\n" % n
-    return head + hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64) + b"\r\n"
-
-
-async def opened(data_dir: Path) -> SQLiteStore:
-    s = SQLiteStore(data_dir)
-    await s.open()
-    return s
-
-
-async def deliver(s: SQLiteStore, data: bytes, targets: list[DeliveryTarget]) -> tuple[str, list[Any]]:
-    spool = s.blobs.new_spool()
-    spool.write(data)
-    ref = await s._segs.stage(spool)
-    try:
-        return ref.blob_id, await s.deliver(ref, targets)
-    finally:
-        spool.abort()
+from tests.storage.support import body, opened
+from tests.storage.support import deliver_staged as deliver
 
 
 def count_bulk(s: SQLiteStore, raised: list[BaseException] | None = None) -> list[int]:

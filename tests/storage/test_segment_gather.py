@@ -17,34 +17,10 @@ import pytest
 
 from mailyard.storage.interface import InsufficientStorage
 from mailyard.storage.models import DeliveryTarget
-from mailyard.storage.sqlite import SQLiteStore, segments
+from mailyard.storage.sqlite import segments
 from mailyard.storage.sqlite.segments import GATHER_MAX
-
-
-def body(n: int, size: int = 3000) -> bytes:
-    head = b"Subject: gather %d\r\n\r\n" % n
-    return head + hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64) + b"\r\n"
-
-
-async def opened(data_dir: Path) -> SQLiteStore:
-    s = SQLiteStore(data_dir)
-    await s.open()
-    return s
-
-
-async def deliver(s: SQLiteStore, data: bytes, targets: list[DeliveryTarget]) -> tuple[str, list[Any]]:
-    spool = s.blobs.new_spool()
-    spool.write(data)
-    ref = await s._segs.stage(spool)
-    try:
-        return ref.blob_id, await s.deliver(ref, targets)
-    finally:
-        spool.abort()
-
-
-def segment_bytes(data_dir: Path) -> int:
-    d = data_dir / "blobs" / "segments"
-    return sum(p.stat().st_size for p in d.iterdir()) if d.exists() else 0
+from tests.storage.support import body, opened, segment_sizes
+from tests.storage.support import deliver_staged as deliver
 
 
 def test_gathered_write_survives_short_writes_and_mixes_with_large_blobs(
@@ -72,7 +48,7 @@ def test_gathered_write_survives_short_writes_and_mixes_with_large_blobs(
     asyncio.run(main())
     monkeypatch.setattr(segments.os, "pwritev", real)
     total = sum(len(body(i)) for i in [*range(6), *range(10, 14)]) + len(body(7, GATHER_MAX + 50_000))
-    assert segment_bytes(tmp_path) == total
+    assert sum(segment_sizes(tmp_path).values()) == total
 
     async def reopen() -> None:  # and all of it is there after a restart
         s = await opened(tmp_path)
@@ -112,11 +88,11 @@ def test_a_failed_gathered_write_fails_its_blobs_and_cuts_the_tail(
             inbox = await s.get_mailbox(a.id, "INBOX")
             assert inbox is not None and await s.list_messages(inbox.id) == []
             assert inbox.uidnext == 1
-            assert segment_bytes(tmp_path) == 0  # the partial write was cut back
+            assert sum(segment_sizes(tmp_path).values()) == 0  # the partial write was cut back
             blob_id, _ = await deliver(s, body(1), [DeliveryTarget(a.id)])  # and it goes on
             assert await s.blobs.read(blob_id) == body(1)
         finally:
             await s.close()
 
     asyncio.run(main())
-    assert segment_bytes(tmp_path) == len(body(1))
+    assert sum(segment_sizes(tmp_path).values()) == len(body(1))

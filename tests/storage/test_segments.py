@@ -12,8 +12,8 @@ import pytest
 
 from mailyard.storage.interface import NotFound, StorageError
 from mailyard.storage.models import DeliveryTarget, QueueEntry, QueueRecipient
-from mailyard.storage.sqlite import SQLiteStore
 from mailyard.storage.sqlite.segments import INLINE_READ_MAX, LOCATE_BATCH, StagedBlob
+from tests.storage.support import body, opened, segment_sizes, staged_deliver
 
 
 def locs(data_dir: Path) -> dict[str, tuple[int, int, int]]:
@@ -23,34 +23,6 @@ def locs(data_dir: Path) -> dict[str, tuple[int, int, int]]:
                 db.execute("SELECT blob_id, segment, start, length FROM blob_locs")}
     finally:
         db.close()
-
-
-def segment_sizes(data_dir: Path) -> dict[int, int]:
-    d = data_dir / "blobs" / "segments"
-    return {int(p.stem): p.stat().st_size for p in d.iterdir()} if d.exists() else {}
-
-
-def body(n: int, size: int = 3000) -> bytes:
-    head = b"Subject: seg %d\r\n\r\n" % n
-    return head + hashlib.sha256(b"%d" % n).hexdigest().encode() * (size // 64) + b"\r\n"
-
-
-async def opened(data_dir: Path, **kw: object) -> SQLiteStore:
-    s = SQLiteStore(data_dir, **kw)  # type: ignore[arg-type]
-    await s.open()
-    return s
-
-
-async def staged_deliver(s: SQLiteStore, acc_id: int, data: bytes, *, prefix: bytes = b"",
-                         box: str = "INBOX") -> tuple[str, int]:
-    spool = s.blobs.new_spool()
-    spool.write(data)
-    ref = await s._segs.stage(spool, prefix=prefix)
-    try:
-        (d,) = await s.deliver(ref, [DeliveryTarget(acc_id, box)])
-    finally:
-        spool.abort()
-    return ref.blob_id, d.uid
 
 
 def test_staged_delivery_is_one_batch_and_shares_fsyncs(tmp_path: Path) -> None:
