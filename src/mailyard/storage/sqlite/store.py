@@ -400,13 +400,15 @@ class SQLiteStore:
             log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0), size)
 
     async def close(self) -> None:
-        engine, self._engine = self._engine, None
-        text, self._text = self._text, None
+        text, self._text = self._text, None  # commits from now on are indexed at next open
         self.bus.close()
+        if text is not None:
+            # Before the engine: draining, the indexer reads blobs through the engine's
+            # readers (closed under it, it marked rows 'no text' or crashed in SQLite).
+            await asyncio.to_thread(text.close)
+        engine, self._engine = self._engine, None
         if engine is not None:
             await asyncio.to_thread(engine.close)
-        if text is not None:
-            await asyncio.to_thread(text.close)
         self._segs.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # releases the owner lock
