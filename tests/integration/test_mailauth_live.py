@@ -135,6 +135,36 @@ def test_dns_failure_is_temporary_never_5xx(server: Server, dns_server: DNSServe
         assert code == 451 and text.startswith(b"4.")
 
 
+def test_spf_verdict_serves_a_connection_and_a_dns_failure_is_asked_again(
+        server: Server, dns_server: DNSServer) -> None:
+    # TTL 0: the server's DNS cache keeps nothing, so every SPF evaluation asks.
+    d = f"s{secrets.token_hex(4)}.example"
+    dns_server.set(d, {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]}, ttl=0)
+    other = f"s{secrets.token_hex(4)}.example"
+    dns_server.set(other, {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]}, ttl=0)
+    with smtplib.SMTP(*server.addr("smtp"), timeout=30) as s:
+        for n in range(3):
+            s.sendmail(f"ceo@{d}", ["bob@example.test"], _message(d, subject=f"m{n}"))
+        assert dns_server.asked[(d, "TXT")] == 1  # three messages, one SPF check
+        s.sendmail(f"cfo@{d}", ["bob@example.test"], _message(d))  # another sender: its own
+        assert dns_server.asked[(d, "TXT")] == 2
+        # A temporary DNS failure is not kept: the same sender is checked again.
+        dns_server.servfail.add(other)
+        code, _ = s.mail(f"ceo@{other}")
+        assert code == 451
+        dns_server.servfail.discard(other)
+        s.rset()
+        code, _ = s.mail(f"ceo@{other}")
+        assert code == 250
+        s.rset()
+    with smtplib.SMTP(*server.addr("smtp"), timeout=30) as s:  # a new connection asks anew
+        s.sendmail(f"ceo@{d}", ["bob@example.test"], _message(d))
+    assert dns_server.asked[(d, "TXT")] == 3
+    stored = _inbox(server)
+    assert len(stored) == 5
+    assert all("spf=pass" in _auth_results(m) for m in stored)
+
+
 def test_forged_authentication_results_are_removed(server: Server, dns_server: DNSServer) -> None:
     d = _domain(dns_server, spf="v=spf1 ip4:127.0.0.0/8 -all", dmarc=None)
     me = server_hostname(server)

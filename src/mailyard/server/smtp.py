@@ -38,6 +38,7 @@ from mailyard.storage.models import Account
 
 READ_CHUNK = 64 * 1024
 MIN_DATA_RATE = 1024  # octets per second a DATA sender must sustain beyond data_timeout
+SPF_REUSE_SECONDS = 30.0  # an SPF verdict serves the same (HELO, sender) on a connection this long
 DISK_MARGIN = 1024 * 1024 * 1024  # free space above min_free_bytes that is re-read once a second
 _disk_ok_until: dict[Any, float] = {}  # data_dir -> loop time until which it has room
 
@@ -76,7 +77,7 @@ class Transaction:
 
 class SMTPSession:
     # Slots: a session is per connection, and most connections are idle (no __dict__).
-    __slots__ = ("_buffered", "_high_water", "_iprev", "_quotas", "_watchdog",
+    __slots__ = ("_buffered", "_high_water", "_iprev", "_quotas", "_spf_last", "_watchdog",
                  "account", "conn", "ctx", "data_started",
                  "deadline", "helo", "loop", "mode", "reader", "remote_ip", "session_id",
                  "settings", "tls_active", "txn", "writer")
@@ -117,6 +118,10 @@ class SMTPSession:
         # MX: the client's iprev (FCrDNS) result, looked up with the first message and
         # kept for the connection (the address does not change), unless temporary.
         self._iprev: Any = None
+        # MX: the last SPF verdict, (helo, sender, until, result): a client sending
+        # several messages from the same sender on one connection is checked once
+        # per SPF_REUSE_SECONDS, not once per message.
+        self._spf_last: tuple[str, str, float, Any] | None = None
         self._high_water = -1
         self._buffered: Any = _zero
         self._watch_transport()
@@ -353,12 +358,19 @@ class SMTPSession:
         return False
 
     async def _check_spf(self, sender: str) -> Any:
+        last = self._spf_last
+        now = self.loop.time()
+        if last is not None and last[0] == self.helo and last[1] == sender and now < last[2]:
+            return last[3]
         try:
-            return await auth_pipeline().authenticate_envelope(
+            spf = await auth_pipeline().authenticate_envelope(
                 self.remote_ip, self.helo, sender, resolver=self.ctx.resolver)
         except Exception:
             self.ctx.log.exception("SPF check failed")
             return None
+        if getattr(spf, "result", "temperror") != "temperror":  # a DNS failure is retried
+            self._spf_last = (self.helo, sender, now + SPF_REUSE_SECONDS, spf)
+        return spf
 
     # -- RCPT ------------------------------------------------------------------------------
     async def on_rcpt(self, ev: Any) -> Reply:

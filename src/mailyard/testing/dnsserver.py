@@ -13,6 +13,7 @@ instead; this one keeps unit and single-server tests fast and self-contained.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import struct
@@ -30,6 +31,7 @@ import dns.rdatatype
 import dns.rrset
 
 Zone = dict[str, dict[str, list[Any]]]
+DEFAULT_TTL = 300
 
 
 def _rdata_text(rdtype: str, value: Any) -> str:
@@ -50,6 +52,8 @@ class DNSServer:
     def __init__(self, zone: Zone | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  servfail: Iterable[str] = ()) -> None:
         self.zone: Zone = {}
+        self.ttls: dict[str, int] = {}  # per name; DEFAULT_TTL otherwise
+        self.asked: collections.Counter[tuple[str, str]] = collections.Counter()  # (name, type)
         self.servfail = {n.lower().rstrip(".") for n in servfail}
         for name, types in (zone or {}).items():
             self.set(name, types)
@@ -61,9 +65,10 @@ class DNSServer:
         self._stop: asyncio.Event | None = None
         self.queries = 0
 
-    def set(self, name: str, types: dict[str, list[Any]]) -> None:
+    def set(self, name: str, types: dict[str, list[Any]], *, ttl: int = DEFAULT_TTL) -> None:
         key = name.lower().rstrip(".")
         self.zone.setdefault(key, {}).update({t.upper(): list(v) for t, v in types.items()})
+        self.ttls[key] = ttl
 
     @property
     def nameserver(self) -> str:
@@ -83,6 +88,7 @@ class DNSServer:
         q = query.question[0]
         name = q.name.to_text(omit_final_dot=True).lower()
         rdtype = dns.rdatatype.to_text(q.rdtype)
+        self.asked[(name, rdtype)] += 1
         if name in self.servfail:
             resp.set_rcode(dns.rcode.SERVFAIL)
             return resp.to_wire()
@@ -96,7 +102,7 @@ class DNSServer:
         if values is None and "CNAME" in types and rdtype != "CNAME":
             values, rdtype = types["CNAME"], "CNAME"
         if values:
-            rrset = dns.rrset.from_text_list(q.name, 300, dns.rdataclass.IN, rdtype,
+            rrset = dns.rrset.from_text_list(q.name, self.ttls.get(name, DEFAULT_TTL), dns.rdataclass.IN, rdtype,
                                              [_rdata_text(rdtype, v) for v in values])
             resp.answer.append(rrset)
         return resp.to_wire()
