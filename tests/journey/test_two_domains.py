@@ -15,6 +15,7 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
+import json
 import smtplib
 import ssl
 import urllib.request
@@ -108,6 +109,9 @@ def test_two_domain_journey(world: World) -> None:
     log_a = world.a.server.log()
     assert "MTA-STS policy for b.test: mode enforce, mx mail.b.test" in log_a, log_a
     assert "MTA-STS policy fetch for b.test failed" not in log_a
+    # ... and kept it on disk, for after a restart (RFC 8461 §5.1, §10.2).
+    cached = json.loads((world.a.server.data / "cache" / "mta-sts.json").read_text())
+    assert cached["policies"]["b.test"]["mode"] == "enforce"
 
     # IMAP: the same message, byte for byte, read with a second protocol.
     host, port = world.b.server.addr("imap")

@@ -64,6 +64,64 @@ def test_policy_cache_refresh_on_id_change_and_expiry() -> None:
     asyncio.run(main())
 
 
+def test_policy_cache_survives_a_restart(tmp_path: Path) -> None:
+    """§5.1/§10.2: a policy learnt before a restart still applies after it, even when the
+    fetch is then blocked (the downgrade the cache exists to stop)."""
+    async def main() -> None:
+        clock = FakeClock()
+        res = FakeResolver({"_mta-sts.d.test": {"TXT": ["v=STSv1; id=one"]}})
+        cache = tmp_path / "cache" / "mta-sts.json"
+
+        async def fetch(url: str) -> str:
+            return "version: STSv1\nmode: enforce\nmx: mx.d.test\nmx: *.d.test\nmax_age: 100\n"
+
+        async def blocked(url: str) -> str:
+            raise PolicyError("connection refused")
+
+        first = MTASTS(res, fetch=fetch, clock=clock, cache_file=cache)
+        learnt = await first.policy_for("d.test")
+        assert learnt is not None and learnt.enforce and cache.exists()
+        assert not list(cache.parent.glob("*.tmp"))
+
+        # Restarted: the TXT id changed and the fetch fails; the cached policy applies.
+        res.add("_mta-sts.d.test", "TXT", ["v=STSv1; id=two"])
+        second = MTASTS(res, fetch=blocked, clock=clock, cache_file=cache)
+        kept = await second.policy_for("d.test")
+        assert kept == learnt and second.fetches == 1
+        # ... until max_age, counted from the original fetch, not from the restart.
+        clock.advance(60)
+        third = MTASTS(res, fetch=blocked, clock=clock, cache_file=cache)
+        assert await third.policy_for("d.test") == learnt
+        clock.advance(40)
+        fourth = MTASTS(res, fetch=blocked, clock=clock, cache_file=cache)
+        assert await fourth.policy_for("d.test") is None
+
+    asyncio.run(main())
+
+
+def test_unreadable_policy_cache_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    async def main() -> None:
+        res = FakeResolver({"_mta-sts.d.test": {"TXT": ["v=STSv1; id=one"]}})
+
+        async def fetch(url: str) -> str:
+            return "version: STSv1\nmode: testing\nmx: mx.d.test\nmax_age: 100\n"
+
+        cache = tmp_path / "mta-sts.json"
+        for junk in ("{not json", '{"policies": [1, 2]}', '{"policies": {"d.test": {"mode": 1}}}',
+                     '{"policies": {"d.test": {"mode": "bogus", "mx": [], "max_age": 1, '
+                     '"id": "x", "expires": 1e12}}}'):
+            cache.write_text(junk)
+            sts = MTASTS(res, fetch=fetch, clock=FakeClock(), cache_file=cache)
+            got = await sts.policy_for("d.test")  # fetched afresh, and the file rewritten
+            assert got is not None and got.mode == "testing" and sts.fetches == 1
+            again = MTASTS(res, fetch=fetch, clock=FakeClock(), cache_file=cache)
+            assert await again.policy_for("d.test") == got and again.fetches == 0
+
+    asyncio.run(main())
+    assert "MTA-STS cache" in caplog.text
+
+
 def test_fetch_over_https_from_local_server(tmp_path: Path) -> None:
     make_ca(tmp_path / "ca.pem", tmp_path / "ca.key")
     make_certificate(tmp_path / "c.pem", tmp_path / "c.key", hostnames=["mta-sts.d.test"],

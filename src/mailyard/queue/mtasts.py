@@ -12,7 +12,11 @@ patterns (a leading ``*.`` matches exactly one label, §4.1) and ``max_age``
 Caching (§5.1): a fetched policy is kept until ``max_age`` and used while the
 TXT id is unchanged; a changed id triggers a refresh; if discovery or the fetch
 fails, a cached, unexpired policy still applies. With no policy at all, the
-domain is treated as not using MTA-STS.
+domain is treated as not using MTA-STS. The cache is kept on disk as well
+(``cache_file``, JSON, replaced atomically at each new policy) and read back at
+start: a policy is "trust on first use", and a cache that a restart emptied
+would let an attacker who blocks the policy fetch downgrade the next delivery to
+the domain (§10.2). A cache file that cannot be read is logged and ignored.
 
 Application (§5): ``enforce`` -> deliver only to MX hosts matching a pattern,
 over TLS with a certificate valid for the MX host name; ``testing`` -> deliver
@@ -21,11 +25,15 @@ anyway and log what would have failed; ``none`` -> no restriction.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from mailyard.mailauth.resolver import DNSError, Resolver
 
@@ -195,18 +203,64 @@ def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
 
 
 class MTASTS:
-    """Policy discovery with an in-memory cache."""
+    """Policy discovery with a cache in memory, kept in ``cache_file`` when given."""
 
     def __init__(self, resolver: Resolver, *, fetch: Fetch | None = None,
                  clock: Callable[[], float] = time.time, ca_file: str | None = None,
-                 https_port: int | None = None, connect_address: str | None = None) -> None:
+                 https_port: int | None = None, connect_address: str | None = None,
+                 cache_file: Path | None = None) -> None:
         self._resolver = resolver
         self._fetch = fetch or make_aiohttp_fetch(ca_file=ca_file, port=https_port,
                                                   connect_address=connect_address,
                                                   resolver=resolver)
         self._clock = clock
         self._cache: dict[str, tuple[Policy, float]] = {}  # domain -> (policy, expires)
+        self._file = cache_file
         self.fetches = 0
+        if cache_file is not None:
+            self._load(cache_file)
+
+    def _load(self, path: Path) -> None:
+        try:
+            entries = json.loads(path.read_text("utf-8"))["policies"]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("MTA-STS cache %s not read (%s): starting without it", path, exc)
+            return
+        now = self._clock()
+        for domain, entry in entries.items() if isinstance(entries, dict) else ():
+            try:
+                policy = Policy(mode=str(entry["mode"]), mx=tuple(str(m) for m in entry["mx"]),
+                                max_age=int(entry["max_age"]), id=str(entry["id"]))
+                expires = float(entry["expires"])
+            except (KeyError, TypeError, ValueError):
+                log.warning("MTA-STS cache %s: entry for %r skipped", path, domain)
+                continue
+            if policy.mode in ("enforce", "testing", "none") and expires > now:
+                self._cache[str(domain)] = (policy, expires)
+
+    def _save(self) -> None:
+        """Write the cache to a new file and rename it over the old one (atomic)."""
+        if self._file is None:
+            return
+        now = self._clock()
+        doc = {"policies": {
+            d: {"mode": p.mode, "mx": list(p.mx), "max_age": p.max_age, "id": p.id,
+                "expires": expires}
+            for d, (p, expires) in self._cache.items() if expires > now}}
+        tmp = self._file.with_name(self._file.name + ".tmp")
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._file)
+        except OSError as e:
+            log.warning("MTA-STS cache %s not written: %s", self._file, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def _cached(self, domain: str) -> Policy | None:
         hit = self._cache.get(domain)
@@ -242,4 +296,5 @@ class MTASTS:
         log.info("MTA-STS policy for %s: mode %s, mx %s, max_age %d (id %s)", domain,
                  policy.mode, ",".join(policy.mx), policy.max_age, policy_id)
         self._cache[domain] = (policy, self._clock() + policy.max_age)
+        self._save()
         return policy

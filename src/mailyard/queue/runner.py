@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from mailyard.config import Config
@@ -38,6 +39,8 @@ from mailyard.queue.mtasts import MTASTS
 from mailyard.queue.routing import domain_of
 from mailyard.queue.schedule import backoff, delay_warning_due, is_expired
 from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient, RecipientState
+
+MTA_STS_CACHE = Path("cache") / "mta-sts.json"  # under the data folder: policies kept across restarts
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,9 @@ class QueueRunner:
         if mta_sts is None and use_mta_sts:
             port = config.queue.mta_sts_port
             mta_sts = MTASTS(resolver, clock=clock, ca_file=ca_file,
-                             https_port=None if port == 443 else port)
+                             https_port=None if port == 443 else port,
+                             cache_file=(Path(config.data_dir) / MTA_STS_CACHE
+                                         if config.data_dir else None))
         self.courier = courier or Courier(
             store.blobs, resolver, config.queue, hostname=self.hostname,  # type: ignore[arg-type]
             mtasts=mta_sts, ca_file=ca_file, rng=rng, command_timeout=command_timeout,
