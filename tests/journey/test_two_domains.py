@@ -22,6 +22,7 @@ import urllib.request
 
 import pytest
 
+from mailyard.queue.mtasts import parse_policy
 from tests.integration.harness import PASSWORD
 from tests.journey.world import (
     HTTPS_PORT,
@@ -111,7 +112,7 @@ def test_two_domain_journey(world: World) -> None:
     assert "MTA-STS policy fetch for b.test failed" not in log_a
     # ... and kept it on disk, for after a restart (RFC 8461 §5.1, §10.2).
     cached = json.loads((world.a.server.data / "cache" / "mta-sts.json").read_text())
-    assert cached["policies"]["b.test"]["mode"] == "enforce"
+    assert parse_policy(cached["policies"]["b.test"]["policy"]).mode == "enforce"
 
     # IMAP: the same message, byte for byte, read with a second protocol.
     host, port = world.b.server.addr("imap")

@@ -109,8 +109,8 @@ def test_unreadable_policy_cache_is_ignored(tmp_path: Path, caplog: pytest.LogCa
 
         cache = tmp_path / "mta-sts.json"
         for junk in ("{not json", '{"policies": [1, 2]}', '{"policies": {"d.test": {"mode": 1}}}',
-                     '{"policies": {"d.test": {"mode": "bogus", "mx": [], "max_age": 1, '
-                     '"id": "x", "expires": 1e12}}}'):
+                     '{"policies": {"d.test": {"policy": "version: STSv1\\nmode: bogus\\n'
+                     'mx: a\\nmax_age: 1\\n", "id": "x", "expires": 1e12}}}'):
             cache.write_text(junk)
             sts = MTASTS(res, fetch=fetch, clock=FakeClock(), cache_file=cache)
             got = await sts.policy_for("d.test")  # fetched afresh, and the file rewritten

@@ -130,6 +130,14 @@ def parse_policy(text: str, *, policy_id: str = "") -> Policy:
     return Policy(mode=mode, mx=tuple(mx), max_age=max_age, id=policy_id)
 
 
+def policy_text(policy: Policy) -> str:
+    """The §3.2 body of ``policy``: what :func:`parse_policy` reads back into it."""
+    lines = ["version: STSv1", f"mode: {policy.mode}"]
+    lines += [f"mx: {m}" for m in policy.mx]
+    lines.append(f"max_age: {policy.max_age}")
+    return "\n".join(lines) + "\n"
+
+
 async def _host_addresses(resolver: Resolver, host: str) -> list[str]:
     """A then AAAA of ``host`` through our resolver (the one MX routing uses)."""
     out: list[str] = []
@@ -230,14 +238,13 @@ class MTASTS:
             return
         now = self._clock()
         for domain, entry in entries.items() if isinstance(entries, dict) else ():
-            try:
-                policy = Policy(mode=str(entry["mode"]), mx=tuple(str(m) for m in entry["mx"]),
-                                max_age=int(entry["max_age"]), id=str(entry["id"]))
+            try:  # the policy is kept as its text: parse_policy checks it as at fetch time
+                policy = parse_policy(str(entry["policy"]), policy_id=str(entry["id"]))
                 expires = float(entry["expires"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, PolicyError):
                 log.warning("MTA-STS cache %s: entry for %r skipped", path, domain)
                 continue
-            if policy.mode in ("enforce", "testing", "none") and expires > now:
+            if expires > now:
                 self._cache[str(domain)] = (policy, expires)
 
     def _save(self) -> None:
@@ -246,8 +253,7 @@ class MTASTS:
             return
         now = self._clock()
         doc = {"policies": {
-            d: {"mode": p.mode, "mx": list(p.mx), "max_age": p.max_age, "id": p.id,
-                "expires": expires}
+            d: {"policy": policy_text(p), "id": p.id, "expires": expires}
             for d, (p, expires) in self._cache.items() if expires > now}}
         tmp = self._file.with_name(self._file.name + ".tmp")
         try:
