@@ -10,8 +10,9 @@ commit, shared through group commit) and DNS answered by a local server. The
 baseline is aiosmtpd with a handler that writes each message to its own file and
 fsyncs it. Both servers run side by side and ``--rounds`` timed runs each alternate
 between them (the baseline's rate follows the disk's fsync latency, which swings
-on this VM); the medians are compared. Also printed: each server's CPU per message (user + system,
-all threads), the server's peak RSS, and the memory per idle connection
+on this VM); the medians are compared. ``--workers N`` sets mailyard's ``[smtp] workers``
+(receiver processes; default 0). Also printed: each server's CPU per message (user + system,
+all threads, summed with its receiver processes), the server's peak RSS, and the memory per idle connection
 with 1,000 idle connections open; and, since mailyard defers full-text indexing
 while mail arrives, the rate counting the time until a body SEARCH answers (the
 index complete): the baseline indexes nothing, so that figure is the fairer one.
@@ -72,19 +73,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (mailyard's SMTP worker processes)."""
+    out = [pid]
+    for p in out:
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+    """The field summed over the process and its descendants (for VmHWM, the sum of
+    each process's own peak: at least the peak of the whole)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its threads so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of a process, all its threads and its live descendants so far."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> float:
@@ -100,7 +127,8 @@ def smtp_source(port: int, *, messages: int, sessions: int, size: int) -> float:
     return time.perf_counter() - t0
 
 
-def start_mailyard(tmp: Path, nameserver: str) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+def start_mailyard(tmp: Path, nameserver: str, workers: str
+                   ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     data = tmp / "mailyard"
     mailyard = [sys.executable, "-m", "mailyard.cli.main", "--data", str(data)]
     subprocess.run([*mailyard, "init", "--domain", "example.test", "--dev",
@@ -108,6 +136,8 @@ def start_mailyard(tmp: Path, nameserver: str) -> tuple[subprocess.Popen[bytes],
     cfg = data / "mailyard.toml"
     text = re.sub(r'(?m)^(\w+) = "127\.0\.0\.1:\d+"$', r'\1 = "127.0.0.1:0"', cfg.read_text())
     text = text.replace("[limits]\n", "[limits]\nmax_connections_per_ip = 5000\n", 1)
+    value = workers if workers.isdigit() else f'"{workers}"'
+    text = re.sub(r'(?m)^workers = .*$', f"workers = {value}", text)
     cfg.write_text(text)
     subprocess.run([*mailyard, "user", "add", "bob@example.test", "--password-stdin"],
                    input=b"bench-password\n", check=True, stdout=subprocess.DEVNULL)
@@ -165,6 +195,8 @@ def main() -> None:
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3,
                     help="timed runs per server, interleaved (the medians are compared)")
+    ap.add_argument("--workers", default="0",
+                    help="mailyard's [smtp] workers: receiver processes (0: in the server)")
     args = ap.parse_args()
 
     zone = {
@@ -188,7 +220,7 @@ def main() -> None:
         try:
             assert base.stdout is not None
             base.stdout.readline()
-            proc, ports = start_mailyard(tmp, dns.nameserver)
+            proc, ports = start_mailyard(tmp, dns.nameserver, args.workers)
             # Memory per idle connection, on servers warmed up by a short run (imports and
             # first-use caches are not per connection) but with no free heap left by a
             # long one to hide the connections' own.
@@ -216,6 +248,7 @@ def main() -> None:
                 for run in ((run_base, run_mailyard) if rnd % 2 == 0
                             else (run_mailyard, run_base)):
                     run()
+            n_workers = len(tree(proc.pid)) - 1
             base_peak = rss_kb(base.pid, "VmHWM")
             peak = rss_kb(proc.pid, "VmHWM")
         finally:
@@ -236,13 +269,15 @@ def main() -> None:
     rate_my = n / statistics.median(t_my)
     rate_all = n / statistics.median([a + b for a, b in zip(t_my, t_index, strict=True)])
     print(f"SMTP acceptance: {n} messages x {args.size} B over {args.sessions} sessions; "
-          f"median of {args.rounds} interleaved runs per server")
+          f"median of {args.rounds} interleaved runs per server; mailyard's [smtp] workers = "
+          f"{args.workers} ({n_workers} receiver processes)")
     print(f"  aiosmtpd (fsync/msg) : {rate_base:8.0f} msg/s  ({got_base} stored; runs: "
           f"{', '.join(f'{n / t:.0f}' for t in t_base)})  peak RSS {base_peak / 1024:.1f} MiB, "
           f"{base_idle:.1f} KiB per idle connection")
     print(f"  mailyard (durable)   : {rate_my:8.0f} msg/s  ({got_my} stored; runs: "
           f"{', '.join(f'{n / t:.0f}' for t in t_my)})  peak RSS {peak / 1024:.1f} MiB, "
-          f"{idle:.1f} KiB per idle connection ({args.idle} idle)")
+          f"{idle:.1f} KiB per idle connection ({args.idle} idle); RSS and CPU summed over "
+          f"the server and its receiver processes")
     us = 1e6 / n
     print(f"  server CPU per message (user+system, all threads; median): aiosmtpd "
           f"{statistics.median(cpu_base) * us:.0f} us, mailyard {statistics.median(cpu_my) * us:.0f} us "

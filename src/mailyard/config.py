@@ -124,6 +124,13 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class SMTPConfig:
+    # Processes that receive on the MX listener (server/smtpworker.py); 0 keeps it in the
+    # server process. "auto": one per CPU beyond the first, at most 4 (none on one CPU).
+    workers: int | str = 0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -139,6 +146,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
     data_dir: str = ""  # filled in by load_config, not read from the file
 
     def path(self, rel: str) -> Path:
@@ -205,7 +213,13 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _check_type(value, args[0], key)
+        errors = []
+        for arg in args:  # the first type the value fits; else the first type's complaint
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table [{key}]")
@@ -243,6 +257,10 @@ def _validate(cfg: Config) -> None:
                               "is not an IP address") from None
     if not 1 <= cfg.queue.mta_sts_port <= 65535:
         raise ConfigError("queue.mta_sts_port: must be between 1 and 65535")
+    if isinstance(cfg.smtp.workers, str) and cfg.smtp.workers != "auto":
+        raise ConfigError(f"smtp.workers: expected a number or \"auto\", got {cfg.smtp.workers!r}")
+    if isinstance(cfg.smtp.workers, int) and cfg.smtp.workers > 64:
+        raise ConfigError("smtp.workers: at most 64")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log.level: expected debug, info, warning or error, got {cfg.log.level!r}")
     if not cfg.hostname or any(c in cfg.hostname for c in " \t\r\n\0/"):
@@ -311,6 +329,11 @@ def render_config(*, hostname: str, ports: dict[str, int], bind: str = "127.0.0.
         "",
         "[queue]",
         "outbound_port = 25",
+        "",
+        "[smtp]",
+        "# Processes that receive on the MX listener, or \"auto\" (one per CPU beyond the",
+        "# first, at most 4); 0 receives in the server process itself (see the README).",
+        "workers = 0",
         "",
     ]
     return "\n".join(lines)

@@ -112,6 +112,11 @@ def make_server(tmp: Path, *, domain: str = "example.test", users: tuple[str, ..
     text = text.replace("[queue]\n", "[queue]\nretry_initial = 1.0\n")
     text = text.replace("[dns]\n", "[dns]\ntimeout = 2.0\n")
     text += f"\n[auth]\nfailure_delay = {auth_delay}\nmax_failure_delay = {auth_delay * 4}\n"
+    # The MX listener in the server itself (the default) or in receiver processes:
+    # MAILYARD_TEST_SMTP_WORKERS=N runs every test server with N workers.
+    workers = os.environ.get("MAILYARD_TEST_SMTP_WORKERS")
+    if workers is not None:
+        text = re.sub(r"(?m)^workers = .*$", f"workers = {int(workers)}", text)
     text += extra_config
     cfg.write_text(text)
     srv = Server(data=data, domain=domain)

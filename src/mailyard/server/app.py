@@ -64,6 +64,7 @@ class App:
     queue_runner: Any = None
     http_runner: Any = None
     http_ports: dict[str, tuple[str, int]] = field(default_factory=dict)
+    workers: Any = None  # the MX listener's receiver processes (server/workerpool.py)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
@@ -100,12 +101,41 @@ class App:
             lst = Listener(name=name, host=host, port=port, handler=handler, limits=limits,
                            ssl_context=tls if implicit else None, group=group)
             try:
-                await lst.start()
+                if name == "smtp" and self._smtp_workers() > 0:
+                    await self._start_workers(lst)
+                else:
+                    await lst.start()
             except OSError as e:
                 raise ConfigError(f"listen.{name}: cannot listen on {spec}: {e.strerror or e}") from None
             self.listeners.append(lst)
         if cfg.listen.http or cfg.listen.https:
             await self._start_http()
+
+    def _smtp_workers(self) -> int:
+        from mailyard.server.workerpool import auto_workers
+
+        n = self.config.smtp.workers
+        return auto_workers() if n == "auto" else int(n)
+
+    async def _start_workers(self, lst: Listener) -> None:
+        """The MX listener in receiver processes: this process binds the socket (so port 0
+        resolves here and a restarted worker finds it open), keeps the connection counts
+        in ``lst`` and answers the workers' store calls."""
+        import socket
+
+        from mailyard.server.workerpool import WorkerPool
+
+        assert self.ctx is not None
+        family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
+        sock = socket.create_server((lst.host, lst.port), family=family, backlog=1024)
+        sock.setblocking(False)
+        lst.port = sock.getsockname()[1]
+        pool = WorkerPool(self.ctx, lst, sock, self._smtp_workers())
+        try:
+            await pool.start()
+        except RuntimeError as e:
+            raise ConfigError(f"listen.smtp: {e}") from None
+        self.workers = pool
 
     def _handlers(self) -> list[tuple[str, Callable[..., Awaitable[None]], bool]]:
         """(listener name, handler, implicit TLS) for every protocol listener."""
@@ -171,6 +201,8 @@ class App:
         self.ctx.config = new
         self.ctx.recipients.invalidate()
         self.ctx.auth.cache.clear()
+        if self.workers is not None:
+            self.workers.reload()
         log.info("reloaded configuration, certificates and users")
 
     async def stop(self) -> None:
@@ -179,7 +211,9 @@ class App:
         if self.queue_runner is not None:
             with contextlib.suppress(Exception):
                 await self.queue_runner.stop()
-        await asyncio.gather(*(lst.drain(GRACE_SECONDS) for lst in self.listeners))
+        # Workers drain too, delivering through this process until they exit.
+        await asyncio.gather(*(lst.drain(GRACE_SECONDS) for lst in self.listeners),
+                             *([self.workers.stop(GRACE_SECONDS)] if self.workers else []))
         for t in self.background:
             t.cancel()
         for t in self.background:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 log = logging.getLogger("mailyard.listener")
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Admit = Callable[[str], Awaitable[bool]]
 
 # StreamReader buffer limit: bounds memory per connection (a line longer than this is
 # an error the handler sees as LimitOverrunError / ValueError).
@@ -55,22 +56,47 @@ class Listener:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: Counter[str] = field(default_factory=Counter)
     group: ConnectionGroup = field(default_factory=ConnectionGroup)
+    #: a listening socket made elsewhere (an SMTP worker's, shared with the server)
+    sock: socket.socket | None = None
+    #: where the connection counts live when not here (an SMTP worker asks the server)
+    admit: Admit | None = None
+    release: Callable[[str], None] | None = None
 
     async def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        tls_timeout = self.limits.tls_handshake_timeout if self.ssl_context else None
+        if self.sock is not None:
+            self.server = await asyncio.start_server(
+                self._on_connection, sock=self.sock, ssl=self.ssl_context,
+                ssl_handshake_timeout=tls_timeout, limit=STREAM_LIMIT)
+            return
         self.server = await asyncio.start_server(
             self._on_connection,
             self.host,
             self.port,
-            family=family,
+            family=socket.AF_INET6 if ":" in self.host else socket.AF_INET,
             ssl=self.ssl_context,
-            ssl_handshake_timeout=self.limits.tls_handshake_timeout if self.ssl_context else None,
+            ssl_handshake_timeout=tls_timeout,
             limit=STREAM_LIMIT,
             reuse_address=True,
             backlog=1024,
         )
         sock = self.server.sockets[0]
         self.port = sock.getsockname()[1]
+
+    def try_admit(self, ip: str) -> bool:
+        """Count a connection from ``ip`` in, unless it is past a limit."""
+        if self.group.active >= self.limits.max_connections or \
+                self.per_ip[ip] >= self.limits.max_per_ip:
+            return False
+        self.per_ip[ip] += 1
+        self.group.active += 1
+        return True
+
+    def release_ip(self, ip: str) -> None:
+        self.group.active -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
 
     @property
     def address(self) -> str:
@@ -81,15 +107,23 @@ class Listener:
                              writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if peer else "?"
-        if self.group.active >= self.limits.max_connections or self.per_ip[ip] >= self.limits.max_per_ip:
+        task = asyncio.current_task()
+        assert task is not None
+        if self.admit is not None:
+            self.tasks.add(task)  # type: ignore[arg-type]  # (drain waits for the answer)
+            try:
+                admitted = await self.admit(ip)
+            except Exception:
+                admitted = False  # the server is gone: the worker is about to exit
+            finally:
+                self.tasks.discard(task)  # type: ignore[arg-type]
+        else:
+            admitted = self.try_admit(ip)
+        if not admitted:
             log.warning("%s: refusing %s: too many connections", self.name, ip)
             writer.transport.abort()
             return
-        task = asyncio.current_task()
-        assert task is not None
         self.tasks.add(task)  # type: ignore[arg-type]
-        self.per_ip[ip] += 1
-        self.group.active += 1
         try:
             await self.handler(reader, writer)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
@@ -102,10 +136,10 @@ class Listener:
             log.exception("%s: unhandled error serving %s", self.name, ip)
         finally:
             self.tasks.discard(task)  # type: ignore[arg-type]
-            self.group.active -= 1
-            self.per_ip[ip] -= 1
-            if self.per_ip[ip] <= 0:
-                del self.per_ip[ip]
+            if self.release is not None:
+                self.release(ip)
+            else:
+                self.release_ip(ip)
             with contextlib.suppress(Exception):
                 writer.transport.abort() if writer.transport.is_closing() else writer.close()
 

@@ -151,6 +151,14 @@ class FileSpool:
             return bytes(self._buf)  # in memory: one copy, not one per chunk and a join
         return b"".join(self.chunks())
 
+    def spill_path(self) -> str | None:
+        """The spill file's path, its content flushed (None while in memory). The file
+        stays the spool's: it goes with ``abort``."""
+        if self._file is None:
+            return None
+        self._file.flush()
+        return self._file.name
+
     def _detach_file(self) -> str | None:
         """Hand the spill file over to the committer (flushed, closed)."""
         if self._file is None:
