@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mailyard.testing.smtpsink import ReceivedMessage, SMTPSink
-from tests.integration.harness import PASSWORD, Server, make_server
+from tests.integration.harness import PASSWORD, Dialog, Server, make_server
 
 # The outside world for one test server: a remote sender domain with SPF and DMARC
 # (so MX-mode acceptance passes), and a remote recipient domain whose MX is loopback.
@@ -200,3 +200,14 @@ def running(srv: Server) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+def dialog_in_data(srv: Server, rcpt: str) -> Dialog:
+    """A raw MX session from sender@remote.example to ``rcpt``, answered 354 to DATA."""
+    d = Dialog(*srv.addr("smtp"))
+    assert d.reply()[0] == 220
+    assert d.cmd("EHLO client.remote.example")[0] == 250
+    assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250
+    assert d.cmd(f"RCPT TO:<{rcpt}>")[0] == 250
+    assert d.cmd("DATA")[0] == 354
+    return d

@@ -26,13 +26,13 @@ from tests.hardening.helpers import (
     PASSWORD,
     ThreadedSink,
     count_with,
+    dialog_in_data,
     hardened_server,
     pop3_messages,
     send_mx,
     simple_message,
     wait_for,
 )
-from tests.integration.harness import Dialog
 
 
 def _spool_files(data: Path) -> list[Path]:
@@ -45,12 +45,7 @@ def test_kill_during_data_leaves_nothing_partial(tmp_path: Path, nameserver: str
     srv.start()
     try:
         send_mx(srv, ["alice@example.test"], simple_message("complete-before-kill"))
-        d = Dialog(*srv.addr("smtp"))
-        assert d.reply()[0] == 220
-        assert d.cmd("EHLO client.remote.example")[0] == 250
-        assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250
-        assert d.cmd("RCPT TO:<alice@example.test>")[0] == 250
-        assert d.cmd("DATA")[0] == 354
+        d = dialog_in_data(srv, "alice@example.test")
         # More than the spool's in-memory part (256 KiB), so a temp file exists.
         d.send(simple_message("partial-message", body="x" * 998 + "\r\n")[:-2])
         for _ in range(400):

@@ -16,6 +16,7 @@ import pytest
 from mailyard.config import ConfigError, parse_config
 from tests.hardening.helpers import (
     count_with,
+    dialog_in_data,
     hardened_server,
     pop3_messages,
     send_mx,
@@ -117,12 +118,7 @@ def test_a_killed_worker_is_replaced_and_loses_only_unacknowledged_mail(
     try:
         (old,) = workers_of(srv)
         send_mx(srv, ["alice@example.test"], simple_message("before-kill"))
-        d = Dialog(*srv.addr("smtp"))
-        assert d.reply()[0] == 220
-        assert d.cmd("EHLO client.remote.example")[0] == 250
-        assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250
-        assert d.cmd("RCPT TO:<alice@example.test>")[0] == 250
-        assert d.cmd("DATA")[0] == 354
+        d = dialog_in_data(srv, "alice@example.test")
         d.send(simple_message("cut-off")[:40])
         os.kill(old, signal.SIGKILL)
         assert d.closed(10)
@@ -147,12 +143,7 @@ def test_sigterm_lets_a_worker_finish_its_message(tmp_path: Path, nameserver: st
     srv = hardened_server(tmp_path, nameserver, smtp={"workers": 1})
     srv.start()
     try:
-        d = Dialog(*srv.addr("smtp"))
-        assert d.reply()[0] == 220
-        assert d.cmd("EHLO client.remote.example")[0] == 250
-        assert d.cmd("MAIL FROM:<sender@remote.example>")[0] == 250
-        assert d.cmd("RCPT TO:<bob@example.test>")[0] == 250
-        assert d.cmd("DATA")[0] == 354
+        d = dialog_in_data(srv, "bob@example.test")
         assert srv.proc is not None
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
