@@ -90,6 +90,7 @@ class App:
                                   # a handshake is pre-authentication time too
                                   tls_handshake_timeout=min(30.0, cfg.limits.preauth_timeout))
         group = ConnectionGroup()
+        workers = self._smtp_workers()
         for name, handler, implicit in self._handlers():
             spec = getattr(cfg.listen, name)
             if not spec:
@@ -101,8 +102,8 @@ class App:
             lst = Listener(name=name, host=host, port=port, handler=handler, limits=limits,
                            ssl_context=tls if implicit else None, group=group)
             try:
-                if name == "smtp" and self._smtp_workers() > 0:
-                    await self._start_workers(lst)
+                if name == "smtp" and workers > 0:
+                    await self._start_workers(lst, workers)
                 else:
                     await lst.start()
             except OSError as e:
@@ -117,7 +118,7 @@ class App:
         n = self.config.smtp.workers
         return auto_workers() if n == "auto" else int(n)
 
-    async def _start_workers(self, lst: Listener) -> None:
+    async def _start_workers(self, lst: Listener, count: int) -> None:
         """The MX listener in receiver processes: this process binds the socket (so port 0
         resolves here and a restarted worker finds it open), keeps the connection counts
         in ``lst`` and answers the workers' store calls."""
@@ -130,7 +131,7 @@ class App:
         sock = socket.create_server((lst.host, lst.port), family=family, backlog=1024)
         sock.setblocking(False)
         lst.port = sock.getsockname()[1]
-        pool = WorkerPool(self.ctx, lst, sock, self._smtp_workers())
+        pool = WorkerPool(self.ctx, lst, sock, count)
         try:
             await pool.start()
         except RuntimeError as e:

@@ -109,21 +109,19 @@ class Listener:
         ip = peer[0] if peer else "?"
         task = asyncio.current_task()
         assert task is not None
-        if self.admit is not None:
-            self.tasks.add(task)  # type: ignore[arg-type]  # (drain waits for the answer)
+        self.tasks.add(task)  # type: ignore[arg-type]  # (drain also waits for an admission)
+        if self.admit is None:
+            admitted = self.try_admit(ip)
+        else:
             try:
                 admitted = await self.admit(ip)
             except Exception:
                 admitted = False  # the server is gone: the worker is about to exit
-            finally:
-                self.tasks.discard(task)  # type: ignore[arg-type]
-        else:
-            admitted = self.try_admit(ip)
         if not admitted:
+            self.tasks.discard(task)  # type: ignore[arg-type]
             log.warning("%s: refusing %s: too many connections", self.name, ip)
             writer.transport.abort()
             return
-        self.tasks.add(task)  # type: ignore[arg-type]
         try:
             await self.handler(reader, writer)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):

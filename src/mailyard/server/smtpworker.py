@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import hashlib
 import itertools
 import logging
 import os
@@ -45,6 +44,7 @@ from mailyard.server.channel import Channel, ChannelClosed, WireBlob, decode_err
 from mailyard.storage.blobs import FileSpool
 from mailyard.storage.interface import Spool, StorageError
 from mailyard.storage.models import BlobRef, DeliveryTarget, QueueEntry
+from mailyard.storage.sqlite.segments import content_id
 
 log = logging.getLogger("mailyard.worker")
 
@@ -64,24 +64,12 @@ class RemoteBlobs:
         return FileSpool(self.tmp_dir)
 
     async def stage(self, spool: Spool, *, prefix: bytes = b"") -> WireBlob:
-        if isinstance(spool, FileSpool) and spool.spilled:
-            path = spool.spill_path()
-
-            def digest() -> tuple[str, int]:
-                h = hashlib.sha256(prefix)
-                size = len(prefix)
-                for chunk in spool.chunks():
-                    h.update(chunk)
-                    size += len(chunk)
-                return h.hexdigest(), size
-
-            blob_id, size = await asyncio.to_thread(digest)
-            return WireBlob(blob_id=blob_id, size=size, prefix=prefix, path=path)
-        data = spool.read_all()
-        h = hashlib.sha256(prefix)
-        h.update(data)
-        return WireBlob(blob_id=h.hexdigest(), size=len(prefix) + len(data), prefix=prefix,
-                        data=data)
+        """Hashed as the server's store stages (the same blob id); a spilled spool goes
+        by its file's path, an in-memory one by value."""
+        blob_id, size = await content_id(spool, prefix)
+        path = spool.spill_path() if isinstance(spool, FileSpool) else None
+        return WireBlob(blob_id=blob_id, size=size, prefix=prefix, path=path,
+                        data=None if path is not None else spool.read_all())
 
 
 class RemoteStore:

@@ -167,6 +167,30 @@ class StagedBlob(BlobRef):
         return BlobRef(blob_id=self.blob_id, size=self.size)
 
 
+async def content_id(spool: Spool, prefix: bytes = b"") -> tuple[str, int]:
+    """(blob id, size) of ``prefix + spool``: its SHA-256 in hex and its length.
+
+    In-memory spools are hashed on the loop (SHA-256 of 5 KB is a few us), in
+    slices too small for hashlib to release the GIL: getting it back from a
+    thread running Python can take a whole switch interval (5 ms), a stall of
+    the event loop far longer than the hash. Spilled ones are hashed in a thread.
+    """
+
+    def digest(step: int) -> tuple[str, int]:
+        h = hashlib.sha256()
+        size = 0
+        for part in itertools.chain((prefix,), spool.chunks(_CHUNK)):
+            view = memoryview(part)
+            for i in range(0, len(view), step):
+                h.update(view[i : i + step])
+            size += len(view)
+        return h.hexdigest(), size
+
+    if isinstance(spool, FileSpool) and not spool.spilled:
+        return digest(_GIL_SLICE)
+    return await asyncio.to_thread(digest, _CHUNK)
+
+
 def staged_blobs(*refs: BlobRef | None) -> list[StagedBlob]:
     return [r for r in refs if isinstance(r, StagedBlob)]
 
@@ -538,28 +562,8 @@ class SegmentBlobStore:
         return FileSpool(self.tmp_dir)
 
     async def stage(self, spool: Spool, *, prefix: bytes = b"") -> StagedBlob:
-        """Hash ``prefix + spool`` now; the bytes are written by the call that takes the ref.
-
-        In-memory spools are hashed on the loop (SHA-256 of 5 KB is a few us), in
-        slices too small for hashlib to release the GIL: getting it back from a
-        thread running Python can take a whole switch interval (5 ms), a stall of
-        the event loop far longer than the hash. Spilled ones are hashed in a thread.
-        """
-
-        def digest(step: int) -> tuple[str, int]:
-            h = hashlib.sha256()
-            size = 0
-            for part in itertools.chain((prefix,), spool.chunks(_CHUNK)):
-                view = memoryview(part)
-                for i in range(0, len(view), step):
-                    h.update(view[i : i + step])
-                size += len(view)
-            return h.hexdigest(), size
-
-        if isinstance(spool, FileSpool) and not spool.spilled:
-            blob_id, size = digest(_GIL_SLICE)
-        else:
-            blob_id, size = await asyncio.to_thread(digest, _CHUNK)
+        """Hash ``prefix + spool`` now; the bytes are written by the call that takes the ref."""
+        blob_id, size = await content_id(spool, prefix)
         return StagedBlob(blob_id=blob_id, size=size, prefix=prefix, spool=spool)
 
     async def commit(self, spool: Spool, *, prefix: bytes = b"") -> BlobRef:
