@@ -125,6 +125,16 @@ def send_mx(srv: Server, rcpts: list[str], data: bytes, *,
         s.sendmail(sender, rcpts, data)
 
 
+def first_octets(srv: Server, listener: str = "smtp") -> bytes:
+    """What a new connection receives first (b"" when the server closes or resets it)."""
+    with socket.create_connection(srv.addr(listener), timeout=5) as s:
+        s.settimeout(5)
+        try:
+            return s.recv(1024)
+        except OSError:
+            return b""
+
+
 def wait_for(pred: Callable[[], bool], timeout: float, *, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
