@@ -378,6 +378,37 @@ def test_smtputf8_needed_but_missing_bounces_5_6_7_and_dsn_params_relayed() -> N
     asyncio.run(main())
 
 
+def test_8bit_content_to_a_peer_without_8bitmime_bounces_5_6_3() -> None:
+    """RFC 6152 §3: 8-bit content is never sent to a server that does not offer 8BITMIME;
+    it is returned (5.6.3). What decides is the content, not the BODY= declaration."""
+    async def main() -> None:
+        sink = SMTPSink(extensions=("PIPELINING", "SIZE 1000000"))
+        port = await start_sinks(sink)
+        env = make_env(port)
+        await env.enqueue("seven@dest.test", body_8bit=True,  # declared, but 7-bit
+                          data=b"Subject: plain\r\n\r\nascii only\r\n")
+        undeclared = await env.enqueue("eight@dest.test",
+                                       data=b"Subject: x\r\n\r\ncaf\xc3\xa9\r\n")
+        await env.runner().run_once()
+        (msg,) = sink.messages
+        assert msg.recipients == ["seven@dest.test"] and "BODY=8BITMIME" not in msg.mail_params
+        assert msg.content.endswith(b"ascii only\r\n")
+        (dsn, _), = env.dsns
+        assert b"Status: 5.6.3" in dsn and b"does not support 8BITMIME" in dsn
+        assert b"eight@dest.test" in dsn and undeclared.id not in env.store.entries
+        # Offered again: the same content goes, declared.
+        sink.extensions = ("PIPELINING", "8BITMIME")
+        await env.enqueue("eight@dest.test", body_8bit=True,
+                          data=b"Subject: x\r\n\r\ncaf\xc3\xa9\r\n")
+        await env.runner().run_once()
+        assert sink.messages[-1].recipients == ["eight@dest.test"]
+        assert "BODY=8BITMIME" in sink.messages[-1].mail_params
+        assert b"caf\xc3\xa9" in sink.messages[-1].content
+        await sink.close()
+
+    asyncio.run(main())
+
+
 def test_ehlo_refused_falls_back_to_helo() -> None:
     async def main() -> None:
         sink = SMTPSink(ehlo_reply="502 5.5.2 what")

@@ -20,8 +20,9 @@ Decisions, with their sources:
   Bytes the server sent ahead of its STARTTLS 220 are a protocol error
   (the CVE-2011-0411 class of injection).
 * PIPELINING: MAIL and all RCPTs in one write (RFC 2920 §3.1).
-* SIZE (RFC 1870), BODY=8BITMIME (RFC 6152), SMTPUTF8 (RFC 6531; a message
-  that needs it to a peer without it bounces 5.6.7, §3.2), BDAT when CHUNKING
+* SIZE (RFC 1870), BODY=8BITMIME (RFC 6152; 8-bit content to a peer without
+  it bounces 5.6.3, §3), SMTPUTF8 (RFC 6531; a message that needs it to a peer
+  without it bounces 5.6.7, §3.2), BDAT when CHUNKING
   is offered (RFC 3030), DSN parameters relayed when DSN is offered (RFC 3461 §4).
 * Per-recipient results: 2xx delivered, 4xx deferred, 5xx bounced; a message
   level 4xx/5xx (MAIL, DATA, the final reply) applies to every recipient still
@@ -39,6 +40,7 @@ import enum
 import ipaddress
 import logging
 import random
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,6 +148,7 @@ class _Conn:
             self.writer.transport.abort()
 
 
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 _NET_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, SMTPProtocolError)
 
 
@@ -391,13 +394,18 @@ class Courier:
             return [ours(r.address, Outcome.BOUNCED, "5.3.4",
                          f"message size {entry.blob.size} exceeds the limit of {name} "
                          f"({caps.size})") for r in rcpts]
+        if not caps.eightbitmime and await self._has_8bit(entry):
+            # RFC 6152 §3: 8-bit content goes only to a server that offers 8BITMIME;
+            # the relay must otherwise convert it or return it. Converting would break
+            # the DKIM signatures on it (ours and the author's), so it is returned, as
+            # KumoMTA does by default (Postfix converts). Another MX may offer it.
+            return [ours(r.address, Outcome.BOUNCED, "5.6.3",
+                         f"{name} does not support 8BITMIME, which this message needs "
+                         "(8-bit octets in its content)") for r in rcpts]
         mail = cmd_mail(
             entry.sender,
             size=entry.blob.size if caps.size is not None else None,
-            # RFC 6152: declare 8-bit content when the peer knows 8BITMIME. Without it we
-            # send as is. NOT what RFC 6152 §3 asks (convert to 7 bit or bounce), nor what
-            # Postfix does by default (disable_mime_output_conversion = no converts); a
-            # conversion would also break our own DKIM signature. A known gap.
+            # RFC 6152: declare 8-bit content when the peer knows 8BITMIME.
             body="8BITMIME" if entry.body_8bit and caps.eightbitmime else None,
             smtputf8=utf8,
             ret=entry.ret if caps.dsn else None,
@@ -467,6 +475,22 @@ class Courier:
         await self._pump(conn, entry, enc, None)
         await conn.send(enc.finish(), t)
         return await conn.reply(self.data_timeout)
+
+    async def _has_8bit(self, entry: QueueEntry) -> bool:
+        """Whether the stored message holds an octet over 127, declared or not (a client
+        may send 8-bit without BODY=8BITMIME, or declare it and send 7-bit). A message
+        that cannot be read is left to the send, which defers it."""
+        stream = self._blobs.stream(entry.blob.blob_id)
+        try:
+            async for chunk in stream:
+                if _EIGHT_BIT.search(chunk):
+                    return True
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        return False
 
     async def _send_bdat(self, conn: _Conn, entry: QueueEntry) -> ServerReply:
         enc = BodyEncoder(dot_stuff=False)
