@@ -109,6 +109,38 @@ def test_aliases_fan_out_catch_all_and_subaddress(server: Server) -> None:
     assert counts == {"alice": 2, "bob": 2}
 
 
+def test_postmaster_is_always_accepted(server: Server) -> None:
+    """RFC 5321 §4.5.1: postmaster@ of every domain, and a bare <Postmaster>, MUST be
+    accepted. The domain's first user gets it as an ordinary alias (the DMARC and TLS-RPT
+    records that init prints send their reports there too)."""
+    assert "postmaster@example.test\t-> alice@example.test" in server.cli("alias", "list").stdout
+    server.cli("domain", "add", "other.test")
+    out = server.cli("user", "add", "carol@other.test", "--password-stdin",
+                     stdin="pw-carol-1\n").stdout
+    assert "postmaster@other.test -> carol@other.test" in out
+    out = server.cli("user", "add", "dave@other.test", "--password-stdin", stdin="pw-dave-1\n").stdout
+    assert "postmaster" not in out  # the first user's, not changed by the next
+    d = mx(server)
+    assert d.cmd("MAIL FROM:<reporter@remote.example>")[0] == 250
+    for rcpt in ("<postmaster@example.test>", "<POSTMASTER@Example.Test>", "<Postmaster>",
+                 "<postmaster@other.test>"):
+        code, text = d.cmd(f"RCPT TO:{rcpt}")
+        assert code == 250, (rcpt, text)
+    d.close()
+    with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+        msg = b"From: reporter@remote.example\r\nSubject: report\r\n\r\nhi\r\n"
+        s.sendmail("reporter@remote.example", ["postmaster"], msg)  # bare: the host's domain
+        s.sendmail("reporter@remote.example", ["postmaster@example.test"], msg)
+    import poplib
+
+    p = poplib.POP3(*server.addr("pop3"), timeout=10)
+    p.stls(client_tls())
+    p.user("alice@example.test")
+    p.pass_(PASSWORD)
+    assert p.stat()[0] == 2
+    p.quit()
+
+
 def test_commands_out_of_order_and_syntax(server: Server) -> None:
     d = Dialog(*server.addr("smtp"))
     d.reply()

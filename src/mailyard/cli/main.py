@@ -214,6 +214,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             await store.add_domain(domain)
         if await store.get_account(user) is None:
             await store.add_account(user, hash_password(password))
+            await _ensure_postmaster(store, user)
         else:
             await store.set_password(user, hash_password(password))
 
@@ -265,6 +266,22 @@ def _parse_size(text: str) -> int | None:
         raise CLIError(f"not a size: {text!r} (e.g. 500M, 2G, none)") from None
 
 
+async def _ensure_postmaster(store: Any, user: str) -> None:
+    """RFC 5321 §4.5.1: every domain MUST accept mail for postmaster@ (where the DMARC and
+    TLS-RPT reports of the records we print go too). The domain's first user gets it, as
+    an ordinary alias the admin may change, unless the domain already routes it (an
+    alias, an account or a catch-all)."""
+    domain = user.rpartition("@")[2]
+    pm = f"postmaster@{domain}"
+    if (user == pm or await store.get_alias(pm) is not None
+            or await store.get_account(pm) is not None
+            or await store.get_alias(f"@{domain}") is not None):
+        return
+    await store.add_alias(pm, [user])
+    print(f"{pm} -> {user} (RFC 5321 postmaster; 'mailyard alias remove {pm}', then "
+          "'alias add', to send it elsewhere)")
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from mailyard.policy.auth import hash_password
@@ -287,6 +304,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             quota_bytes = _parse_size(args.quota) if args.quota else None
             await store.add_account(addr, hash_password(pw), quota_bytes=quota_bytes)
             print(f"added {addr}")
+            await _ensure_postmaster(store, addr)
             return
         if await store.get_account(addr) is None:
             raise CLIError(f"no user {addr}")

@@ -376,7 +376,7 @@ class SMTPSession:
     async def on_rcpt(self, ev: Any) -> Reply:
         raw = ev.path.mailbox
         if "@" not in raw and raw.lower() == "postmaster":
-            raw = f"postmaster@{self.ctx.hostname}"
+            raw = await self._postmaster()
         try:
             addr = canonical_address(raw)
         except AddressError:
@@ -400,6 +400,18 @@ class SMTPSession:
                 return _RECIPIENT_OK
             return R(553, "5.1.3", "Invalid recipient address")
         return R(554, "5.7.1", "Relay access denied")
+
+    async def _postmaster(self) -> str:
+        """Where a bare <postmaster> goes (RFC 5321 §4.5.1, accepted without a domain):
+        postmaster@ of our host name, or of the nearest parent of it that is one of our
+        domains (mail.example.org -> example.org)."""
+        host = self.ctx.hostname.lower().rstrip(".")
+        labels = host.split(".")
+        for i in range(len(labels) - 1):
+            domain = ".".join(labels[i:])
+            if await self.ctx.recipients.is_local_domain(domain):
+                return f"postmaster@{domain}"
+        return f"postmaster@{host}"
 
     async def _has_room(self, account_id: int) -> bool:
         # The account's quota, remembered for a second within the session (a session
