@@ -20,7 +20,9 @@ after COMMIT returned, so an awaited write is durable.
 A job may also carry *staged blobs* (``segments.StagedBlob``: message bytes
 not stored yet). Writing is a two-stage pipeline:
 
-1. the *blob stager* thread takes every job waiting with staged blobs, hands
+1. the *blob stager* thread takes every job waiting with staged blobs (the jobs
+   of one turn of the event loop are handed to it together at the end of the turn:
+   see ``_cork``), hands
    them to the blob sink, which appends the new ones to a segment file and
    fdatasyncs it ONCE, then passes the batch on. Jobs without blobs (flag
    changes, expunges, cache rows...) skip this stage: they go straight to the
@@ -179,6 +181,8 @@ class Engine:
         self._wconn = connect(path)
         self._prepared: queue.SimpleQueue[_Prepared | None] = queue.SimpleQueue()
         self._riders: collections.deque[_Job] = collections.deque()  # see write_soon
+        self._corked: list[_Job] = []  # see _cork
+        self._corked_loop: asyncio.AbstractEventLoop | None = None
         self._writer = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._stager = threading.Thread(target=self._stage, name="blob-stager", daemon=True)
         self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-read")
@@ -212,10 +216,28 @@ class Engine:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         if blobs:
-            self._jobs.put(_Job(fn, loop, fut, blobs, bulk))
+            self._cork(_Job(fn, loop, fut, blobs, bulk))
         else:  # nothing to stage: straight to the writer (one thread hand-off less)
             self._prepared.put(_Prepared([_Job(fn, loop, fut, (), bulk)], [], {}, []))
         return await fut
+
+    def _cork(self, job: _Job) -> None:
+        """Queue a job for the stager at the end of this turn of its loop, with the others
+        of the turn: one wake-up of the stager for them all, and the batch it takes is
+        whole (put one by one, the stager woke at the first and, once it had the GIL,
+        often took that one alone)."""
+        if self._corked_loop is not job.loop:
+            self.uncork()
+            self._corked_loop = job.loop
+        if not self._corked:
+            job.loop.call_soon(self.uncork)
+        self._corked.append(job)
+
+    def uncork(self) -> None:
+        """Hand the stager the corked jobs now (on their loop's thread)."""
+        jobs, self._corked = self._corked, []
+        for job in jobs:
+            self._jobs.put(job)
 
     def write_soon(self, fn: Callable[[Tx], None], *, prompt: bool = True,
                    bulk: tuple[BulkFn, Any] | None = None) -> None:

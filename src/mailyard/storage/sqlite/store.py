@@ -408,6 +408,7 @@ class SQLiteStore:
             await asyncio.to_thread(text.close)
         engine, self._engine = self._engine, None
         if engine is not None:
+            engine.uncork()  # here, on the loop: close() below runs in a thread
             await asyncio.to_thread(engine.close)
         self._segs.close()
         if self._lock_fd >= 0:
