@@ -62,11 +62,26 @@ def test_dkim_keygen_and_rotate_print_txt(tmp_path: Path) -> None:
     out = mailyard(data, "dkim", "keygen", "example.test", "--selector", "ed1",
                    "--algorithm", "ed25519").stdout
     assert out.startswith('ed1._domainkey.example.test. IN TXT "v=DKIM1; k=ed25519; p=')
+    first = re.search(r"example\.test\t(\S+)\trsa-sha256\tactive",
+                      mailyard(data, "dkim", "list").stdout).group(1)  # init's key
     out = mailyard(data, "dkim", "rotate", "example.test", "--selector", "r2").stdout
     assert 'r2._domainkey.example.test. IN TXT "v=DKIM1; k=rsa; p=' in out
+    # The old RSA key keeps signing until the new record is published, then is retired.
+    assert f"mailyard dkim retire example.test {first}" in out
     listing = mailyard(data, "dkim", "list").stdout
     assert re.search(r"example\.test\tr2\trsa-sha256\tactive", listing)
     assert re.search(r"example\.test\ted1\ted25519-sha256\tactive", listing)
-    assert "retired" in listing  # the first RSA key was retired by the rotation
+    assert f"example.test\t{first}\trsa-sha256\tactive" in listing
+    out = mailyard(data, "dkim", "retire", "example.test", first).stdout
+    assert out.startswith(f"retired {first} for example.test; signing with: ")
+    assert f"example.test\t{first}\trsa-sha256\tretired" in mailyard(data, "dkim", "list").stdout
+    # Without --selector, a fresh one (init's default is taken this month).
+    out = mailyard(data, "dkim", "rotate", "example.test").stdout
+    assert re.match(rf"{first}b\._domainkey\.example\.test\. IN TXT", out)
     r = mailyard(data, "dkim", "keygen", "nowhere.test", check=False)
     assert r.returncode == 2 and "not a local domain" in r.stderr
+    for bad in ("x y;z", "a..b", "-a", "a_b", "ü"):
+        r = mailyard(data, "dkim", "keygen", "example.test", f"--selector={bad}", check=False)
+        assert r.returncode == 2 and "not a DKIM selector" in r.stderr, bad
+    r = mailyard(data, "dkim", "retire", "example.test", "nosuch", check=False)
+    assert r.returncode == 2 and "no DKIM key nosuch" in r.stderr

@@ -20,8 +20,9 @@ import asyncio
 import getpass
 import logging
 import os
+import re
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +93,27 @@ async def _generate_dkim(store: Any, domain: str, *, selector: str, algorithm: s
     await store.add_dkim_key(domain, selector, alg, pem, active=True)
 
 
-def _dkim_selector() -> str:
+def _dkim_selector(taken: Iterable[str] = ()) -> str:
+    """my<year><month>, with a letter after it when that is taken (my202611b, ...)."""
     import time
 
-    return "my" + time.strftime("%Y%m")
+    base = "my" + time.strftime("%Y%m")
+    used = set(taken)
+    for suffix in ("", *"bcdefghijklmnopqrstuvwxyz"):
+        if base + suffix not in used:
+            return base + suffix
+    raise CLIError(f"every default selector {base}[a-z] is taken; choose one with --selector")
+
+
+_SELECTOR = re.compile(r"(?i)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _check_selector(selector: str) -> str:
+    """RFC 6376 §3.1: a selector is dot-separated DNS labels (letters, digits, hyphens)."""
+    if len(selector) > 63 or not _SELECTOR.fullmatch(selector):
+        raise CLIError(f"not a DKIM selector: {selector!r} (letters, digits, '-' and '.', "
+                       "as in a DNS name)")
+    return selector.lower()
 
 
 async def _print_records(store: Any, cfg: Config, domain: str) -> None:
@@ -140,8 +158,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     async def setup(store: Any) -> None:
         if await store.get_domain(domain) is None:
             await store.add_domain(domain)
-        if not [k for k in await store.list_dkim_keys(domain) if k[4]]:
-            await _generate_dkim(store, domain, selector=_dkim_selector(), algorithm="rsa")
+        keys = await store.list_dkim_keys(domain)
+        if not [k for k in keys if k[4]]:
+            await _generate_dkim(store, domain, selector=_dkim_selector(k[1] for k in keys),
+                                 algorithm="rsa")
         print(f"Initialised {data} for {domain} (hostname {hostname}).")
         print(f"Config: {cfg_path}")
         print("\nPublish these DNS records:\n")
@@ -233,8 +253,10 @@ def cmd_domain(args: argparse.Namespace) -> int:
             if await store.get_domain(d) is not None:
                 raise CLIError(f"domain {d} exists")
             await store.add_domain(d)
-            if not [k for k in await store.list_dkim_keys(d) if k[4]]:
-                await _generate_dkim(store, d, selector=_dkim_selector(), algorithm="rsa")
+            keys = await store.list_dkim_keys(d)
+            if not [k for k in keys if k[4]]:
+                await _generate_dkim(store, d, selector=_dkim_selector(k[1] for k in keys),
+                                     algorithm="rsa")
             print(f"added {d}; publish:")
             await _print_records(store, cfg, d)
         elif args.action == "remove":
@@ -369,20 +391,31 @@ def cmd_dkim(args: argparse.Namespace) -> int:
         d = canonical_domain(args.domain)
         if await store.get_domain(d) is None:
             raise CLIError(f"{d} is not a local domain")
-        selector = args.selector or _dkim_selector()
         existing = await store.list_dkim_keys(d)
+        if args.action == "retire":
+            selector = _check_selector(args.selector_name)
+            if not any(k[1] == selector for k in existing):
+                raise CLIError(f"no DKIM key {selector} for {d}")
+            await store.set_dkim_active(d, selector, False)
+            left = [k[1] for k in existing if k[4] and k[1] != selector]
+            print(f"retired {selector} for {d}; signing with: {', '.join(left) or 'no key'}")
+            return
+        selector = (_check_selector(args.selector) if args.selector
+                    else _dkim_selector(k[1] for k in existing))
         if any(k[1] == selector for k in existing):
             raise CLIError(f"selector {selector} exists for {d}; choose another with --selector")
-        if args.action == "rotate":
-            await _generate_dkim(store, d, selector=selector, algorithm=args.algorithm)
-            for k in existing:
-                if k[4] and k[2].startswith(args.algorithm[:3]):
-                    await store.set_dkim_active(d, k[1], False)
-        else:
-            await _generate_dkim(store, d, selector=selector, algorithm=args.algorithm)
+        await _generate_dkim(store, d, selector=selector, algorithm=args.algorithm)
         for dd, sel, alg, pem, _active in await store.list_dkim_keys(d):
             if sel == selector and dd == d:
                 print(f'{sel}._domainkey.{d}. IN TXT "{public_txt_from_private(pem, alg)}"')
+        old = [k[1] for k in existing if k[4] and k[2].startswith(args.algorithm[:3])]
+        if args.action == "rotate" and old:
+            # The old key keeps signing beside the new one until the new record is
+            # published (a signature that fails beside one that passes is harmless; one
+            # that fails alone would fail DKIM, and DMARC with it).
+            print(f"; publish the record above; until then both keys sign. Once 'mailyard "
+                  f"dns check {d} --selector {selector}' finds it, retire the old key: "
+                  + "; ".join(f"mailyard dkim retire {d} {o}" for o in old))
 
     _run(_with_store(cfg, go))
     return 0
@@ -525,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("domain")
         a.add_argument("--selector")
         a.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    a = ss.add_parser("retire", help="stop signing with a key (its record may then go)")
+    a.add_argument("domain")
+    a.add_argument("selector_name", metavar="selector")
     a = ss.add_parser("list")
     a.add_argument("--domain")
     s.set_defaults(func=cmd_dkim)
