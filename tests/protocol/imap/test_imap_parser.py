@@ -173,6 +173,10 @@ def test_search_charset_latin1_decodes_literal(feed3: Any) -> None:
 def test_search_bad_charset(feed3: Any) -> None:
     [err] = feed3(b"a SEARCH CHARSET X-NOPE-42 ALL\r\n")
     assert isinstance(err, c.ParseError) and err.code.startswith("BADCHARSET")
+    # RFC 9051 §6.4.4: "it MUST return a tagged NO response (not a BAD)"
+    assert err.status == "NO" and "ISO-8859-1" in err.code
+    [err] = feed3(b"b SORT (DATE) X-NOPE-42 ALL\r\n")
+    assert isinstance(err, c.ParseError) and err.status == "NO"
 
 
 def test_sort_and_thread(feed3: Any) -> None:

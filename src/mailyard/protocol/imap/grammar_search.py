@@ -36,6 +36,10 @@ _DATE_KEYS = {
 }
 
 
+_BADCHARSET = ("BADCHARSET (UTF-8 US-ASCII ISO-8859-1 ISO-8859-15 WINDOWS-1252 KOI8-R "
+               "ISO-2022-JP SHIFT_JIS EUC-JP EUC-KR GB2312 BIG5)")
+
+
 def _charset_decoder(charset: str | None) -> Callable[[bytes], str]:
     name = (charset or "UTF-8").upper()
     if name in ("UTF-8", "US-ASCII", "UTF8"):
@@ -48,7 +52,9 @@ def _charset_decoder(charset: str | None) -> Callable[[bytes], str]:
     try:
         info = codecs.lookup(name)
     except LookupError:
-        raise GrammarError("unsupported charset", code="BADCHARSET (UTF-8 US-ASCII)")
+        # RFC 9051 §6.4.4: an unsupported charset is a tagged NO (not BAD), with
+        # BADCHARSET listing charsets we do support (the common ones of the many we do).
+        raise GrammarError("unsupported charset", code=_BADCHARSET, no=True)
 
     def dec2(raw: bytes) -> str:
         try:

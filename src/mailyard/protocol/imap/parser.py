@@ -335,7 +335,7 @@ class CommandParser:
         try:
             return parse_command(segs, utf8=self.utf8, max_depth=self.max_depth)
         except GrammarError as e:
-            return c.ParseError(tag, str(e), code=e.code)
+            return c.ParseError(tag, str(e), code=e.code, status="NO" if e.no else "BAD")
         except RecursionError:  # pragma: no cover - grammar is iterative; belt and braces
             return c.ParseError(tag, "command too complex")
 

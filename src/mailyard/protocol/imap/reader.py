@@ -18,9 +18,10 @@ from mailyard.protocol.imap.sequence import SequenceError, SequenceSet, parse_se
 
 
 class GrammarError(ValueError):
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, *, no: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.no = no  # a tagged NO, not BAD: well-formed, but not something we do
 
 
 @dataclass(frozen=True, slots=True)
