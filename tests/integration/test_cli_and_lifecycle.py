@@ -47,6 +47,30 @@ def test_user_domain_alias_commands(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.startswith("mailyard: ")
 
 
+def test_cli_refuses_addresses_and_values_that_cannot_work(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    mailyard(d, "init", "--domain", "example.test", "--dev")
+    for bad in ("a@b@example.test", '"q q"@example.test', ".dot@example.test",
+                "dot.@example.test", "x@[192.0.2.1]", "noat"):
+        r = mailyard(d, "user", "add", bad, "--password-stdin", stdin="pw-pw-pw-1\n", check=False)
+        assert r.returncode == 2 and "not a" in r.stderr and "address" in r.stderr, (bad, r.stderr)
+        assert "Traceback" not in r.stderr
+    out = mailyard(d, "user", "add", "Jösé.Ok@example.test", "--password-stdin",
+                   stdin="pw-pw-pw-1\n").stdout
+    assert "added jösé.ok@example.test" in out
+    out = mailyard(d, "user", "add", "carol+x@example.test", "--password-stdin",
+                   stdin="pw-pw-pw-1\n").stdout
+    assert "sub-address separator" in out  # allowed, with a note
+    for bad in ("-5", "-1G", "5X"):
+        r = mailyard(d, "user", "quota", "carol+x@example.test", "--", bad, check=False)
+        assert r.returncode == 2 and "not a size" in r.stderr, bad
+    # An alias over a user would take all of its mail: only with --force.
+    r = mailyard(d, "alias", "add", "carol+x@example.test", "jösé.ok@example.test", check=False)
+    assert r.returncode == 2 and "is a user" in r.stderr
+    mailyard(d, "alias", "add", "carol+x@example.test", "jösé.ok@example.test", "--force")
+    assert "carol+x@example.test\t-> jösé.ok@example.test" in mailyard(d, "alias", "list").stdout
+
+
 def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     d = tmp_path / "d"
     mailyard(d, "init", "--domain", "example.test", "--dev")

@@ -283,9 +283,30 @@ def _parse_size(text: str) -> int | None:
             mult, t = m, t[:-1]
             break
     try:
-        return int(float(t) * mult)
-    except ValueError:
+        size = int(float(t) * mult)
+    except (ValueError, OverflowError):
         raise CLIError(f"not a size: {text!r} (e.g. 500M, 2G, none)") from None
+    if size <= 0:
+        raise CLIError(f"not a size: {text!r} (a quota is positive; 'none' for no limit)")
+    return size
+
+
+def _user_address(text: str) -> str:
+    """An address a user can have: what an SMTP client can send to unquoted and a mail
+    client can log in with (a dot-atom local part, RFC 5322 §3.4.1), canonical."""
+    from mailyard.protocol.smtp.address import AddressError as PathError
+    from mailyard.protocol.smtp.address import parse_path
+
+    text = text.strip()
+    try:
+        path = parse_path(f"<{text}>", allow_utf8=True)
+    except PathError as e:
+        raise CLIError(f"not a valid address: {text!r} ({e})") from None
+    if (path.is_null or not path.domain or path.source_route or path.is_literal
+            or path.mailbox.startswith('"')):
+        raise CLIError(f"not a valid address for a user: {text!r} (local@domain, the local "
+                       "part letters, digits and !#$%&'*+-/=?^_`{|}~ between single dots)")
+    return canonical_address(path.mailbox)
 
 
 async def _ensure_postmaster(store: Any, user: str) -> None:
@@ -317,6 +338,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             return
         addr = canonical_address(args.address)
         if args.action == "add":
+            addr = _user_address(args.address)
             domain = addr.rpartition("@")[2]
             if await store.get_domain(domain) is None:
                 raise CLIError(f"{domain} is not a local domain: 'mailyard domain add {domain}' first")
@@ -326,6 +348,10 @@ def cmd_user(args: argparse.Namespace) -> int:
             quota_bytes = _parse_size(args.quota) if args.quota else None
             await store.add_account(addr, hash_password(pw), quota_bytes=quota_bytes)
             print(f"added {addr}")
+            if "+" in addr.partition("@")[0]:
+                base = addr.partition("+")[0] + "@" + domain
+                print(f"note: '+' is the sub-address separator: mail to {addr} reaches this "
+                      f"user, not {base}")
             await _ensure_postmaster(store, addr)
             return
         if await store.get_account(addr) is None:
@@ -363,6 +389,10 @@ def cmd_alias(args: argparse.Namespace) -> int:
                 raise CLIError("an alias needs at least one target")
             if await store.get_alias(src) is not None:
                 raise CLIError(f"alias {src} exists (remove it first)")
+            if not args.force and await store.get_account(src) is not None:
+                # An alias is looked up before the account: it would take all its mail.
+                raise CLIError(f"{src} is a user: an alias would take all of its mail "
+                               "(--force to do that anyway)")
             await store.add_alias(src, targets)
             print(f"{src} -> {', '.join(targets)}")
         else:
@@ -545,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = ss.add_parser("add")
     a.add_argument("source", help="local@domain, or @domain for a catch-all")
     a.add_argument("targets", nargs="+")
+    a.add_argument("--force", action="store_true",
+                   help="even when the source is a user (the alias takes its mail)")
     a = ss.add_parser("remove")
     a.add_argument("source")
     a = ss.add_parser("list")
