@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from mailyard.testing.dnsserver import DNSServer
@@ -80,6 +82,12 @@ def test_dkim_keygen_and_rotate_print_txt(tmp_path: Path) -> None:
     assert re.match(rf"{first}b\._domainkey\.example\.test\. IN TXT", out)
     r = mailyard(data, "dkim", "keygen", "nowhere.test", check=False)
     assert r.returncode == 2 and "not a local domain" in r.stderr
+    r = mailyard(data, "dns", "records", "nowhere.test", check=False)
+    assert r.returncode == 2 and "not a local domain" in r.stderr and r.stdout == ""
+    # python3 -m mailyard is the same command
+    r = subprocess.run([sys.executable, "-m", "mailyard", "--data", str(data), "dkim", "list"],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout == mailyard(data, "dkim", "list").stdout
     for bad in ("x y;z", "a..b", "-a", "a_b", "ü"):
         r = mailyard(data, "dkim", "keygen", "example.test", f"--selector={bad}", check=False)
         assert r.returncode == 2 and "not a DKIM selector" in r.stderr, bad

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import poplib
+import re
 import smtplib
 
 from tests.integration.harness import PASSWORD, Server, client_tls
@@ -61,6 +62,10 @@ def test_submission_starttls_auth_then_pop3_byte_for_byte(server: Server) -> Non
     assert b"Received: from client.example.net" in head
     assert b"with ESMTPSA" in head
     assert b"DKIM-Signature:" in head
+    # The trace date is in UTC and says so: +0000 ("-0000" is "zone unknown", RFC 5322 §3.3).
+    received = re.search(rb"Received: (?:.*\r\n[ \t])*.*\r\n", head)
+    assert received and re.search(rb";\s+\w{3}, \d{2} \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n$",
+                                  received.group()), received
 
 
 def test_submissions_implicit_tls(server: Server) -> None:

@@ -456,6 +456,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
     d = canonical_domain(args.domain)
     if args.action == "records":
         async def go(store: Any) -> None:
+            if await store.get_domain(d) is None:
+                raise CLIError(f"{d} is not a local domain: 'mailyard domain add {d}' first "
+                               "('dns check' looks at any domain)")
             await _print_records(store, cfg, d)
 
         _run(_with_store(cfg, go))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.utils
 import re
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ class HeaderField:
     name: str  # as written (ASCII); compare with .lower()
     raw: bytes  # the whole field, folding and line end included
     value: bytes  # after the colon, unfolded, outer whitespace stripped
+
+
+def utc_date(when: float) -> str:
+    """RFC 5322 date-time of ``when`` in UTC, "+0000" (formatdate's "-0000" says the zone
+    is unknown, RFC 5322 §3.3)."""
+    return email.utils.formatdate(when, localtime=False)[:-5] + "+0000"
 
 
 def find_body_start(data: bytes, start: int = 0, end: int | None = None) -> int:

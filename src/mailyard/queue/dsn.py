@@ -13,12 +13,12 @@
 
 from __future__ import annotations
 
-import email.utils
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailyard.message.parse import utc_date
 from mailyard.storage.interface import BlobStore
 from mailyard.storage.models import QueueEntry
 
@@ -72,7 +72,7 @@ def _clean(text: str) -> str:
 
 
 def _date(when: float) -> str:
-    return email.utils.formatdate(when, localtime=False)
+    return utc_date(when)
 
 
 async def load_original(blobs: BlobStore, entry: QueueEntry, *,

@@ -6,7 +6,6 @@ Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local send
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import functools
 import re
@@ -14,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailyard.message.parse import utc_date
 from mailyard.message.text import index_text
 from mailyard.policy.addresses import AddressError, split_address
 from mailyard.protocol.smtp.replies import Reply
@@ -100,7 +100,7 @@ def _date(now: float) -> str:
     global _last_date
     second = int(now // 1)
     if _last_date[0] != second:
-        _last_date = (second, email.utils.formatdate(second, localtime=False))
+        _last_date = (second, utc_date(second))
     return _last_date[1]
 
 
