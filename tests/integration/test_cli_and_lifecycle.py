@@ -86,6 +86,13 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
                    .replace('smtp = "127.0.0.1:2525"', 'smtp = "127.0.0.1:99999"'))
     r = mailyard(d, "serve", check=False)
     assert r.returncode == 2 and "listen.smtp" in r.stderr and "Traceback" not in r.stderr
+    # A certificate that is not there: no 465/993/995 and no STARTTLS, so no login. The
+    # server does not start half-way; it names the key.
+    cfg.write_text(cfg.read_text().replace('smtp = "127.0.0.1:99999"', 'smtp = "127.0.0.1:0"')
+                   .replace('cert = "tls/cert.pem"', 'cert = "tls/missing.pem"'))
+    r = mailyard(d, "serve", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("mailyard: tls.cert: no such file") and "missing.pem" in r.stderr
 
 
 def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:

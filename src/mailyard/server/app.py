@@ -42,11 +42,14 @@ def open_store(config: Config, *, serving: bool = False) -> Store:
     return open_backend(config.data_dir, require_owner=serving)
 
 
-def load_tls(config: Config) -> ssl.SSLContext | None:
+def load_tls(config: Config) -> ssl.SSLContext:
     cert, key = config.path(config.tls.cert), config.path(config.tls.key)
-    if not cert.exists() or not key.exists():
-        log.warning("no TLS certificate at %s: TLS listeners and STARTTLS are off", cert)
-        return None
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        if not path.exists():
+            # Without it there is no 465/993/995 and no STARTTLS, so no client could log
+            # in and no peer could encrypt: a bad value, not a mode to start in.
+            raise ConfigError(f"{name}: no such file {path} (init writes a self-signed one; "
+                              "point [tls] cert and key at yours)")
     try:
         return server_context(cert, key)
     except (ssl.SSLError, OSError) as e:
