@@ -122,3 +122,44 @@ def test_pop3_delete_and_keep(server: Server) -> None:
     p.pass_(PASSWORD)
     assert p.uidl()[1] == [b"1 " + uidls[2].split()[1]]
     p.quit()
+
+
+def test_notify_success_gets_a_delivered_report(server: Server) -> None:
+    """RFC 3461: the server offers DSN, so NOTIFY=SUCCESS is honoured: a "delivered" report
+    (an alias that fans out: "expanded") to the sender, headers only, nothing for the
+    recipients that did not ask."""
+    server.cli("alias", "add", "team@example.test", "alice@example.test", "bob@example.test")
+    host, port = server.addr("submissions")
+    with smtplib.SMTP_SSL(host, port, timeout=10, context=client_tls()) as s:
+        s.login("alice@example.test", PASSWORD)
+        s.ehlo()
+        assert s.has_extn("dsn")
+        s.mail("alice@example.test", ["RET=FULL", "ENVID=journey-env"])
+        assert s.rcpt("bob@example.test", ["NOTIFY=SUCCESS,FAILURE",
+                                           "ORCPT=rfc822;Bob@example.test"])[0] == 250
+        assert s.rcpt("team@example.test", ["NOTIFY=SUCCESS"])[0] == 250
+        assert s.rcpt("alice@example.test", ["NOTIFY=FAILURE"])[0] == 250
+        assert s.data(MESSAGE)[0] == 250
+    bob = _pop_all(server, "bob@example.test")
+    assert len(bob) == 1 and _body_of(bob[0]) == MESSAGE  # one copy per mailbox
+    alice = _pop_all(server, "alice@example.test")
+    reports = [m for m in alice if b"multipart/report" in m]
+    assert len(alice) == 2 and len(reports) == 1  # her copy (team, direct) + one report
+    (dsn,) = reports
+    assert dsn.startswith(b"Return-Path: <>\r\n")
+    assert b"Subject: Successful Mail Delivery Report" in dsn
+    assert b"Original-Envelope-Id: journey-env" in dsn
+    assert re.search(rb"Final-Recipient: rfc822; bob@example.test\r\n"
+                     rb"Original-Recipient: rfc822; Bob@example.test\r\nAction: delivered\r\n"
+                     rb"Status: 2\.0\.0", dsn)
+    assert re.search(rb"Final-Recipient: rfc822; team@example.test\r\nAction: expanded", dsn)
+    assert b"Final-Recipient: rfc822; alice@example.test" not in dsn
+    assert b"Subject: hello" in dsn and b"Hi Bob," not in dsn  # headers only
+    # From another server, on port 25: the report goes to the remote sender, queued.
+    with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+        s.ehlo("mx.remote.example")
+        s.mail("someone@remote.example")
+        assert s.rcpt("bob@example.test", ["NOTIFY=SUCCESS"])[0] == 250
+        assert s.data(b"From: someone@remote.example\r\nSubject: x\r\n\r\nhi\r\n")[0] == 250
+    listing = server.cli("queue", "list").stdout
+    assert "someone@remote.example" in listing and "<>" in listing, listing

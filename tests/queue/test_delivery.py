@@ -409,6 +409,35 @@ def test_8bit_content_to_a_peer_without_8bitmime_bounces_5_6_3() -> None:
     asyncio.run(main())
 
 
+def test_notify_success_reports_relayed_only_when_the_next_hop_does_not_offer_dsn() -> None:
+    """RFC 3461 §6.2.1: NOTIFY=SUCCESS relayed to a peer without DSN gets a "relayed" DSN
+    from us (headers only); a peer with DSN gets the request passed on and reports itself."""
+    async def main() -> None:
+        sink = SMTPSink(extensions=("PIPELINING", "8BITMIME"))  # no DSN
+        port = await start_sinks(sink)
+        env = make_env(port)
+        data = b"Subject: report me\r\n\r\n" + b"body line\r\n" * 50
+        await env.enqueue(QueueRecipient("b@dest.test", notify="SUCCESS,FAILURE",
+                                         orcpt="rfc822;b@dest.test"),
+                          QueueRecipient("c@dest.test"), ret="FULL", envid="E1", data=data)
+        await env.runner().run_once()
+        assert len(sink.messages) == 1
+        (dsn, _), = env.dsns
+        assert b"Subject: Successful Mail Delivery Report" in dsn
+        assert b"Action: relayed" in dsn and b"Status: 2.0.0" in dsn
+        assert b"Final-Recipient: rfc822; b@dest.test" in dsn and b"c@dest.test" not in dsn
+        assert b"Original-Envelope-Id: E1" in dsn
+        assert b"Subject: report me" in dsn and b"body line" not in dsn  # headers only
+        sink.extensions = ("PIPELINING", "8BITMIME", "DSN")
+        await env.enqueue(QueueRecipient("b@dest.test", notify="SUCCESS"), data=data)
+        await env.runner().run_once()
+        assert len(sink.messages) == 2 and len(env.dsns) == 1  # passed on, not ours
+        assert sink.messages[1].rcpt_params["b@dest.test"] == ["NOTIFY=SUCCESS"]
+        await sink.close()
+
+    asyncio.run(main())
+
+
 def test_ehlo_refused_falls_back_to_helo() -> None:
     async def main() -> None:
         sink = SMTPSink(ehlo_reply="502 5.5.2 what")

@@ -91,6 +91,7 @@ class RecipientResult:
     diagnostic: str  # the remote reply ("550 5.1.1 ...") or our own explanation
     remote_mta: str = ""  # MX host name that answered, "" when none did
     from_remote: bool = False  # diagnostic is an SMTP reply (DSN "smtp;" type)
+    peer_dsn: bool = False  # the peer took the DSN request on (it offered DSN)
 
 
 Job = tuple[QueueEntry, Sequence[QueueRecipient]]
@@ -380,7 +381,8 @@ class Courier:
             status = r.status() if r.kind != 3 else "4.0.0"
             if r.kind == 3:  # an intermediate reply where a final one belongs
                 outcome = Outcome.DEFERRED
-            return RecipientResult(addr, outcome, status, r.diagnostic(), name, True)
+            return RecipientResult(addr, outcome, status, r.diagnostic(), name, True,
+                                   caps.dsn)
 
         def ours(addr: str, outcome: Outcome, status: str, text: str) -> RecipientResult:
             return RecipientResult(addr, outcome, status, text, name, False)

@@ -2,8 +2,11 @@
 
 * Sent from the null sender ``<>`` (RFC 5321 §4.5.5, so a DSN can never cause
   another one) and never to ``<>``: a bounce of a bounce goes nowhere.
-* ``NOTIFY`` (RFC 3461 §4.1): NEVER -> nothing; FAILURE / DELAY select the
-  reports; no NOTIFY -> failures, and delays at our discretion (we send them).
+* ``NOTIFY`` (RFC 3461 §4.1): NEVER -> nothing; FAILURE / DELAY / SUCCESS select
+  the reports; no NOTIFY -> failures, and delays at our discretion (we send them).
+  SUCCESS reports say "delivered" (into a local mailbox), "expanded" (an alias that
+  fanned out) or "relayed" (to a next hop that does not take DSN requests on, RFC 3461
+  §6.2.1); they return only the headers (the content went where it was sent).
 * ``RET`` (RFC 3461 §4.3): HDRS -> text/rfc822-headers; FULL or unset -> the
   whole message as message/rfc822, unless it is larger than ``max_original``,
   in which case only its headers are returned (the body is said to be omitted).
@@ -31,7 +34,7 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 @dataclass(frozen=True, slots=True)
 class DSNRecipient:
     address: str
-    action: str  # "failed" | "delayed"
+    action: str  # "failed" | "delayed" | "delivered" | "expanded" | "relayed"
     status: str  # RFC 3463, e.g. "5.1.1"
     diagnostic: str
     from_remote: bool = False  # diagnostic is an SMTP reply
@@ -41,14 +44,19 @@ class DSNRecipient:
     last_attempt: float | None = None
 
 
+SUCCESS_ACTIONS = frozenset({"delivered", "expanded", "relayed"})
+
+
 def wants(notify: str | None, action: str) -> bool:
     """Does the recipient's NOTIFY ask for a report of this ``action``?"""
+    success = action in SUCCESS_ACTIONS
     if notify is None:
-        return True  # RFC 3461 §4.1: default is FAILURE (and DELAY at the MTA's discretion)
+        # RFC 3461 §4.1: default is FAILURE (and DELAY at the MTA's discretion)
+        return not success
     words = {w.strip().upper() for w in notify.split(",")}
     if "NEVER" in words:
         return False
-    return ("FAILURE" if action == "failed" else "DELAY") in words
+    return ("SUCCESS" if success else "FAILURE" if action == "failed" else "DELAY") in words
 
 
 def xtext_decode(value: str) -> str:
@@ -100,11 +108,15 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[DSNRecipient], *, reportin
     if not chosen:
         return None
     failed = any(r.action == "failed" for r in chosen)
+    success = all(r.action in SUCCESS_ACTIONS for r in chosen)
+    if success and original_is_full:
+        original, original_is_full = header_block(original), False
     utf8 = entry.smtputf8 or not entry.sender.isascii() or any(
         not r.address.isascii() for r in chosen)
     boundary = f"=_mailyard_{uuid.uuid4().hex}"
     host = _clean(reporting_mta)
     subject = ("Undelivered Mail Returned to Sender" if failed
+               else "Successful Mail Delivery Report" if success
                else "Delayed Mail (still being retried)")
     lines: list[str] = [
         f"From: Mail Delivery System <MAILER-DAEMON@{host}>",
@@ -129,6 +141,10 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[DSNRecipient], *, reportin
     if failed:
         lines += ["I'm sorry to have to inform you that your message could not",
                   "be delivered to one or more recipients.", ""]
+    elif success:
+        lines += ["Your message was delivered to the destinations below, as you asked to be",
+                  "told (a message relayed onwards may still be reported on by the next",
+                  "system).", ""]
     else:
         lines += ["Your message could not be delivered yet to one or more recipients.",
                   "It will be retried; you do not need to send it again."]
@@ -169,7 +185,8 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[DSNRecipient], *, reportin
         desc = "Undelivered Message" if failed else "Delayed Message"
     else:
         ctype = "message/global-headers" if utf8 else "text/rfc822-headers"
-        desc = "Undelivered Message Headers" if failed else "Delayed Message Headers"
+        desc = ("Undelivered Message Headers" if failed else "Message Headers" if success
+                else "Delayed Message Headers")
     lines += ["", f"--{boundary}", f"Content-Description: {desc}", f"Content-Type: {ctype}"]
     if original_is_full and not original.isascii():
         lines.append("Content-Transfer-Encoding: 8bit")

@@ -34,7 +34,7 @@ from typing import Protocol
 from mailyard.config import Config
 from mailyard.mailauth.resolver import Resolver
 from mailyard.queue.courier import Courier, Job, Outcome, RecipientResult
-from mailyard.queue.dsn import DSNRecipient, build_dsn, load_original
+from mailyard.queue.dsn import DSNRecipient, build_dsn, load_original, wants
 from mailyard.queue.mtasts import MTASTS
 from mailyard.queue.routing import domain_of
 from mailyard.queue.schedule import backoff, delay_warning_due, is_expired
@@ -306,6 +306,7 @@ class QueueRunner:
         new: list[QueueRecipient] = []
         failed: list[DSNRecipient] = []
         delayed: list[DSNRecipient] = []
+        relayed: list[DSNRecipient] = []
         errors: list[str] = []
         for r in entry.recipients:
             res = state.results.get(r.address)
@@ -323,6 +324,13 @@ class QueueRunner:
             if outcome is Outcome.DELIVERED:
                 new.append(dataclasses.replace(r, state=RecipientState.DELIVERED,
                                                last_status=diag, attempts=attempts))
+                if not res.peer_dsn and wants(r.notify, "relayed"):
+                    # RFC 3461 §6.2.1: NOTIFY=SUCCESS to a next hop that does not offer
+                    # DSN: we report "relayed" (one that does reports on its own).
+                    relayed.append(DSNRecipient(
+                        r.address, "relayed", "2.0.0", diag, from_remote=res.from_remote,
+                        remote_mta=res.remote_mta, orcpt=r.orcpt, notify=r.notify,
+                        last_attempt=now))
                 continue
             dsn_r = DSNRecipient(r.address, "failed" if outcome is Outcome.BOUNCED else "delayed",
                                  status, diag, from_remote=res.from_remote and status == res.status,
@@ -341,6 +349,8 @@ class QueueRunner:
         # The DSNs are made durable before the bounce is recorded (duplicate, not loss).
         if failed:
             await self._send_dsn(entry, failed, now)
+        if relayed:
+            await self._send_dsn(entry, relayed, now)
         if warn and delayed:
             until = entry.created + self._qcfg.expire
             await self._send_dsn(entry, delayed, now, will_retry_until=until)

@@ -16,6 +16,7 @@ from typing import Any
 from mailyard.message.parse import utc_date
 from mailyard.message.text import index_text
 from mailyard.policy.addresses import AddressError, split_address
+from mailyard.policy.recipients import Verdict
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
 from mailyard.storage.interface import InsufficientStorage, Spool
@@ -48,6 +49,8 @@ class Submission:
     mail: Any  # the core's MailFrom event (params: SMTPUTF8, BODY, RET, ENVID)
     local_rcpts: list[tuple[str, list[int]]] = field(default_factory=list)
     remote_rcpts: list[Any] = field(default_factory=list)
+    # Local recipients that asked NOTIFY=SUCCESS: (address, ORCPT, DSN action).
+    notify_success: list[tuple[str, tuple[str, str] | None, str]] = field(default_factory=list)
     spf: Any = None
     #: MX: the session's iprev result for the client, if known; set to the one used
     iprev: Any = None
@@ -282,6 +285,50 @@ def _queue_recipient(rcpt: Any) -> QueueRecipient:
     )
 
 
+async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, prefix: bytes,
+                            now: float) -> None:
+    """NOTIFY=SUCCESS on local recipients: a "delivered" (or "expanded") DSN to the sender,
+    with the message's headers (RFC 3461 §4.1, §6.2). The message is stored already: a
+    report that cannot be made is logged, never a failure of the message."""
+    from mailyard.queue.dsn import MAX_HEADERS, DSNRecipient, build_dsn, header_block
+
+    try:
+        mail = sub.mail
+        entry = QueueEntry(id="", sender=sub.sender, blob=BlobRef(blob_id="", size=spool.size),
+                           recipients=(), created=now, next_attempt=now,
+                           envid=getattr(mail, "envid", None),
+                           smtputf8=bool(getattr(mail, "smtputf8", False)))
+        rcpts = [DSNRecipient(addr, action, "2.0.0", "delivered to the recipient's mailbox",
+                              orcpt=";".join(orcpt) if orcpt else None, notify="SUCCESS",
+                              last_attempt=now)
+                 for addr, orcpt, action in sub.notify_success]
+        head = prefix + next(iter(spool.chunks(MAX_HEADERS)), b"")
+        dsn = build_dsn(entry, rcpts, reporting_mta=ctx.hostname, original=header_block(head),
+                        original_is_full=False, now=now)
+        if dsn is None:
+            return
+        report = ctx.store.blobs.new_spool()
+        try:
+            report.write(dsn)
+            res = await ctx.recipients.resolve(sub.sender)
+            if res.verdict is Verdict.LOCAL and res.account_ids:
+                blob = await _store_blob(ctx, report, b"Return-Path: <>\r\n")
+                await ctx.store.deliver(blob, [DeliveryTarget(account_id=i)
+                                               for i in res.account_ids],
+                                        internaldate=now, text=index_text)
+            else:
+                blob = await _store_blob(ctx, report, b"")
+                await ctx.store.queue_add(QueueEntry(
+                    id=secrets.token_hex(8), sender="", blob=blob,
+                    recipients=(QueueRecipient(sub.sender),), created=now, next_attempt=now,
+                    smtputf8=not sub.sender.isascii(), body_8bit=not dsn.isascii()))
+                ctx.wake_queue()
+        finally:
+            report.abort()
+    except Exception:
+        ctx.log.exception("could not send the delivery report asked for in %s", sub.session_id)
+
+
 async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> Reply:
     now = ctx.clock()
     try:
@@ -316,6 +363,7 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
                 seal = await _arc_seal(ctx, sub, body, auth_header, received)
             queue_blob = await _store_blob(ctx, src, seal + auth_header + received)
         local_blob = None
+        prefix = b""
         if account_ids:
             prefix = _return_path(sub.sender) + auth_header + received
             local_blob = await _store_blob(ctx, spool, prefix)
@@ -341,6 +389,8 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
             await ctx.store.queue_add(entry)
         if entry is not None:
             ctx.wake_queue()
+        if local_blob is not None and sub.notify_success and sub.sender:
+            await _report_delivered(ctx, sub, spool, prefix, now)
     except InsufficientStorage:
         return _r(452, "4.3.1", "Insufficient system storage")
     except OSError as e:

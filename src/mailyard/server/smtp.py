@@ -59,6 +59,8 @@ class Transaction:
     mail: Any = None  # the core's MailFrom event
     local_rcpts: list[tuple[str, list[int]]] = field(default_factory=list)
     remote_rcpts: list[Any] = field(default_factory=list)  # RcptTo events for the queue
+    # Local recipients whose RCPT asked NOTIFY=SUCCESS: (address, ORCPT, DSN action).
+    notify_success: list[tuple[str, tuple[str, str] | None, str]] = field(default_factory=list)
     spool: Spool | None = None
     spf: Any = None  # mailauth SPF result from MAIL FROM time (MX mode)
     failed: Reply | None = None  # the spool failed (ENOSPC...): the reply to the final dot
@@ -67,7 +69,8 @@ class Transaction:
         """Nothing learnt yet (as a new Transaction)."""
         return (self.mail is None and self.spool is None and self.spf is None
                 and self.failed is None and not self.sender and not self.raw_sender
-                and not self.local_rcpts and not self.remote_rcpts)
+                and not self.local_rcpts and not self.remote_rcpts
+                and not self.notify_success)
 
     def discard(self) -> None:
         if self.spool is not None:
@@ -263,6 +266,7 @@ class SMTPSession:
             self.txn.discard()
             self.txn.local_rcpts.clear()
             self.txn.remote_rcpts.clear()
+            self.txn.notify_success.clear()
             return None
         return None
 
@@ -388,8 +392,17 @@ class SMTPSession:
                     return R(452, "4.2.2", "Mailbox full")
             if res.account_ids:
                 self.txn.local_rcpts.append((addr, list(res.account_ids)))
+                if ev.notify is not None and "SUCCESS" in ev.notify:
+                    # RFC 3461 §6.2.7: "expanded" when the address fanned out.
+                    fanned = len(res.account_ids) + len(res.remote) > 1
+                    self.txn.notify_success.append(
+                        (addr, ev.orcpt, "expanded" if fanned else "delivered"))
+            # An alias onto ONE remote address is a relay: the DSN request goes with it
+            # (RFC 3461 §6.2.7.3); a fan-out's copies ask for failures only.
+            alone = not res.account_ids and len(res.remote) == 1
             for fwd in res.remote:
-                self.txn.remote_rcpts.append(_Forward(fwd, via=addr))
+                self.txn.remote_rcpts.append(
+                    _Forward(fwd, ev.notify, ev.orcpt, via=addr) if alone else _Forward(fwd, via=addr))
             return _RECIPIENT_OK
         if res.verdict is Verdict.UNKNOWN_USER:
             return R(550, "5.1.1", "No such user here")
@@ -451,6 +464,7 @@ class SMTPSession:
             mail=txn.mail,
             local_rcpts=txn.local_rcpts,  # the session moves on to a new Transaction
             remote_rcpts=txn.remote_rcpts,
+            notify_success=txn.notify_success,
             spf=txn.spf,
             iprev=self._iprev,
         )
