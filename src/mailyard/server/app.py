@@ -238,6 +238,8 @@ class App:
         run_dir = Path(self.config.data_dir) / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         info = {lst.name: {"host": lst.host, "port": lst.port} for lst in self.listeners}
+        if self.ctx is not None:
+            self.ctx.bound_ports.update({lst.name: lst.port for lst in self.listeners})
         for name, (host, port) in self.http_ports.items():
             info[name] = {"host": host, "port": port}
         info["pid"] = os.getpid()  # type: ignore[assignment]

@@ -32,6 +32,9 @@ class ServerContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("mailyard"))
     # Set by the app: wakes the outbound queue after a submission queued mail.
     wake_queue: Callable[[], None] = lambda: None
+    # Set by the app once its listeners are bound: listener name -> port (a configured
+    # port 0 becomes the real one), for what the HTTP endpoints tell mail clients.
+    bound_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def hostname(self) -> str:

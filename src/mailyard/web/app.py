@@ -9,12 +9,15 @@ site with the ``[tls]`` certificate (which must then also name ``mta-sts.<domain
 the same application, next to the plain HTTP one.
 - ``/mail/config-v1.1.xml`` and ``/.well-known/autoconfig/mail/config-v1.1.xml``
   (Thunderbird autoconfig) for ``autoconfig.<domain>``.
+- ``/autodiscover/autodiscover.xml`` (Outlook's POX autodiscover, POST with the
+  address) for ``autodiscover.<domain>``.
 - ``/healthz`` and ``/metrics`` (Prometheus text format).
 """
 
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 from aiohttp import web
@@ -35,8 +38,23 @@ def _domain_from_host(request: web.Request, prefix: str) -> str:
 
 
 def _port(ctx: ServerContext, name: str) -> int:
+    if ctx.bound_ports.get(name):
+        return ctx.bound_ports[name]
     spec = getattr(ctx.config.listen, name)
     return parse_hostport(spec, key=name)[1] if spec else 0
+
+
+# What a mail client may connect to, in order of preference (RFC 8314 §5.1: implicit TLS
+# first): (protocol, listener, TLS mode).
+_CLIENT_ENDPOINTS = (("imap", "imaps", "SSL"), ("imap", "imap", "STARTTLS"),
+                     ("pop3", "pop3s", "SSL"), ("pop3", "pop3", "STARTTLS"),
+                     ("smtp", "submissions", "SSL"), ("smtp", "submission", "STARTTLS"))
+
+
+def _endpoints(ctx: ServerContext) -> list[tuple[str, int, str]]:
+    """(protocol, port, TLS mode) of every client listener this server runs."""
+    return [(kind, _port(ctx, name), sock) for kind, name, sock in _CLIENT_ENDPOINTS
+            if getattr(ctx.config.listen, name)]
 
 
 def autoconfig_xml(ctx: ServerContext, domain: str) -> str:
@@ -49,27 +67,48 @@ def autoconfig_xml(ctx: ServerContext, domain: str) -> str:
         f"    <domain>{d}</domain>",
         f"    <displayName>{d} mail</displayName>",
     ]
-    for kind, name, sock in (("imap", "imaps", "SSL"), ("imap", "imap", "STARTTLS"),
-                             ("pop3", "pop3s", "SSL"), ("pop3", "pop3", "STARTTLS")):
-        if getattr(ctx.config.listen, name):
-            parts += [f'    <incomingServer type="{kind}">', f"      <hostname>{h}</hostname>",
-                      f"      <port>{_port(ctx, name)}</port>", f"      <socketType>{sock}</socketType>",
-                      "      <username>%EMAILADDRESS%</username>",
-                      "      <authentication>password-cleartext</authentication>",
-                      "    </incomingServer>"]
-    for name, sock in (("submissions", "SSL"), ("submission", "STARTTLS")):
-        if getattr(ctx.config.listen, name):
-            parts += ['    <outgoingServer type="smtp">', f"      <hostname>{h}</hostname>",
-                      f"      <port>{_port(ctx, name)}</port>", f"      <socketType>{sock}</socketType>",
-                      "      <username>%EMAILADDRESS%</username>",
-                      "      <authentication>password-cleartext</authentication>",
-                      "    </outgoingServer>"]
+    for kind, port, sock in _endpoints(ctx):
+        tag = "outgoingServer" if kind == "smtp" else "incomingServer"
+        parts += [f'    <{tag} type="{kind}">', f"      <hostname>{h}</hostname>",
+                  f"      <port>{port}</port>", f"      <socketType>{sock}</socketType>",
+                  "      <username>%EMAILADDRESS%</username>",
+                  "      <authentication>password-cleartext</authentication>",
+                  f"    </{tag}>"]
     parts += ["  </emailProvider>", "</clientConfig>", ""]
     return "\n".join(parts)
 
 
+_AUTODISCOVER_NS = "http://schemas.microsoft.com/exchange/autodiscover"
+_EMAIL_IN_REQUEST = re.compile(r"<(?:\w+:)?EMailAddress>\s*([^<\s]{3,320})\s*</(?:\w+:)?EMailAddress>")
+
+
+def autodiscover_xml(ctx: ServerContext, address: str) -> str:
+    """Outlook's "POX" autodiscover answer (the Autodiscover 2006 schemas): one Protocol
+    per listener, implicit TLS first; the login name is the whole address."""
+    h = html.escape(ctx.hostname)
+    login = html.escape(address)
+    parts = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f'<Autodiscover xmlns="{_AUTODISCOVER_NS}/responseschema/2006">',
+        f'  <Response xmlns="{_AUTODISCOVER_NS}/outlook/responseschema/2006a">',
+        "    <Account>",
+        "      <AccountType>email</AccountType>",
+        "      <Action>settings</Action>",
+    ]
+    for kind, port, sock in _endpoints(ctx):
+        tls = ["        <SSL>on</SSL>"] if sock == "SSL" else [
+            "        <SSL>off</SSL>", "        <Encryption>TLS</Encryption>"]
+        parts += ["      <Protocol>", f"        <Type>{kind.upper()}</Type>",
+                  f"        <Server>{h}</Server>", f"        <Port>{port}</Port>",
+                  f"        <LoginName>{login}</LoginName>",
+                  "        <DomainRequired>off</DomainRequired>", "        <SPA>off</SPA>",
+                  *tls, "        <AuthRequired>on</AuthRequired>", "      </Protocol>"]
+    parts += ["    </Account>", "  </Response>", "</Autodiscover>", ""]
+    return "\n".join(parts)
+
+
 def make_app(ctx: ServerContext) -> web.Application:
-    app = web.Application(client_max_size=1024)
+    app = web.Application(client_max_size=8192)
 
     async def mta_sts(request: web.Request) -> web.Response:
         domain = _domain_from_host(request, "mta-sts.")
@@ -85,6 +124,19 @@ def make_app(ctx: ServerContext) -> web.Application:
         if await ctx.store.get_domain(domain.lower()) is None:
             raise web.HTTPNotFound()
         return web.Response(text=autoconfig_xml(ctx, domain.lower()), content_type="text/xml")
+
+    async def autodiscover(request: web.Request) -> web.Response:
+        # Outlook POSTs <EMailAddress> (its GET probes carry no address): a regex, not an
+        # XML parser, reads it from the small body (client_max_size bounds it).
+        address = request.query.get("emailaddress", "")
+        if request.method == "POST":
+            m = _EMAIL_IN_REQUEST.search(await request.text())
+            address = m.group(1) if m else ""
+        local, _, domain = address.rpartition("@")
+        if not local or await ctx.store.get_domain(domain.lower()) is None:
+            raise web.HTTPNotFound()
+        return web.Response(text=autodiscover_xml(ctx, f"{local}@{domain.lower()}"),
+                            content_type="text/xml")
 
     async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -105,6 +157,9 @@ def make_app(ctx: ServerContext) -> web.Application:
     app.router.add_get("/.well-known/mta-sts.txt", mta_sts)
     app.router.add_get("/mail/config-v1.1.xml", autoconfig)
     app.router.add_get("/.well-known/autoconfig/mail/config-v1.1.xml", autoconfig)
+    for path in ("/autodiscover/autodiscover.xml", "/Autodiscover/Autodiscover.xml"):
+        app.router.add_post(path, autodiscover)
+        app.router.add_get(path, autodiscover)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics)
     return app
