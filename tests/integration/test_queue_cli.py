@@ -43,7 +43,13 @@ def test_queue_commands(tmp_path: Path, dns_server: DNSServer) -> None:
         shown = srv.cli("queue", "show", entry).stdout
         assert "sender: <alice@example.test>" in shown
         assert "someone@queue-cli.example: pending" in shown
-        assert "1 entry scheduled now" in srv.cli("queue", "retry", entry).stdout
+        out = srv.cli("queue", "retry", entry).stdout
+        assert "1 entry scheduled now; the running server (pid" in out, out
+        # Woken by the CLI (SIGUSR1), the server tries at once, not at its next poll.
+        deadline = time.monotonic() + 10
+        while "attempts 2" not in srv.cli("queue", "list").stdout:
+            assert time.monotonic() < deadline, srv.cli("queue", "list").stdout
+            time.sleep(0.2)
         assert "scheduled now" in srv.cli("queue", "retry").stdout
         r = srv.cli("queue", "show", "nosuchid", check=False)
         assert r.returncode == 2 and "no queue entry" in r.stderr

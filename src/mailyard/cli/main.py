@@ -21,6 +21,7 @@ import getpass
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
@@ -325,6 +326,27 @@ async def _ensure_postmaster(store: Any, user: str) -> None:
           "'alias add', to send it elsewhere)")
 
 
+def _signal_server(cfg: Config, sig: int) -> int | None:
+    """Signal the ``mailyard serve`` of this data directory, if one runs: the pid its
+    ``run/listeners.json`` names, when that process is alive and is that server (a
+    stale file's pid may belong to another program now). The pid signalled, or None."""
+    import json
+
+    try:
+        info = json.loads((Path(cfg.data_dir) / "run" / "listeners.json").read_text())
+        pid = int(info["pid"])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not {b"serve", b"quickstart"} & set(argv) or not any(b"mailyard" in a for a in argv):
+        return None
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        return None
+    return pid
+
+
 def cmd_user(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from mailyard.policy.auth import hash_password
@@ -510,7 +532,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
                 print(f"  {r.address}: {r.state} (attempts {r.attempts}) {r.last_status}")
         elif args.action == "retry":
             n = await store.queue_retry_now(args.id, time.time())
-            print(f"{n} entr{'y' if n == 1 else 'ies'} scheduled now (a running server picks them up)")
+            pid = _signal_server(cfg, signal.SIGUSR1) if n else None
+            where = (f"the running server (pid {pid}) is trying them now" if pid else
+                     "no running server was found: it tries them when it starts")
+            print(f"{n} entr{'y' if n == 1 else 'ies'} scheduled now; {where}")
         elif args.action == "delete":
             if await store.queue_get(args.id) is None:
                 raise CLIError(f"no queue entry {args.id}")

@@ -229,6 +229,10 @@ class App:
         if self.store is not None:
             await self.store.close()
 
+    def wake_queue(self) -> None:
+        if self.ctx is not None:
+            self.ctx.wake_queue()
+
     def write_runtime(self) -> None:
         """Write DIR/run/listeners.json with the bound addresses (port 0 becomes real)."""
         import json
@@ -270,6 +274,8 @@ async def serve(config: Config, *, ready: Callable[[App], None] | None = None) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.stopping.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
+    # SIGUSR1: look at the queue now (`mailyard queue retry` changed it from outside).
+    loop.add_signal_handler(signal.SIGUSR1, app.wake_queue)
     app.write_runtime()
     if ready is not None:
         ready(app)
