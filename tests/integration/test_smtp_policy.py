@@ -141,6 +141,33 @@ def test_postmaster_is_always_accepted(server: Server) -> None:
     p.quit()
 
 
+def test_quota_at_rcpt_with_and_without_size(server: Server) -> None:
+    """A mailbox over its quota is refused at RCPT (452 4.2.2, RFC 3463), and so is a
+    message whose declared SIZE= would overshoot it; one larger than the whole quota can
+    never fit (552 5.2.2). Other recipients are not affected."""
+    server.cli("user", "quota", "bob@example.test", "4K")
+    d = mx(server)
+    assert d.cmd("MAIL FROM:<x@remote.example> SIZE=5000")[0] == 250
+    code, text = d.cmd("RCPT TO:<bob@example.test>")
+    assert code == 552 and "5.2.2" in text, text
+    assert d.cmd("RCPT TO:<alice@example.test>")[0] == 250  # no quota
+    assert d.cmd("RSET")[0] == 250
+    assert d.cmd("MAIL FROM:<x@remote.example> SIZE=3000")[0] == 250
+    assert d.cmd("RCPT TO:<bob@example.test>")[0] == 250  # fits
+    d.close()
+    with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+        s.sendmail("x@remote.example", ["bob@example.test"],
+                   b"From: x@remote.example\r\nSubject: fill\r\n\r\n" + b"x" * 3000 + b"\r\n")
+    d = mx(server)  # bob now holds ~3.5K of his 4K
+    assert d.cmd("MAIL FROM:<x@remote.example> SIZE=1000")[0] == 250
+    code, text = d.cmd("RCPT TO:<bob@example.test>")
+    assert code == 452 and "4.2.2" in text, text
+    assert d.cmd("RSET")[0] == 250
+    assert d.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+    assert d.cmd("RCPT TO:<bob@example.test>")[0] == 250  # no SIZE: not full yet
+    d.close()
+
+
 def test_commands_out_of_order_and_syntax(server: Server) -> None:
     d = Dialog(*server.addr("smtp"))
     d.reply()

@@ -387,8 +387,12 @@ class SMTPSession:
             return R(553, "5.1.3", "Invalid recipient address")
         res = await self.ctx.recipients.resolve(addr)
         if res.verdict is Verdict.LOCAL:
+            size = getattr(self.txn.mail, "size", None) or 0  # SIZE= of MAIL, if given
             for account_id in res.account_ids:
-                if not await self._has_room(account_id):
+                room = await self._room(account_id)
+                if room is not None and size > room[0]:
+                    return R(552, "5.2.2", "Message larger than the mailbox's quota")
+                if room is not None and (room[1] >= room[0] or room[1] + size > room[0]):
                     return R(452, "4.2.2", "Mailbox full")
             if res.account_ids:
                 self.txn.local_rcpts.append((addr, list(res.account_ids)))
@@ -426,7 +430,11 @@ class SMTPSession:
                 return f"postmaster@{domain}"
         return f"postmaster@{host}"
 
-    async def _has_room(self, account_id: int) -> bool:
+    async def _room(self, account_id: int) -> tuple[int, int] | None:
+        """(quota, usage) of an account with a quota, else None. With the size a client
+        declared (RFC 1870 SIZE=), a message that would overshoot the quota is refused at
+        RCPT: 552 5.2.2 when it is larger than the whole quota (it never fits), else
+        452 4.2.2 (RFC 3463); without it, only a mailbox already full is."""
         # The account's quota, remembered for a second within the session (a session
         # delivering many messages to one mailbox looks it up once, not per RCPT).
         now = self.loop.time()
@@ -440,9 +448,8 @@ class SMTPSession:
                 self._quotas.clear()
             self._quotas[account_id] = (now + 1.0, quota)
         if quota is None:
-            return True
-        usage = await self.ctx.store.account_usage(account_id)
-        return usage < quota
+            return None
+        return quota, await self.ctx.store.account_usage(account_id)
 
     # -- end of DATA ---------------------------------------------------------------------
     async def on_message(self) -> Reply:
