@@ -98,7 +98,8 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
 def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:
     assert server.proc is not None
     cfg = server.data / "mailyard.toml"
-    cfg.write_text(cfg.read_text().replace("max_recipients = 100", "max_recipients = 2"))
+    cfg.write_text(cfg.read_text().replace("max_recipients = 100", "max_recipients = 2")
+                   .replace("[queue]\n", "[queue]\nconnect_timeout = 7.0\n", 1))
     server.proc.send_signal(signal.SIGHUP)
     import time
 
@@ -116,6 +117,8 @@ def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:
             break
         time.sleep(0.2)
     assert codes == [250, 250, 452]
+    # What a reload cannot apply is said, not silently dropped.
+    assert "[queue] changed: it takes effect at the next restart" in server.log()
     with smtplib.SMTP(*server.addr("submission"), timeout=10) as s:
         s.starttls(context=client_tls())
         s.login("alice@example.test", PASSWORD)

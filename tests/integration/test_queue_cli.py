@@ -51,6 +51,8 @@ def test_queue_commands(tmp_path: Path, dns_server: DNSServer) -> None:
             assert time.monotonic() < deadline, srv.cli("queue", "list").stdout
             time.sleep(0.2)
         assert "scheduled now" in srv.cli("queue", "retry").stdout
+        r = srv.cli("queue", "retry", "nosuchid", check=False)
+        assert r.returncode == 2 and "no queue entry nosuchid" in r.stderr
         r = srv.cli("queue", "show", "nosuchid", check=False)
         assert r.returncode == 2 and "no queue entry" in r.stderr
         srv.cli("queue", "delete", entry)

@@ -146,7 +146,11 @@ def test_missing_or_double_from_is_rejected() -> None:
     v = run(no_from, "192.0.2.10", "bounce@a.test", FakeResolver(zones()))
     assert v.action == "reject" and "From" in v.reply_text
     two = b"From: a@a.test\r\nFrom: b@evil.test\r\n\r\nbody\r\n"
-    assert run(two, "192.0.2.10", "bounce@a.test", FakeResolver(zones())).action == "reject"
+    v = run(two, "192.0.2.10", "bounce@a.test", FakeResolver(zones()))
+    assert v.action == "reject"
+    # SMTP reply text is ASCII (RFC 5321 §4.2), and says its reference once.
+    for w in (run(no_from, "192.0.2.10", "bounce@a.test", FakeResolver(zones())), v):
+        assert w.reply_text.isascii() and w.reply_text.count("RFC 7489") == 1, w.reply_text
 
 
 def test_trusted_arc_sealer_overrides_reject() -> None:

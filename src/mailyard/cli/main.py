@@ -531,8 +531,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
             for r in e.recipients:
                 print(f"  {r.address}: {r.state} (attempts {r.attempts}) {r.last_status}")
         elif args.action == "retry":
+            if args.id and await store.queue_get(args.id) is None:
+                raise CLIError(f"no queue entry {args.id}")
             n = await store.queue_retry_now(args.id, time.time())
-            pid = _signal_server(cfg, signal.SIGUSR1) if n else None
+            if not n:
+                print("nothing to retry (no entry has a recipient pending)")
+                return
+            pid = _signal_server(cfg, signal.SIGUSR1)
             where = (f"the running server (pid {pid}) is trying them now" if pid else
                      "no running server was found: it tries them when it starts")
             print(f"{n} entr{'y' if n == 1 else 'ies'} scheduled now; {where}")

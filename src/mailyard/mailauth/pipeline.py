@@ -86,7 +86,11 @@ def decide(
     if dmarc.domain:
         text = f"5.7.1 Message rejected: DMARC policy of {dmarc.domain} (unauthenticated)"
     else:
-        text = f"5.7.1 Message rejected: {dmarc.reason} (RFC 7489 §6.6.1)"
+        reason = dmarc.reason if "RFC 7489" in dmarc.reason else (
+            f"{dmarc.reason} (RFC 7489 section 6.6.1)")
+        # Reply text is ASCII (RFC 5321 §4.2), whatever the session negotiated.
+        text = "5.7.1 Message rejected: " + reason.replace("§", "section ").encode(
+            "ascii", "replace").decode("ascii")
     return "reject", 550, text
 
 

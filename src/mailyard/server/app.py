@@ -199,7 +199,13 @@ class App:
         if new.listen != self.config.listen:
             log.warning("listen addresses changed: they take effect at the next restart")
             new = dataclasses.replace(new, listen=self.config.listen)
-        # New sessions see the new limits, auth and queue settings; users, domains and
+        # The resolver and the queue runner are built once, at start: their settings
+        # are kept until a restart (said, not silently ignored).
+        for section in ("queue", "dns"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("[%s] changed: it takes effect at the next restart", section)
+                new = dataclasses.replace(new, **{section: getattr(self.config, section)})
+        # New sessions see the new limits and auth settings; users, domains and
         # aliases are re-read from the store once the recipient cache is dropped.
         self.config = new
         self.ctx.config = new
