@@ -285,6 +285,23 @@ def _queue_recipient(rcpt: Any) -> QueueRecipient:
     )
 
 
+async def deliver_dsn_locally(ctx: ServerContext, dsn: bytes, recipient: str) -> bool:
+    """A DSN for a local address goes straight into its mailbox, durably, like any other
+    delivery (with ``Return-Path: <>``). False when the address is not local."""
+    res = await ctx.recipients.resolve(recipient)
+    if res.verdict is not Verdict.LOCAL or not res.account_ids:
+        return False
+    report = ctx.store.blobs.new_spool()
+    try:
+        report.write(dsn)
+        blob = await _store_blob(ctx, report, b"Return-Path: <>\r\n")
+        await ctx.store.deliver(blob, [DeliveryTarget(account_id=i) for i in res.account_ids],
+                                internaldate=ctx.clock(), text=index_text)
+    finally:
+        report.abort()
+    return True
+
+
 async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, prefix: bytes,
                             now: float) -> None:
     """NOTIFY=SUCCESS on local recipients: a "delivered" (or "expanded") DSN to the sender,
@@ -307,22 +324,17 @@ async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, p
                         original_is_full=False, now=now)
         if dsn is None:
             return
+        if await deliver_dsn_locally(ctx, dsn, sub.sender):
+            return
         report = ctx.store.blobs.new_spool()
         try:
             report.write(dsn)
-            res = await ctx.recipients.resolve(sub.sender)
-            if res.verdict is Verdict.LOCAL and res.account_ids:
-                blob = await _store_blob(ctx, report, b"Return-Path: <>\r\n")
-                await ctx.store.deliver(blob, [DeliveryTarget(account_id=i)
-                                               for i in res.account_ids],
-                                        internaldate=now, text=index_text)
-            else:
-                blob = await _store_blob(ctx, report, b"")
-                await ctx.store.queue_add(QueueEntry(
-                    id=secrets.token_hex(8), sender="", blob=blob,
-                    recipients=(QueueRecipient(sub.sender),), created=now, next_attempt=now,
-                    smtputf8=not sub.sender.isascii(), body_8bit=not dsn.isascii()))
-                ctx.wake_queue()
+            blob = await _store_blob(ctx, report, b"")
+            await ctx.store.queue_add(QueueEntry(
+                id=secrets.token_hex(8), sender="", blob=blob,
+                recipients=(QueueRecipient(sub.sender),), created=now, next_attempt=now,
+                smtputf8=not sub.sender.isascii(), body_8bit=not dsn.isascii()))
+            ctx.wake_queue()
         finally:
             report.abort()
     except Exception:
