@@ -188,7 +188,7 @@ def _from_domain(value: str) -> tuple[str | None, str]:
     if not domains:
         return None, "no address in From"
     if len(domains) > 1:
-        return None, "From names addresses in several domains (RFC 7489 §6.6.1)"
+        return None, "From names addresses in several domains (RFC 7489 section 6.6.1)"
     return domains.pop(), ""
 
 

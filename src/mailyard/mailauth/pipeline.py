@@ -88,9 +88,8 @@ def decide(
     else:
         reason = dmarc.reason if "RFC 7489" in dmarc.reason else (
             f"{dmarc.reason} (RFC 7489 section 6.6.1)")
-        # Reply text is ASCII (RFC 5321 §4.2), whatever the session negotiated.
-        text = "5.7.1 Message rejected: " + reason.replace("§", "section ").encode(
-            "ascii", "replace").decode("ascii")
+        # Reply text is ASCII (RFC 5321 §4.2): the reason may quote the From header.
+        text = "5.7.1 Message rejected: " + reason.encode("ascii", "replace").decode("ascii")
     return "reject", 550, text
 
 
