@@ -358,7 +358,6 @@ def cmd_user(args: argparse.Namespace) -> int:
                 usage = await store.account_usage(acct.id)
                 print(f"{acct.address}\tused {usage} bytes\tquota {quota}")
             return
-        addr = canonical_address(args.address)
         if args.action == "add":
             addr = _user_address(args.address)
             domain = addr.rpartition("@")[2]
@@ -376,6 +375,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                       f"user, not {base}")
             await _ensure_postmaster(store, addr)
             return
+        addr = canonical_address(args.address)
         if await store.get_account(addr) is None:
             raise CLIError(f"no user {addr}")
         if args.action == "passwd":
