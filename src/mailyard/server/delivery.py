@@ -7,7 +7,6 @@ Shared by the SMTP adapter (MX and submission) and the queue (DSNs to local send
 from __future__ import annotations
 
 import errno
-import functools
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -86,10 +85,10 @@ def _protocol(sub: Submission) -> str:
 
 
 def received_header(*, helo: str, remote_ip: str, hostname: str, protocol: str,
-                    session_id: str, for_rcpt: str | None, now: float) -> bytes:
+                    msg_id: str, for_rcpt: str | None, now: float) -> bytes:
     """RFC 5321 §4.4 trace line; every part comes from validated input (no CR/LF)."""
     ip = f"IPv6:{remote_ip}" if ":" in remote_ip else remote_ip
-    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {session_id}"
+    parts = f"from {helo or 'unknown'} ([{ip}])\r\n\tby {hostname} (mailyard) with {protocol} id {msg_id}"
     if for_rcpt:
         parts += f"\r\n\tfor <{for_rcpt}>"
     return f"Received: {parts};\r\n\t{_date(now)}\r\n".encode()
@@ -107,11 +106,32 @@ def _date(now: float) -> str:
     return _last_date[1]
 
 
-def _received(ctx: ServerContext, sub: Submission, now: float) -> bytes:
+def _received(ctx: ServerContext, sub: Submission, now: float, msg_id: str) -> bytes:
     rcpts = [a for a, _ in sub.local_rcpts] + [r.address for r in sub.remote_rcpts]
     return received_header(helo=sub.helo, remote_ip=sub.remote_ip, hostname=ctx.hostname,
-                           protocol=_protocol(sub), session_id=sub.session_id,
+                           protocol=_protocol(sub), msg_id=msg_id,
                            for_rcpt=rcpts[0] if len(rcpts) == 1 else None, now=now)
+
+
+def _address_key(address: str) -> str:
+    """Two forms of one mailbox: the local part as given (RFC 5321 §2.4), the domain
+    without case."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
+
+
+def _unique(rcpts: list[Any]) -> list[Any]:
+    """Remote recipients once each: two aliases that forward to the same address, or a
+    client that names it twice, give one RCPT TO at the next hop and one copy (the
+    first occurrence, with its DSN request, is kept)."""
+    seen: set[str] = set()
+    out = []
+    for r in rcpts:
+        key = _address_key(r.address)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def _return_path(sender: str) -> bytes:
@@ -343,8 +363,12 @@ async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, p
 
 async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> Reply:
     now = ctx.clock()
+    # The message's own id: in its Received header, its queue entry (``mailyard queue
+    # show ID``), the log line and the 250 reply, so a "queued as" can be traced.
+    msg_id = secrets.token_hex(8)
+    sub.remote_rcpts = _unique(sub.remote_rcpts)
     try:
-        received = _received(ctx, sub, now)
+        received = _received(ctx, sub, now, msg_id)
         mailbox = "INBOX"
         auth_header = b""
         body = _Body(spool)
@@ -383,7 +407,7 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         if queue_blob is not None:
             mail = sub.mail
             entry = QueueEntry(
-                id=secrets.token_hex(8),
+                id=msg_id,
                 sender=sub.sender,
                 blob=queue_blob,
                 recipients=tuple(_queue_recipient(r) for r in sub.remote_rcpts),
@@ -403,6 +427,10 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
             ctx.wake_queue()
         if local_blob is not None and sub.notify_success and sub.sender:
             await _report_delivered(ctx, sub, spool, prefix, now)
+        stored = local_blob or queue_blob
+        ctx.log.info("%s %s: %s accepted from=<%s> size=%d local=%d remote=%d", sub.mode,
+                     sub.remote_ip, msg_id, sub.sender, stored.size if stored else 0,
+                     len(account_ids), len(sub.remote_rcpts))
     except InsufficientStorage:
         return _r(452, "4.3.1", "Insufficient system storage")
     except OSError as e:
@@ -415,10 +443,4 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         return _r(451, "4.3.0", "Local error in processing, try again later")
     finally:
         spool.abort()  # the spool in use (it may have been replaced); idempotent
-    return _queued(sub.session_id)
-
-
-@functools.lru_cache(maxsize=1024)
-def _queued(session_id: str) -> Reply:
-    """The final 250 of a session (one Reply per session: its wire form is kept)."""
-    return _r(250, "2.0.0", f"Ok: queued as {session_id}")
+    return _r(250, "2.0.0", f"Ok: queued as {msg_id}")
