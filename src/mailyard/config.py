@@ -182,6 +182,21 @@ def parse_hostport(value: str, *, key: str) -> tuple[str, int]:
     return host, port
 
 
+def listener_port(listen: ListenConfig, name: str) -> int | None:
+    """The port listener ``name`` is configured on; None when it is disabled ("").
+
+    Port 0 (the kernel picks one at start) is returned as 0: only the running server
+    knows that port (``ServerContext.bound_ports``).
+    """
+    spec = getattr(listen, name)
+    return parse_hostport(spec, key=f"listen.{name}")[1] if spec else None
+
+
+def listener_ports(listen: ListenConfig) -> dict[str, int | None]:
+    """:func:`listener_port` of every listener in :data:`LISTENERS`, by name."""
+    return {name: listener_port(listen, name) for name in LISTENERS}
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is bool:

@@ -39,6 +39,7 @@ def test_records_then_check_round_trip(tmp_path: Path) -> None:
         for kind in (" MX ", "v=spf1", "v=DKIM1", "v=DMARC1", "_mta-sts.", "_smtp._tls.",
                      "_submissions._tcp."):
             assert kind in records
+        assert "_imaps._tcp.example.test. IN SRV 0 1 2993 mail.example.test." in records
         _publish(dns, records)
         dns.set("mail.example.test", {"A": ["127.0.0.1"]})
         dns.set("1.0.0.127.in-addr.arpa", {"PTR": ["mail.example.test"]})
@@ -56,6 +57,57 @@ def test_records_then_check_round_trip(tmp_path: Path) -> None:
         assert r.returncode != 0
         assert "dmarc" in r.stdout.lower() and "spf" in r.stdout.lower()
         assert "Traceback" not in r.stderr
+
+
+def _srv_lines(text: str) -> dict[str, str]:
+    """SRV service -> rdata, of the zone lines in ``text``."""
+    return {line.split(".", 1)[0]: line.split(" IN SRV ", 1)[1]
+            for line in text.splitlines() if " IN SRV " in line and not line.startswith(";")}
+
+
+DEV_SRV = {
+    "_submissions": "0 1 2465 mail.example.test.",
+    "_submission": "10 1 2587 mail.example.test.",
+    "_imaps": "0 1 2993 mail.example.test.",
+    "_imap": "10 1 2143 mail.example.test.",
+    "_pop3s": "20 1 2995 mail.example.test.",
+    "_pop3": "30 1 2110 mail.example.test.",
+}
+
+
+def test_srv_records_follow_listen_config(tmp_path: Path) -> None:
+    """The SRV records `init` and `dns records` print carry the [listen] ports, and a
+    service not listened on is published as not offered (target ".", RFC 6186 §4)."""
+    dev = tmp_path / "dev"
+    out = mailyard(dev, "init", "--domain", "example.test", "--dev").stdout
+    assert _srv_lines(out) == DEV_SRV
+    records = mailyard(dev, "dns", "records", "example.test").stdout
+    assert _srv_lines(records) == DEV_SRV
+    assert records in out  # init prints exactly what `dns records` prints
+
+    std = tmp_path / "std"
+    out = mailyard(std, "init", "--domain", "example.test").stdout
+    assert _srv_lines(out) == {
+        "_submissions": "0 1 465 mail.example.test.",
+        "_submission": "10 1 587 mail.example.test.",
+        "_imaps": "0 1 993 mail.example.test.",
+        "_imap": "10 1 143 mail.example.test.",
+        "_pop3s": "20 1 995 mail.example.test.",
+        "_pop3": "30 1 110 mail.example.test.",
+    }
+
+    # No POP3: both listeners removed ("" disables one, as the config comment says).
+    cfg = dev / "mailyard.toml"
+    text = cfg.read_text()
+    text = re.sub(r'(?m)^pop3 = ".*"$', 'pop3 = ""', text)
+    text = re.sub(r'(?m)^pop3s = ".*"$', 'pop3s = ""', text)
+    text = text.replace('imap = "127.0.0.1:2143"', 'imap = "127.0.0.1:1143"')
+    cfg.write_text(text)
+    records = mailyard(dev, "dns", "records", "example.test").stdout
+    assert "_pop3._tcp.example.test. IN SRV 0 0 0 ." in records.splitlines()
+    assert "_pop3s._tcp.example.test. IN SRV 0 0 0 ." in records.splitlines()
+    assert _srv_lines(records) == {**DEV_SRV, "_imap": "10 1 1143 mail.example.test.",
+                                   "_pop3": "0 0 0 .", "_pop3s": "0 0 0 ."}
 
 
 def test_dkim_keygen_and_rotate_print_txt(tmp_path: Path) -> None:

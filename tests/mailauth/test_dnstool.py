@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any, cast
 
+from mailyard.config import DEV_PORTS, STANDARD_PORTS, listener_ports, parse_config
 from mailyard.dnstool.check import check_domain, findings_json, render_findings
 from mailyard.dnstool.records import mta_sts_policy, records_for
 from mailyard.mailauth.dkim import generate_key
@@ -46,6 +48,7 @@ def lines() -> list[str]:
         ip4="192.0.2.1",
         ip6="2001:db8::1",
         dkim_selectors=[("r1", "rsa-sha256", RSA_TXT), ("e1", "ed25519-sha256", ED_TXT)],
+        ports=STANDARD_PORTS,
     )
 
 
@@ -71,6 +74,15 @@ def test_records_content() -> None:
         "_pop3._tcp",
     ):
         assert f"{srv}.example.com. IN SRV" in text
+    # RFC 6186 §3 / RFC 8314 §5.1 with the standard ports, implicit TLS first
+    assert [line for line in out if " IN SRV " in line] == [
+        "_submissions._tcp.example.com. IN SRV 0 1 465 mail.example.com.",
+        "_submission._tcp.example.com. IN SRV 10 1 587 mail.example.com.",
+        "_imaps._tcp.example.com. IN SRV 0 1 993 mail.example.com.",
+        "_imap._tcp.example.com. IN SRV 10 1 143 mail.example.com.",
+        "_pop3s._tcp.example.com. IN SRV 20 1 995 mail.example.com.",
+        "_pop3._tcp.example.com. IN SRV 30 1 110 mail.example.com.",
+    ]
     assert "autoconfig.example.com. IN CNAME mail.example.com." in out
     # long DKIM values are split into ≤255-octet strings
     for line in out:
@@ -82,6 +94,57 @@ def test_records_content() -> None:
         "mx: mx.example.com",
         "max_age: 604800",
     ]
+
+
+def _srv(ports: Any) -> dict[str, str]:
+    out = records_for("example.com", hostname="mail.example.com", dkim_selectors=[],
+                      ports=ports)
+    return {line.split(".", 1)[0]: line.split(" IN SRV ", 1)[1]
+            for line in out if " IN SRV " in line and not line.startswith(";")}
+
+
+def test_srv_records_carry_the_configured_ports() -> None:
+    assert _srv(DEV_PORTS) == {
+        "_submissions": "0 1 2465 mail.example.com.",
+        "_submission": "10 1 2587 mail.example.com.",
+        "_imaps": "0 1 2993 mail.example.com.",
+        "_imap": "10 1 2143 mail.example.com.",
+        "_pop3s": "20 1 2995 mail.example.com.",
+        "_pop3": "30 1 2110 mail.example.com.",
+    }
+    # The ports come from [listen]; a listener set to "" (or absent from the mapping) is
+    # published as not offered: target "." (RFC 6186 §4, RFC 2782).
+    cfg = parse_config('[listen]\nimap = "0.0.0.0:1143"\npop3 = ""\npop3s = ""\n',
+                       data_dir="/nonexistent")
+    srv = _srv(listener_ports(cfg.listen))
+    assert srv["_imap"] == "10 1 1143 mail.example.com."
+    assert srv["_submissions"] == "0 1 2465 mail.example.com."  # the config's default
+    assert srv["_pop3"] == "0 0 0 ." and srv["_pop3s"] == "0 0 0 ."
+    assert _srv({"imaps": 993})["_submission"] == "0 0 0 ."
+    # Port 0 (picked at start) has no fixed port to publish: a comment, not a record.
+    out = records_for("example.com", hostname="mail.example.com", dkim_selectors=[],
+                      ports={**DEV_PORTS, "imaps": 0})
+    assert not [line for line in out if line.startswith("_imaps.")]
+    assert any(line.startswith("; _imaps._tcp.example.com. IN SRV") and "port 0" in line
+               for line in out)
+
+
+def test_srv_records_match_the_autoconfig_endpoints() -> None:
+    """`dns records` and the HTTP autoconfig answer name the same services and ports."""
+    from mailyard.server.context import ServerContext
+    from mailyard.web.app import autoconfig_xml
+
+    cfg = parse_config('hostname = "mail.example.com"\n[listen]\nsubmissions = ":4650"\n'
+                       'pop3 = ""\n', data_dir="/nonexistent")
+    none = cast(Any, None)
+    ctx = ServerContext(config=cfg, store=none, tls=None, auth=none, recipients=none,
+                        resolver=FakeResolver({}))
+    xml = autoconfig_xml(ctx, "example.com")
+    advertised = sorted(int(p) for p in re.findall(r"<port>(\d+)</port>", xml))
+    srv = _srv(listener_ports(cfg.listen))
+    published = sorted(int(v.split()[2]) for v in srv.values() if not v.endswith(" ."))
+    assert published == advertised and 4650 in published and 2110 not in published
+    assert srv["_pop3"] == "0 0 0 ."
 
 
 def check(z: dict, selectors: list[str] = ["r1", "e1"], **kw):  # type: ignore[no-untyped-def,type-arg]  # noqa: B006

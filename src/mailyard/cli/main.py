@@ -32,6 +32,7 @@ from mailyard.config import (
     DEV_PORTS,
     STANDARD_PORTS,
     Config,
+    listener_ports,
     ConfigError,
     load_config,
     render_config,
@@ -125,7 +126,8 @@ async def _print_records(store: Any, cfg: Config, domain: str) -> None:
     for d, sel, alg, pem, active in await store.list_dkim_keys(domain):
         if active and d == domain:
             selectors.append((sel, alg, public_txt_from_private(pem, alg)))
-    for line in records_for(domain, hostname=cfg.hostname, dkim_selectors=selectors):
+    for line in records_for(domain, hostname=cfg.hostname, dkim_selectors=selectors,
+                            ports=listener_ports(cfg.listen)):
         print(line)
 
 

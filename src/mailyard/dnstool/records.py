@@ -9,8 +9,20 @@ preference for implicit TLS.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 TTL = 3600
+
+#: The SRV services of RFC 6186 (their names are those of our listeners) and their
+#: priorities: implicit TLS first (RFC 8314 §5.1: lower priority is preferred).
+SRV_SERVICES = (
+    ("submissions", 0),
+    ("submission", 10),
+    ("imaps", 0),
+    ("imap", 10),
+    ("pop3s", 20),
+    ("pop3", 30),
+)
 
 
 def _fqdn(name: str) -> str:
@@ -44,6 +56,7 @@ def records_for(
     *,
     hostname: str,
     dkim_selectors: list[tuple[str, str, str]],
+    ports: Mapping[str, int | None],
     ip4: str | None = None,
     ip6: str | None = None,
     report_address: str | None = None,
@@ -52,7 +65,10 @@ def records_for(
     """Zone lines (comments start with ";") for ``domain`` whose mail host is ``hostname``.
 
     ``dkim_selectors`` are (selector, algorithm, public TXT value) as made by
-    :func:`mailyard.mailauth.dkim.generate_key`.
+    :func:`mailyard.mailauth.dkim.generate_key`. ``ports`` maps listener names to the
+    port each is configured on, None (or absent) when not listened on, as
+    :func:`mailyard.config.listener_ports` gives them: the SRV records carry these ports,
+    and a service not offered gets target "." (RFC 6186 §4).
     """
     d = domain.rstrip(".").lower()
     host = hostname.rstrip(".").lower()
@@ -115,12 +131,27 @@ def records_for(
         f"autoconfig.{D} IN CNAME {H}",
         f"autodiscover.{D} IN CNAME {H}",
         "",
-        "; Service records (RFC 6186), implicit TLS preferred (RFC 8314 §5.1: lower priority)",
-        f"_submissions._tcp.{D} IN SRV 0 1 465 {H}",
-        f"_submission._tcp.{D} IN SRV 10 1 587 {H}",
-        f"_imaps._tcp.{D} IN SRV 0 1 993 {H}",
-        f"_imap._tcp.{D} IN SRV 10 1 143 {H}",
-        f"_pop3s._tcp.{D} IN SRV 20 1 995 {H}",
-        f"_pop3._tcp.{D} IN SRV 30 1 110 {H}",
+        "; Service records (RFC 6186), implicit TLS preferred (RFC 8314 §5.1: lower priority);",
+        '; target "." says the service is not offered (RFC 6186 §4)',
     ]
+    out += srv_records(d, host, ports)
+    return out
+
+
+def srv_records(domain: str, hostname: str, ports: Mapping[str, int | None]) -> list[str]:
+    """The RFC 6186 SRV lines of ``domain`` whose mail host is ``hostname``, one per
+    service in :data:`SRV_SERVICES`, with the port from ``ports`` (see :func:`records_for`).
+    """
+    D, H = _fqdn(domain.lower()), _fqdn(hostname.lower())
+    out = []
+    for service, priority in SRV_SERVICES:
+        name = f"_{service}._tcp.{D}"
+        port = ports.get(service)
+        if port is None:
+            out.append(f"{name} IN SRV 0 0 0 .")
+        elif port == 0:  # the kernel picks the port at start: nothing fixed to publish
+            out.append(f"; {name} IN SRV {priority} 1 <port> {H}"
+                       f"  (listen.{service} has port 0: configure a fixed port)")
+        else:
+            out.append(f"{name} IN SRV {priority} 1 {port} {H}")
     return out

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mailyard.config import parse_hostport
+from mailyard.config import listener_port, parse_hostport
 from mailyard.server.context import ServerContext
 
 MTA_STS_MAX_AGE = 604800  # one week; RFC 8461 §3.2 allows up to 31557600
@@ -38,10 +38,11 @@ def _domain_from_host(request: web.Request, prefix: str) -> str:
 
 
 def _port(ctx: ServerContext, name: str) -> int:
+    """The port listener ``name`` runs on: as bound, else as configured (as the SRV
+    records of ``mailyard dns records`` give it); 0 when disabled."""
     if ctx.bound_ports.get(name):
         return ctx.bound_ports[name]
-    spec = getattr(ctx.config.listen, name)
-    return parse_hostport(spec, key=name)[1] if spec else 0
+    return listener_port(ctx.config.listen, name) or 0
 
 
 # What a mail client may connect to, in order of preference (RFC 8314 §5.1: implicit TLS
