@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import re
 import signal
@@ -32,8 +31,8 @@ from mailyard.config import (
     DEV_PORTS,
     STANDARD_PORTS,
     Config,
-    listener_ports,
     ConfigError,
+    listener_ports,
     load_config,
     render_config,
 )
@@ -200,9 +199,9 @@ def _connect_help(cfg: Config, user: str | None, password: str | None) -> str:
 
 def _serve(cfg: Config, *, banner: str | None = None) -> int:
     from mailyard.server.app import run
+    from mailyard.server.logsink import configure
 
-    logging.basicConfig(level=cfg.log.level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(cfg.log.level)
 
     def ready(app: Any) -> None:
         if banner:

@@ -244,8 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s[w{args.index}]: %(message)s")
+    from mailyard.server.logsink import configure
+
+    configure(args.log_level, name_suffix=f"[w{args.index}]")
     coro = _serve(args.data, args.listen_fd, args.channel_fd, args.index)
     try:
         import uvloop
