@@ -18,6 +18,20 @@ start: a policy is "trust on first use", and a cache that a restart emptied
 would let an attacker who blocks the policy fetch downgrade the next delivery to
 the domain (§10.2). A cache file that cannot be read is logged and ignored.
 
+Failed fetches (§3.3, §5): when a domain publishes a TXT id but its policy cannot
+be fetched (refused or timed-out connection, bad certificate, HTTP error, invalid
+policy text), the failure is remembered for that domain *and* TXT id, and no new
+fetch is made for a back-off period: 5 minutes (``FETCH_BACKOFF_INITIAL``) after a
+first failure, doubled at each further failure for the same id up to one hour
+(``FETCH_BACKOFF_MAX``). The failure is logged once, when it happens, not at each
+lookup during its back-off. Meanwhile lookups answer as right after the failed
+fetch: the cached, unexpired policy if there is one (§5.1), else no policy. A
+changed TXT id is a new policy announced, fetched at once; a successful fetch
+forgets the failure; a failure more than ``FETCH_BACKOFF_MAX`` after the end of
+the previous back-off starts again at 5 minutes. Lookups made while a fetch for the
+same domain and id is under way wait for it rather than fetch again. Failures are
+kept in memory only: after a restart the policy is fetched again once.
+
 Application (§5): ``enforce`` -> deliver only to MX hosts matching a pattern,
 over TLS with a certificate valid for the MX host name; ``testing`` -> deliver
 anyway and log what would have failed; ``none`` -> no restriction.
@@ -25,6 +39,7 @@ anyway and log what would have failed; ``none`` -> no restriction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -41,6 +56,8 @@ log = logging.getLogger(__name__)
 
 MAX_POLICY_BYTES = 64 * 1024  # §3.3: policy bodies are small; refuse anything larger
 MAX_AGE_LIMIT = 31_557_600  # §3.2: one year
+FETCH_BACKOFF_INITIAL = 300.0  # after a failed policy fetch, no new fetch for 5 minutes...
+FETCH_BACKOFF_MAX = 3600.0  # ... doubled at each further failure, up to an hour
 _ID_RE = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 Fetch = Callable[[str], Awaitable[str]]
@@ -63,6 +80,15 @@ class Policy:
 
     def matches(self, host: str) -> bool:
         return any(mx_matches(p, host) for p in self.mx)
+
+
+@dataclass(frozen=True, slots=True)
+class _FetchFailure:
+    """A failed policy fetch for one domain: no new fetch for ``policy_id`` before ``until``."""
+
+    policy_id: str
+    until: float
+    backoff: float  # the length of this back-off period, doubled at the next failure
 
 
 def mx_matches(pattern: str, host: str) -> bool:
@@ -223,6 +249,8 @@ class MTASTS:
                                                   resolver=resolver)
         self._clock = clock
         self._cache: dict[str, tuple[Policy, float]] = {}  # domain -> (policy, expires)
+        self._failures: dict[str, _FetchFailure] = {}  # domain -> last failed fetch
+        self._pending: dict[tuple[str, str], asyncio.Future[Policy | None]] = {}
         self._file = cache_file
         self.fetches = 0
         if cache_file is not None:
@@ -292,13 +320,60 @@ class MTASTS:
             return cached
         if cached is not None and cached.id == policy_id:
             return cached
+        if self._backing_off(domain, policy_id):
+            log.debug("MTA-STS policy fetch for %s (id %s) failed recently: not retried yet",
+                      domain, policy_id)
+            return cached  # as right after the failed fetch (§5.1)
+        key = (domain, policy_id)
+        pending = self._pending.get(key)
+        if pending is None:  # one fetch at a time per domain and id; others wait for it
+            pending = asyncio.ensure_future(self._refresh(domain, policy_id, cached))
+            self._pending[key] = pending
+
+            def _done(fut: asyncio.Future[Policy | None], key: tuple[str, str] = key) -> None:
+                if self._pending.get(key) is fut:
+                    del self._pending[key]
+
+            pending.add_done_callback(_done)
+        fetched = await asyncio.shield(pending)
+        return cached if fetched is None else fetched
+
+    def _backing_off(self, domain: str, policy_id: str) -> bool:
+        """True while a failed fetch of ``policy_id`` for ``domain`` is in its back-off."""
+        failure = self._failures.get(domain)
+        if failure is None or failure.policy_id != policy_id:
+            return False  # never failed, or a new id: fetch now
+        left = failure.until - self._clock()
+        return 0 < left <= failure.backoff  # (a clock set back does not stretch the period)
+
+    def _record_failure(self, domain: str, policy_id: str) -> float:
+        """Start (or double) the back-off for ``domain``/``policy_id``; its length."""
+        now = self._clock()
+        prev = self._failures.get(domain)
+        if prev is not None and prev.policy_id == policy_id and now < prev.until + FETCH_BACKOFF_MAX:
+            backoff = min(prev.backoff * 2, FETCH_BACKOFF_MAX)
+        else:
+            backoff = FETCH_BACKOFF_INITIAL
+        for d in [d for d, f in self._failures.items() if now >= f.until + FETCH_BACKOFF_MAX]:
+            del self._failures[d]  # long over: they would start again at the first period
+        self._failures[domain] = _FetchFailure(policy_id, now + backoff, backoff)
+        return backoff
+
+    async def _refresh(self, domain: str, policy_id: str, cached: Policy | None
+                       ) -> Policy | None:
+        """Fetch and cache the policy ``policy_id`` of ``domain``; None when that failed."""
         try:
             self.fetches += 1
             text = await self._fetch(f"https://mta-sts.{domain}/.well-known/mta-sts.txt")
             policy = parse_policy(text, policy_id=policy_id)
         except Exception as e:  # any fetch problem: fall back to the cache (§5.1)
-            log.warning("MTA-STS policy fetch for %s failed: %s", domain, e)
-            return cached
+            backoff = self._record_failure(domain, policy_id)
+            log.warning("MTA-STS policy fetch for %s failed: %s (id %s; not tried again for "
+                        "%d s; meanwhile %s)", domain, e, policy_id, backoff,
+                        f"the cached policy id {cached.id} applies" if cached is not None
+                        else "no policy applies")
+            return None
+        self._failures.pop(domain, None)
         log.info("MTA-STS policy for %s: mode %s, mx %s, max_age %d (id %s)", domain,
                  policy.mode, ",".join(policy.mx), policy.max_age, policy_id)
         self._cache[domain] = (policy, self._clock() + policy.max_age)
