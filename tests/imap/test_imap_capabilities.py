@@ -261,6 +261,24 @@ def check_utf8_accept(srv: ImapTestServer) -> None:
     assert _ok(raw, "ENABLE UTF8=ACCEPT") == [b"* ENABLED UTF8=ACCEPT"]
     _ok(raw, 'CREATE "Grüße"'.encode())
     assert _ok(raw, b'LIST "" "Gr*"') == ['* LIST (\\HasNoChildren) "/" "Grüße"'.encode()]
+    # RFC 6855 §4: APPEND's UTF8 data item, stored as sent
+    msg = "Subject: Grüße\r\n\r\naus Köln\r\n".encode()
+    raw.send('a APPEND "Grüße" UTF8 ('.encode() + b"~{%d+}\r\n%s)\r\n" % (len(msg), msg))
+    assert re.match(rb"a OK \[APPENDUID \d+ 1\]", raw.until(b"a")[1])
+    _ok(raw, 'SELECT "Grüße"'.encode())
+    assert _ok(raw, "FETCH 1 BODY.PEEK[]") == [b"* 1 FETCH (BODY[] {%d}\r\n%s)" % (len(msg), msg)]
+
+
+def check_binary(srv: ImapTestServer) -> None:
+    raw = _client(srv)
+    msg = b"Subject: nul\r\nContent-Transfer-Encoding: binary\r\n\r\na\x00b\r\n"
+    raw.send(b"a APPEND INBOX ~{%d+}\r\n%s\r\n" % (len(msg), msg))  # RFC 3516 §4.4
+    assert re.match(rb"a OK \[APPENDUID \d+ 4\]", raw.until(b"a")[1])
+    _ok(raw, "SELECT INBOX")
+    assert _ok(raw, "FETCH 4 (BINARY.PEEK[1] BINARY.SIZE[1])") == [
+        b"* 4 FETCH (BINARY[1] ~{5}\r\na\x00b\r\n BINARY.SIZE[1] 5)"]
+    # M2's part 2 is base64 "hello world"
+    assert _ok(raw, "FETCH 2 (BINARY.PEEK[2])") == [b"* 2 FETCH (BINARY[2] ~{11}\r\nhello world)"]
 
 
 def check_compress(srv: ImapTestServer) -> None:
@@ -333,6 +351,7 @@ CHECKS: dict[str, Check] = {
     "QRESYNC": check_qresync, "QUOTA": check_quota, "QUOTA=RES-STORAGE": check_quota_storage,
     "STATUS=SIZE": check_status_size, "APPENDLIMIT": check_appendlimit,
     "MULTIAPPEND": check_multiappend, "UTF8=ACCEPT": check_utf8_accept,
+    "BINARY": check_binary,
     "COMPRESS=DEFLATE": check_compress, "SORT": check_sort, "SORT=DISPLAY": check_sort_display,
     "THREAD=ORDEREDSUBJECT": check_thread_orderedsubject,
     "THREAD=REFERENCES": check_thread_references, "OBJECTID": check_objectid,

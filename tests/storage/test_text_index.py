@@ -208,3 +208,43 @@ def test_close_right_after_deliveries_indexes_what_it_was_handed(tmp_path: Path)
     asyncio.run(first())
     assert _count(tmp_path, "SELECT count(*) FROM indexed WHERE ok = 0") == 0
     asyncio.run(second())
+
+
+def test_rows_from_an_older_text_extraction_are_indexed_again(tmp_path: Path) -> None:
+    """An index whose text came from an older extraction (``PRAGMA user_version`` below
+    TEXT_VERSION) has the rows it would read differently indexed again at open, from the
+    stored bytes, once: before version 1 a body with no charset was read as ASCII, its
+    UTF-8 octets becoming U+FFFD, so SEARCH BODY missed its non-ASCII words."""
+    utf8 = "Subject: s\r\n\r\nGrüße aus Köln\r\n".encode()
+    old_body = utf8.split(b"\r\n\r\n", 1)[1].decode("ascii", "replace")
+
+    async def setup() -> None:
+        s, acc, inbox = await _new_store(tmp_path)
+        await s.deliver(await s.blobs.put(utf8), [DeliveryTarget(acc)], text=index_text)
+        await _deliver(s, acc, 2, SearchableText(headers="Subject: x", body="walrus"))
+        assert await s.search_text(inbox, "Köln", field="body") == {1}
+        await s.close()
+
+    def make_old(version: int) -> None:
+        db = sqlite3.connect(tmp_path / textindex.INDEX_NAME)
+        with db:
+            db.execute("UPDATE msg_text SET body = ? WHERE body LIKE 'Gr%'", (old_body,))
+            db.execute(f"PRAGMA user_version = {version}")
+        db.close()
+
+    async def check(found: set[int]) -> None:
+        s, inbox = await _reopen(tmp_path)
+        assert await s.search_text(inbox, "Köln", field="body") == found
+        assert await s.search_text(inbox, "Kö", field="body") == found  # the scan path
+        # rows without U+FFFD are kept as they are (this one was never in the message)
+        assert await s.search_text(inbox, "walrus", field="body") == {2}
+        await s.close()
+
+    asyncio.run(setup())
+    assert _count(tmp_path, "PRAGMA user_version") == textindex.TEXT_VERSION
+    make_old(0)
+    asyncio.run(check({1}))
+    assert _count(tmp_path, "PRAGMA user_version") == textindex.TEXT_VERSION
+    # once only: a row that is current by its version is not read again
+    make_old(textindex.TEXT_VERSION)
+    asyncio.run(check(set()))

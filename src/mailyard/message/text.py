@@ -29,6 +29,30 @@ _TAG_RE = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re
 _WS_RE = re.compile(r"\s+")
 
 
+def decode_text(raw: bytes, charset: bytes | None) -> str:
+    """A text body's octets as text, for search and PREVIEW.
+
+    RFC 6532 mail (SMTPUTF8) carries raw UTF-8 without declaring a charset. A text part
+    with no Content-Type (whose RFC 2045 §5.2 default the MIME parser fills in as
+    us-ascii) or with a declared us-ascii cannot account for 8-bit octets, so such a body
+    is read as UTF-8 when it is valid UTF-8; otherwise as before, as ASCII with each
+    8-bit octet replaced (U+FFFD). A Content-Type without a charset parameter was, and
+    is, read as UTF-8 with invalid octets replaced; an unknown charset likewise. The
+    full-text index (``index_text``) and the evaluator's scan (``searchctx``) both come
+    here through :func:`part_text`, so they agree on what a body says."""
+    cs = (charset or b"utf-8").decode("ascii", "replace").strip() or "utf-8"
+    try:
+        name = codecs.lookup(cs).name
+    except LookupError:
+        cs = name = "utf-8"
+    if name == "ascii" and not raw.isascii():
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return raw.decode(cs, "replace")
+
+
 def part_text(p: Part) -> str | None:
     """Decoded text of one text/* leaf, or None for other parts."""
     if p.maintype != "TEXT" or p.is_multipart or p.truncated:
@@ -37,12 +61,7 @@ def part_text(p: Part) -> str | None:
         raw = decode_cte(p.body, p.header_value("Content-Transfer-Encoding"))
     except UnknownCTE:
         raw = p.body
-    cs = (p.param("charset") or b"utf-8").decode("ascii", "replace").strip() or "utf-8"
-    try:
-        codecs.lookup(cs)
-    except LookupError:
-        cs = "utf-8"
-    text = raw.decode(cs, "replace")
+    text = decode_text(raw, p.param("charset"))
     if p.subtype == "HTML":
         text = html.unescape(_TAG_RE.sub(" ", text))
     return text

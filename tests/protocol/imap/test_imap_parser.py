@@ -286,6 +286,72 @@ def test_append_without_literal_is_bad(feed3: Any) -> None:
     assert isinstance(err, c.ParseError) and err.tag == "a"
 
 
+def _feed_utf8(data: bytes, *, bytewise: bool = False) -> list[object]:
+    """Events of a parser after ENABLE UTF8=ACCEPT, adjacent chunks joined."""
+    p = CommandParser()
+    p.utf8 = True
+    out: list[object] = []
+    for piece in ([data[i : i + 1] for i in range(len(data))] if bytewise else [data]):
+        p.feed(piece)
+        for ev in drain(p):
+            if isinstance(ev, c.AppendChunk) and out and isinstance(out[-1], c.AppendChunk):
+                out[-1] = c.AppendChunk(ev.tag, out[-1].data + ev.data)
+            else:
+                out.append(ev)
+    return out
+
+
+def test_utf8_append_data_item() -> None:
+    """RFC 6855 §4 ``UTF8 (literal8)``: the literal8 streams as any message does and
+    the ")" after it is taken; MULTIAPPEND may mix it with plain literals."""
+    m1, m2 = "Subject: Grüße\r\n\r\nKöln\r\n".encode(), b"Subject: b\r\n\r\nb\r\n"
+    data = (b'a APPEND INBOX (\\Seen) "07-Feb-1994 21:52:25 -0800" UTF8 (~{%d}\r\n%s)'
+            b" (\\Draft) {%d+}\r\n%s utf8 (~{%d+}\r\n%s)\r\nb NOOP\r\n"
+            % (len(m1), m1, len(m2), m2, len(m1), m1))
+    evs = _feed_utf8(data)
+    assert _feed_utf8(data, bytewise=True) == evs
+    assert [type(e).__name__ for e in evs] == [
+        "AppendMessage", "AppendChunk", "AppendMessageEnd",
+        "AppendMessage", "AppendChunk", "AppendMessageEnd",
+        "AppendMessage", "AppendChunk", "AppendMessageEnd", "AppendDone", "Noop"]
+    first, second, third = evs[0], evs[3], evs[6]
+    assert isinstance(first, c.AppendMessage) and isinstance(second, c.AppendMessage)
+    assert isinstance(third, c.AppendMessage)
+    assert first.utf8 and first.binary and first.synchronizing and first.flags == ("\\Seen",)
+    assert first.internaldate is not None and first.size == len(m1)
+    assert not second.utf8 and not second.binary and second.flags == ("\\Draft",)
+    assert third.utf8 and third.index == 2
+    assert evs[1] == c.AppendChunk("a", m1) and evs[4] == c.AppendChunk("a", m2)
+    assert evs[9] == c.AppendDone("a", 3)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    # the data item needs a literal8 ...
+    (b"a APPEND INBOX UTF8 ({3+}\r\nabc)\r\n", "UTF8 APPEND data must be a literal8 (~{n})"),
+    # ... and the ")" after it
+    (b"a APPEND INBOX UTF8 (~{3+}\r\nabc\r\n", "expected ')' after UTF8 APPEND data"),
+    (b"a APPEND INBOX UTF8 (~{3+}\r\nabc (\\Seen) {3+}\r\nabc\r\n",
+     "expected ')' after UTF8 APPEND data"),
+    (b"a APPEND INBOX UTF8 ~{3+}\r\nabc\r\n", "unexpected extra arguments"),
+])
+def test_bad_utf8_append(data: bytes, message: str) -> None:
+    for bytewise in (False, True):
+        evs = _feed_utf8(data + b"b NOOP\r\n", bytewise=bytewise)
+        errs = [e for e in evs if isinstance(e, c.ParseError)]
+        assert len(errs) == 1 and errs[0].tag == "a" and errs[0].message == message
+        assert errs[0].status == "BAD" and evs[-1] == c.Noop(tag="b")
+
+
+def test_utf8_append_without_enable_is_bad_and_its_data_skipped(feed3: Any) -> None:
+    """RFC 6855 §4: only after ENABLE UTF8=ACCEPT; a non-synchronising literal8 and the
+    rest of the command are skipped, never read as commands."""
+    [err] = feed3(b"a APPEND INBOX UTF8 (~{10+}\r\nb LOGOUT\r\n)\r\n")
+    assert isinstance(err, c.ParseError) and err.tag == "a" and err.status == "BAD"
+    assert err.message == "UTF8 APPEND data needs ENABLE UTF8=ACCEPT"
+    [err] = feed3(b"a APPEND INBOX UTF8 (~{10}\r\n")  # no "+ Ready" is asked for
+    assert isinstance(err, c.ParseError) and err.tag == "a"
+
+
 # -- literal limits ---------------------------------------------------------------------------
 def test_oversize_literal_number(feed3: Any) -> None:
     [err] = feed3(b"a LOGIN {4294967296}\r\n")

@@ -399,6 +399,7 @@ class AppendMessage:
     synchronizing: bool
     binary: bool = False  # literal8 "~{n}" (RFC 3516 §4.4)
     index: int = 0
+    utf8: bool = False  # sent as RFC 6855 §4 "UTF8 (" literal8 ")" (stored as sent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -594,6 +594,10 @@ class AppendHead:
     mailbox: str | None
     flags: tuple[str, ...]
     internaldate: _dt.datetime | None
+    utf8: bool = False  # RFC 6855 §4 ``UTF8 (`` opens the data: literal8, then ")"
+
+
+_UTF8_DATA = b"UTF8 ("
 
 
 def parse_append_head(segs: list[bytes | Lit], *, first: bool, utf8: bool = False
@@ -602,6 +606,9 @@ def parse_append_head(segs: list[bytes | Lit], *, first: bool, utf8: bool = Fals
 
     ``first``: ``tag APPEND mailbox [SP flag-list] [SP date-time] SP``;
     otherwise (MULTIAPPEND, RFC 3502) ``SP [flag-list SP] [date-time SP]``.
+    Either may end in ``UTF8 (`` (RFC 6855 §4: ``append-data =/ "UTF8" SP "("
+    literal8 ")"``), allowed only once the client enabled UTF8=ACCEPT (``utf8``);
+    the framing layer checks that a literal8 follows and takes the ")" after it.
     """
     r = Reader(segs, utf8=utf8)
     mbox = None
@@ -621,5 +628,10 @@ def parse_append_head(segs: list[bytes | Lit], *, first: bool, utf8: bool = Fals
     if r.peek() == 0x22:
         when = _date_time(r)
         r.sp()
-    r.expect_end()
-    return AppendHead(mailbox=mbox, flags=flags, internaldate=when)
+    wrapped = (r.si + 1 == len(r.segs)
+               and r._line[r.pos :].upper() == _UTF8_DATA)
+    if wrapped and not utf8:
+        raise GrammarError("UTF8 APPEND data needs ENABLE UTF8=ACCEPT")
+    if not wrapped:
+        r.expect_end()
+    return AppendHead(mailbox=mbox, flags=flags, internaldate=when, utf8=wrapped)

@@ -17,6 +17,9 @@ yields, in order:
   :class:`AppendChunk`... :class:`AppendMessageEnd` (once per message, RFC 3502
   MULTIAPPEND) and :class:`AppendDone` when the command line ends. Only that
   one literal streams; every other literal is buffered up to ``max_literal``.
+  The message may come wrapped as ``UTF8 (~{n}...)`` (RFC 6855 §4, once the
+  client enabled UTF8=ACCEPT): the literal8 streams the same way and the ")"
+  that must follow it is taken from the next line before that line is read on.
 
 Memory is bounded: a line is at most ``max_line`` octets, buffered literals at
 most ``max_literal`` each, a whole command at most ``max_command``; the input
@@ -153,6 +156,7 @@ class CommandParser:
         self._append_index = 0
         self._append_sync = False
         self._in_append = False  # between message literals of an APPEND
+        self._append_close = False  # the message was "UTF8 (" literal8: ")" must follow
 
     def _start_skip(self, literal_remaining: int | None) -> None:
         """Forget the current command. ``literal_remaining`` is the size of a
@@ -288,6 +292,16 @@ class CommandParser:
         self._cmd_size += len(line)
         if self._cmd_size > self.max_command:
             return self._error("command too long", skip_literal=size_s if nonsync else None)
+        if self._in_append and self._append_close:
+            # RFC 6855 §4: "UTF8" SP "(" literal8 ")": the line after the data opens
+            # with the ")", then ends the command or starts the next message.
+            if not line.startswith(b")"):
+                return self._error("expected ')' after UTF8 APPEND data",
+                                   skip_literal=size_s if nonsync else None)
+            self._append_close = False
+            line = line[1:]
+            if m is not None:
+                m = _LITERAL_RE.search(line)
         if m is None:
             return self._finish_command(line)
         text = line[: m.start()]
@@ -347,6 +361,8 @@ class CommandParser:
             head = parse_append_head([*self._segs, text], first=first, utf8=self.utf8)
         except GrammarError as e:
             return self._error(str(e), skip_literal=skip, code=e.code)
+        if head.utf8 and not binary:
+            return self._error("UTF8 APPEND data must be a literal8 (~{n})", skip_literal=skip)
         if size > _MAX_LITERAL_NUMBER or size > self.max_append:
             return self._error("message too big", kind="toobig", code="TOOBIG", status="NO",
                                skip_literal=skip)
@@ -363,9 +379,10 @@ class CommandParser:
         self._append_sync = not nonsync
         self._mode = "append_literal"
         self._in_append = False
+        self._append_close = head.utf8
         ev = c.AppendMessage(self._tag or "", self._append_mailbox, head.flags,
                              head.internaldate, size, not nonsync, binary,
-                             self._append_index)
+                             self._append_index, utf8=head.utf8)
         self._append_index += 1
         self._cmd_name = "APPEND"
         return ev

@@ -17,6 +17,10 @@ bytes of a message are written in the same durable batch as its mailbox record; 
 MULTIAPPEND the earlier messages are committed as the next one starts, so that one
 spool at most is held. The text index (for SEARCH BODY/TEXT) is
 fed from the message when it is at most ``INDEX_LIMIT`` octets.
+
+A message may come as a literal8 (``~{n}``, RFC 3516 §4.4 BINARY) or, once the client
+enabled UTF8=ACCEPT, as RFC 6855 §4 ``UTF8 (~{n}...)`` (the parser takes the wrapping):
+either way its octets are stored as sent.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class Session:
                  "SPECIAL-USE", "CREATE-SPECIAL-USE", "ESEARCH", "SEARCHRES", "CONDSTORE",
                  "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "STATUS=SIZE",
                  f"APPENDLIMIT={self.append_limit}", "MULTIAPPEND", "UTF8=ACCEPT",
-                 "OBJECTID", "PREVIEW", "SAVEDATE", "WITHIN"]
+                 "BINARY", "OBJECTID", "PREVIEW", "SAVEDATE", "WITHIN"]
         if self.account is not None and self.deflate is None:
             caps.append("COMPRESS=DEFLATE")  # RFC 4978 §3: only once authenticated
         if _sorting() is not None:

@@ -29,7 +29,10 @@ messages themselves, so it does not need to be durable with them:
   thread, so the first barrier waits for it): rows whose blob is gone, or whose
   blob row now holds other content (row ids are reused), are removed; message
   blobs with no row are indexed from their stored bytes. That repairs what a
-  crash lost between a commit and the index's own.
+  crash lost between a commit and the index's own. Before that, an index whose
+  ``PRAGMA user_version`` is below ``TEXT_VERSION`` drops the rows the current text
+  extraction would read differently (:meth:`TextIndex._reextract`), so the same
+  repair indexes them afresh.
 
 Blob row ids are reused by SQLite after a delete, so the order matters: a
 removal and a later addition of the same row id arrive in commit order on one
@@ -60,6 +63,10 @@ IDLE_SECONDS = 0.2  # index what waits once no work has arrived for this long ..
 MAX_DEFER_SECONDS = 2.0  # ... or once the oldest item has waited this long ...
 DEFER_MAX = 5000  # ... or once this many additions and removals wait
 TXN_MAX = 100  # items per index transaction (FTS5 holds its pending terms in memory)
+# How the index's text was extracted (message/text.py); an older index is brought up to
+# date at open (TextIndex._reextract). 1: a body with no charset or us-ascii whose octets
+# are valid UTF-8 is read as UTF-8 (it was read as ASCII, each 8-bit octet U+FFFD).
+TEXT_VERSION = 1
 
 FTS_TRIGRAM = ("CREATE VIRTUAL TABLE IF NOT EXISTS msg_text USING fts5("
                "headers, body, extra, tokenize='trigram')")
@@ -289,9 +296,27 @@ class TextIndex:
         conn.execute("INSERT OR REPLACE INTO indexed (id, blob_id, ok) VALUES (?, ?, ?)",
                      (rowid, blob_id, int(made is not None)))
 
+    def _reextract(self) -> None:
+        """Once per ``TEXT_VERSION``: drop the rows whose text the current extraction may
+        read differently, so that :meth:`_reconcile` indexes them again from the stored
+        bytes. For version 1 those are the rows holding U+FFFD in ``body``: the octets
+        the old reading replaced (every body it changed has one; another body holding
+        one is indexed again to the same text)."""
+        conn = self._conn
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= TEXT_VERSION:
+            return
+        rows = conn.execute(
+            "SELECT rowid FROM msg_text WHERE instr(body, char(65533)) > 0").fetchall()
+        self._apply([_Remove(rowid) for (rowid,) in rows])
+        conn.execute(f"PRAGMA user_version = {TEXT_VERSION}")
+        if rows:
+            log.info("full-text index: %d messages to index again (text extraction %d)",
+                     len(rows), TEXT_VERSION)
+
     def _reconcile(self, main_db: Path) -> None:
         """Called by ``_apply`` outside any transaction. The main database is attached
         only to read: written with it attached, a transaction would lock it too."""
+        self._reextract()
         conn = self._conn
         conn.execute("ATTACH DATABASE ? AS store", (str(main_db),))
         try:
