@@ -27,7 +27,8 @@ def test_each_message_has_its_own_traceable_id(tmp_path: Path, nameserver: str) 
     with ThreadedSink() as sink:
         port = sink.port
     # The next hop is down: the remote copy stays in the queue, where its id is shown.
-    srv = hardened_server(tmp_path, nameserver, queue={"outbound_port": port})
+    srv = hardened_server(tmp_path, nameserver, queue={"outbound_port": port},
+                          log={"level": "debug"})  # the per-message line is at DEBUG
     srv.start()
     try:
         ids = []
