@@ -14,7 +14,7 @@ from typing import Any
 
 from mailyard.message.parse import utc_date
 from mailyard.message.text import index_text
-from mailyard.policy.addresses import AddressError, split_address
+from mailyard.policy.addresses import AddressError, canonical_domain, split_address
 from mailyard.policy.recipients import Verdict
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
@@ -114,10 +114,13 @@ def _received(ctx: ServerContext, sub: Submission, now: float, msg_id: str) -> b
 
 
 def _address_key(address: str) -> str:
-    """Two forms of one mailbox: the local part as given (RFC 5321 §2.4), the domain
-    without case."""
-    local, at, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}" if at else address
+    """Two forms of one mailbox: the local part as given (RFC 5321 §2.4), the domain as
+    ``canonical_domain`` gives it (case, a trailing dot, U-label or A-label)."""
+    try:
+        local, domain = split_address(address)
+        return f"{local}@{canonical_domain(domain)}"
+    except AddressError:
+        return address
 
 
 def _unique(rcpts: list[Any]) -> list[Any]:
@@ -364,7 +367,7 @@ async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, p
 async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> Reply:
     now = ctx.clock()
     # The message's own id: in its Received header, its queue entry (``mailyard queue
-    # show ID``), the log line and the 250 reply, so a "queued as" can be traced.
+    # show ID``), the DEBUG log line and the 250 reply, so a "queued as" can be traced.
     msg_id = secrets.token_hex(8)
     sub.remote_rcpts = _unique(sub.remote_rcpts)
     try:
@@ -431,8 +434,8 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
         # DEBUG, not INFO: even through server/logsink.py a line per message cost 5-10%
         # of bench_smtp.py's throughput. ``[log] level = "debug"`` turns it on.
         ctx.log.debug("%s %s: %s accepted from=<%s> size=%d local=%d remote=%d", sub.mode,
-                     sub.remote_ip, msg_id, sub.sender, stored.size if stored else 0,
-                     len(account_ids), len(sub.remote_rcpts))
+                      sub.remote_ip, msg_id, sub.sender, stored.size if stored else 0,
+                      len(account_ids), len(sub.remote_rcpts))
     except InsufficientStorage:
         return _r(452, "4.3.1", "Insufficient system storage")
     except OSError as e:
