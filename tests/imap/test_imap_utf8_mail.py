@@ -193,6 +193,18 @@ def test_binary_fetch_and_literal8_append(tmp_path: Path) -> None:
         assert b"NO [UNKNOWN-CTE]" in tagged
         # only part numbers in a BINARY section
         assert b" BAD " in raw.cmd("FETCH 1 (BINARY.PEEK[1.MIME])")[1]
+        # A plain literal never carries NUL (RFC 9051 §9 CHAR8): BODY[] and RFC822 of
+        # the same message, whole (streamed), partial or one part, send each NUL as
+        # 0x80, the size unchanged; BINARY above gave the octets as stored.
+        shown = msg.replace(b"\0", b"\x80")
+        untagged, _ = raw.cmd("FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+        assert untagged == [b"* 1 FETCH (RFC822.SIZE %d BODY[] {%d}\r\n%s)"
+                            % (len(msg), len(msg), shown)]
+        untagged, _ = raw.cmd("FETCH 1 (BODY.PEEK[]<0.100000> BODY.PEEK[2])")
+        assert untagged == [b"* 1 FETCH (BODY[]<0> {%d}\r\n%s BODY[2] {%d}\r\n%s)"
+                            % (len(msg), shown, len(octets), octets.replace(b"\0", b"\x80"))]
+        untagged, _ = raw.cmd("FETCH 1 (BODY.PEEK[TEXT])")
+        assert b"\0" not in untagged[0] and b"\x80\x01\xfe\xff binary \x80 octets" in untagged[0]
         # BINARY[] without .PEEK sets \Seen (RFC 3516 §4.2)
         untagged, _ = raw.cmd("FETCH 1 (BINARY[1])")
         assert b"FLAGS (\\Recent \\Seen)" in untagged[0]

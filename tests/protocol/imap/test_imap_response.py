@@ -25,7 +25,7 @@ from mailyard.protocol.imap.states import State, after, check, is_legal
     ("café", False, b"{5}\r\ncaf\xc3\xa9"),
     ("café", True, b'"caf\xc3\xa9"'),
     (b"\xff\xfe", True, b"{2}\r\n\xff\xfe"),  # not UTF-8: literal even with UTF8=ACCEPT
-    (b"nul\x00", False, b"{4}\r\nnul\x00"),
+    (b"nul\x00", False, b"{4}\r\nnul\x80"),  # no NUL in a literal (RFC 9051 §9 CHAR8)
 ])
 def test_string(value: str | bytes, utf8: bool, wire: bytes) -> None:
     assert r.string(value, utf8=utf8) == wire

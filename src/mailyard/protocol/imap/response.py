@@ -9,6 +9,9 @@ Values are plain Python:
 * :class:`Atom` -> written as is (flags, keywords, ``NIL``-free tokens);
 * :class:`Literal` -> always a literal; :class:`Literal8` -> ``~{n}`` when the
   data holds NUL (RFC 3516 §4.2), else a plain literal;
+* a plain literal never carries NUL (RFC 9051 §9 ``CHAR8`` is %x01-ff): each
+  NUL octet is sent as 0x80, as Dovecot does, so the size stays the octet count
+  of the stored message (RFC822.SIZE); BINARY[] gives the octets unchanged;
 * ``list`` / ``tuple`` -> a parenthesised list;
 * :class:`Raw` -> bytes written unchanged (pre-serialised pieces).
 
@@ -50,10 +53,21 @@ def literal_header(size: int, *, binary: bool = False) -> bytes:
     return (b"~{%d}\r\n" if binary else b"{%d}\r\n") % size
 
 
+def no_nul(data: bytes) -> bytes:
+    """``data`` fit for a plain literal: NUL octets become 0x80 (module docstring)."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
+
+
+def literal(data: bytes) -> bytes:
+    """A plain literal of ``data``, header and all."""
+    return literal_header(len(data)) + no_nul(data)
+
+
 def string(value: str | bytes, *, utf8: bool = False) -> bytes:
     """Quoted string when allowed, else a literal (RFC 9051 §4.3)."""
     data = value.encode("utf-8") if isinstance(value, str) else value
-    quotable = len(data) <= QUOTED_MAX and not any(b in (0, 10, 13) for b in data)
+    quotable = (len(data) <= QUOTED_MAX and b"\n" not in data and b"\r" not in data
+                and b"\0" not in data)
     if quotable and not data.isascii():
         if utf8:
             try:
@@ -64,7 +78,7 @@ def string(value: str | bytes, *, utf8: bool = False) -> bytes:
             quotable = False
     if quotable:
         return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-    return literal_header(len(data)) + data
+    return literal(data)
 
 
 def nstring(value: str | bytes | None, *, utf8: bool = False) -> bytes:
@@ -139,7 +153,7 @@ def serialize(value: Any, *, utf8: bool = False) -> bytes:
         elif isinstance(v, Literal8):
             out += literal_header(len(v), binary=True) + v
         elif isinstance(v, Literal):
-            out += literal_header(len(v)) + v
+            out += literal(v)
         elif isinstance(v, str | bytes):
             out += string(v, utf8=utf8)
         else:

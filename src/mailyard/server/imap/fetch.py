@@ -466,7 +466,7 @@ async def _write(s: Session, seq: int, parts: list[bytes | _Stream]) -> None:
         sent = 0
         async for chunk in s.ctx.store.blobs.stream(p.blob_id):
             chunk = chunk[: p.size - sent]
-            s.send(chunk)
+            s.send(r.no_nul(chunk))  # a plain literal carries no NUL (protocol/imap/response.py)
             sent += len(chunk)
             await s.pace()
             if sent >= p.size:
