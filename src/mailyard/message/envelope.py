@@ -16,30 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailyard.message.parse import HeaderField, get_first
+from mailyard.message.parse import HeaderField, get_first, skip_comment
 from mailyard.protocol.imap.response import Adjacent
 
 MAX_ADDRESSES = 1000
 
 Address = list[bytes | None]
-
-
-def _skip_comment(v: bytes, i: int) -> int:
-    depth = 0
-    n = len(v)
-    while i < n:
-        ch = v[i]
-        if ch == 0x5C:
-            i += 2
-            continue
-        if ch == 0x28:
-            depth += 1
-        elif ch == 0x29:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return n
 
 
 def _tokens(v: bytes) -> list[tuple[str, bytes]]:
@@ -53,7 +35,7 @@ def _tokens(v: bytes) -> list[tuple[str, bytes]]:
         if ch in b" \t\r\n":
             i += 1
         elif ch == 0x28:
-            i = _skip_comment(v, i)
+            i = skip_comment(v, i)
         elif ch == 0x22:
             buf = bytearray()
             i += 1

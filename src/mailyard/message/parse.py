@@ -148,27 +148,34 @@ def decode_header(value: bytes) -> str:
 
 
 # -- MIME parameters (Content-Type, Content-Disposition) -------------------------------------
+def skip_comment(v: bytes, i: int) -> int:
+    """The index after the RFC 5322 §3.2.2 comment opening at ``v[i]`` ("("): nesting
+    counted without recursion, quoted-pairs skipped; ``len(v)`` when it never closes."""
+    depth = 0
+    n = len(v)
+    while i < n:
+        ch = v[i]
+        if ch == 0x5C:
+            i += 2
+            continue
+        if ch == 0x28:
+            depth += 1
+        elif ch == 0x29:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
 def _skip_ws_comments(v: bytes, i: int) -> int:
     n = len(v)
     while i < n:
         ch = v[i]
         if ch in b" \t\r\n":
             i += 1
-        elif ch == 0x28:  # "(" comment, nesting counted without recursion
-            depth = 0
-            while i < n:
-                ch = v[i]
-                if ch == 0x5C:
-                    i += 2
-                    continue
-                if ch == 0x28:
-                    depth += 1
-                elif ch == 0x29:
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
+        elif ch == 0x28:
+            i = skip_comment(v, i)
         else:
             break
     return i
