@@ -20,6 +20,19 @@ CONFIG_NAME = "mailyard.toml"
 
 LISTENERS = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "http")
 
+#: The listeners a mail client connects to, as (listener, protocol, TLS mode, SRV
+#: priority), in the order of preference: the RFC 6186 SRV records (a listener's name is
+#: its SRV service name) and the autoconfig file are both made from this table. TLS mode
+#: "SSL" is implicit TLS, which RFC 8314 §5.1 prefers (a lower SRV priority).
+CLIENT_LISTENERS: tuple[tuple[str, str, str, int], ...] = (
+    ("submissions", "smtp", "SSL", 0),
+    ("submission", "smtp", "STARTTLS", 10),
+    ("imaps", "imap", "SSL", 0),
+    ("imap", "imap", "STARTTLS", 10),
+    ("pop3s", "pop3", "SSL", 20),
+    ("pop3", "pop3", "STARTTLS", 30),
+)
+
 DEV_PORTS = {
     "smtp": 2525,
     "submission": 2587,

@@ -11,19 +11,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
+from mailyard.config import CLIENT_LISTENERS
+
 TTL = 3600
-
-#: The SRV services of RFC 6186 (their names are those of our listeners) and their
-#: priorities: implicit TLS first (RFC 8314 §5.1: lower priority is preferred).
-SRV_SERVICES = (
-    ("submissions", 0),
-    ("submission", 10),
-    ("imaps", 0),
-    ("imap", 10),
-    ("pop3s", 20),
-    ("pop3", 30),
-)
-
 
 def _fqdn(name: str) -> str:
     return name.rstrip(".") + "."
@@ -140,11 +130,11 @@ def records_for(
 
 def srv_records(domain: str, hostname: str, ports: Mapping[str, int | None]) -> list[str]:
     """The RFC 6186 SRV lines of ``domain`` whose mail host is ``hostname``, one per
-    service in :data:`SRV_SERVICES`, with the port from ``ports`` (see :func:`records_for`).
+    client listener (:data:`mailyard.config.CLIENT_LISTENERS`), with the port from ``ports`` (see :func:`records_for`).
     """
     D, H = _fqdn(domain.lower()), _fqdn(hostname.lower())
     out = []
-    for service, priority in SRV_SERVICES:
+    for service, _, _, priority in CLIENT_LISTENERS:
         name = f"_{service}._tcp.{D}"
         port = ports.get(service)
         if port is None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mailyard.config import listener_port, parse_hostport
+from mailyard.config import CLIENT_LISTENERS, listener_port, parse_hostport
 from mailyard.server.context import ServerContext
 
 MTA_STS_MAX_AGE = 604800  # one week; RFC 8461 §3.2 allows up to 31557600
@@ -45,17 +45,11 @@ def _port(ctx: ServerContext, name: str) -> int:
     return listener_port(ctx.config.listen, name) or 0
 
 
-# What a mail client may connect to, in order of preference (RFC 8314 §5.1: implicit TLS
-# first): (protocol, listener, TLS mode).
-_CLIENT_ENDPOINTS = (("imap", "imaps", "SSL"), ("imap", "imap", "STARTTLS"),
-                     ("pop3", "pop3s", "SSL"), ("pop3", "pop3", "STARTTLS"),
-                     ("smtp", "submissions", "SSL"), ("smtp", "submission", "STARTTLS"))
-
-
 def _endpoints(ctx: ServerContext) -> list[tuple[str, int, str]]:
     """(protocol, port, TLS mode) of every client listener this server runs."""
-    return [(kind, _port(ctx, name), sock) for kind, name, sock in _CLIENT_ENDPOINTS
-            if getattr(ctx.config.listen, name)]
+    # Incoming servers first (as clients read them); each kind in the table's order.
+    return sorted(((kind, _port(ctx, name), sock) for name, kind, sock, _ in CLIENT_LISTENERS
+                   if getattr(ctx.config.listen, name)), key=lambda e: e[0] == "smtp")
 
 
 def autoconfig_xml(ctx: ServerContext, domain: str) -> str:
