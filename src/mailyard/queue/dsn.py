@@ -17,13 +17,14 @@
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailyard.message.parse import utc_date
 from mailyard.storage.interface import BlobStore
-from mailyard.storage.models import QueueEntry
+from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient
 
 MAX_ORIGINAL = 256 * 1024  # octets of the original returned with RET=FULL
 MAX_HEADERS = 64 * 1024  # octets of header read for RET=HDRS
@@ -45,6 +46,15 @@ class DSNRecipient:
 
 
 SUCCESS_ACTIONS = frozenset({"delivered", "expanded", "relayed"})
+
+
+def dsn_entry(dsn: bytes, blob: BlobRef, to: str, now: float) -> QueueEntry:
+    """The queue entry that sends the report ``dsn``, stored as ``blob``, to ``to``: from
+    the null sender (RFC 5321 §4.5.5, RFC 3461 §6.2), due at once, SMTPUTF8 when the
+    address needs it, an 8-bit body when the report has one."""
+    return QueueEntry(id=secrets.token_hex(8), sender="", blob=blob,
+                      recipients=(QueueRecipient(to),), created=now, next_attempt=now,
+                      smtputf8=not to.isascii(), body_8bit=not dsn.isascii())
 
 
 def wants(notify: str | None, action: str) -> bool:

@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Protocol
 from mailyard.config import Config
 from mailyard.mailauth.resolver import Resolver
 from mailyard.queue.courier import Courier, Job, Outcome, RecipientResult
-from mailyard.queue.dsn import DSNRecipient, build_dsn, load_original, wants
+from mailyard.queue.dsn import DSNRecipient, build_dsn, dsn_entry, load_original, wants
 from mailyard.queue.mtasts import MTASTS
 from mailyard.queue.routing import domain_of
 from mailyard.queue.schedule import backoff, delay_warning_due, is_expired
@@ -380,8 +379,5 @@ class QueueRunner:
         if self._local_delivery is not None and await self._local_delivery(dsn, entry.sender):
             return
         blob = await self._store.blobs.put(dsn)
-        await self._store.queue_add(QueueEntry(
-            id=uuid.uuid4().hex, sender="", blob=blob,
-            recipients=(QueueRecipient(entry.sender),), created=now, next_attempt=now,
-            smtputf8=not entry.sender.isascii(), body_8bit=not dsn.isascii()))
+        await self._store.queue_add(dsn_entry(dsn, blob, entry.sender, now))
         self.wake()

@@ -330,7 +330,13 @@ async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, p
     """NOTIFY=SUCCESS on local recipients: a "delivered" (or "expanded") DSN to the sender,
     with the message's headers (RFC 3461 §4.1, §6.2). The message is stored already: a
     report that cannot be made is logged, never a failure of the message."""
-    from mailyard.queue.dsn import MAX_HEADERS, DSNRecipient, build_dsn, header_block
+    from mailyard.queue.dsn import (
+        MAX_HEADERS,
+        DSNRecipient,
+        build_dsn,
+        dsn_entry,
+        header_block,
+    )
 
     try:
         mail = sub.mail
@@ -353,10 +359,7 @@ async def _report_delivered(ctx: ServerContext, sub: Submission, spool: Spool, p
         try:
             report.write(dsn)
             blob = await _store_blob(ctx, report, b"")
-            await ctx.store.queue_add(QueueEntry(
-                id=secrets.token_hex(8), sender="", blob=blob,
-                recipients=(QueueRecipient(sub.sender),), created=now, next_attempt=now,
-                smtputf8=not sub.sender.isascii(), body_8bit=not dsn.isascii()))
+            await ctx.store.queue_add(dsn_entry(dsn, blob, sub.sender, now))
             ctx.wake_queue()
         finally:
             report.abort()
