@@ -303,6 +303,13 @@ def check_sort_display(srv: ImapTestServer) -> None:
         b"* SORT 3 2 1"]
 
 
+def check_esort(srv: ImapTestServer) -> None:
+    # RFC 5267 §3.2: an ESEARCH answer; MIN/MAX in sort order, ALL keeps the order
+    raw = _client(srv, select=True)
+    assert _ok(raw, "SORT RETURN (MIN MAX COUNT ALL) (REVERSE DISPLAYFROM) UTF-8 ALL") == [
+        b'* ESEARCH (TAG "t3") MIN 3 MAX 1 ALL 3,2,1 COUNT 3']
+
+
 def check_thread_orderedsubject(srv: ImapTestServer) -> None:
     assert _ok(_client(srv, select=True), "THREAD ORDEREDSUBJECT UTF-8 ALL") == [
         b"* THREAD (1 2)(3)"]
@@ -353,6 +360,7 @@ CHECKS: dict[str, Check] = {
     "MULTIAPPEND": check_multiappend, "UTF8=ACCEPT": check_utf8_accept,
     "BINARY": check_binary,
     "COMPRESS=DEFLATE": check_compress, "SORT": check_sort, "SORT=DISPLAY": check_sort_display,
+    "ESORT": check_esort,
     "THREAD=ORDEREDSUBJECT": check_thread_orderedsubject,
     "THREAD=REFERENCES": check_thread_references, "OBJECTID": check_objectid,
     "PREVIEW": check_preview, "SAVEDATE": check_savedate, "WITHIN": check_within,

@@ -32,6 +32,49 @@ def test_sort_and_thread(tmp_path: Path) -> None:
         assert raw.cmd("THREAD REFERENCES UTF-8 FROM nobody")[0] == [b"* THREAD"]
 
 
+def _esort(raw: RawClient, command: str) -> list[bytes]:
+    """The untagged answer, each ESEARCH's (TAG "...") checked against the command's and cut."""
+    untagged, tagged = raw.cmd(command)
+    tag = tagged.split(b" ", 1)[0]
+    assert tagged.startswith(tag + b" OK"), tagged
+    return [line.replace(b' (TAG "%s")' % tag, b"") for line in untagged]
+
+
+def test_esort(tmp_path: Path) -> None:
+    """SORT RETURN (RFC 5267 §3.2), with SEARCHRES (RFC 5182) and CONDSTORE (RFC 7162)."""
+    with ImapTestServer(tmp_path) as srv:
+        for i in range(4, 8):  # M4..M7: subjects "a4".."a7", sorted before the seeded three
+            srv.deliver(b"From: x@example.org\r\nSubject: a%d\r\n\r\nx\r\n" % i)
+        raw = RawClient(srv.port)
+        raw.login()
+        raw.cmd("SELECT INBOX")
+        assert raw.cmd("SORT (SUBJECT) UTF-8 ALL")[0] == [b"* SORT 4 5 6 7 3 1 2"]
+        # ALL in sort order: a range only for an ascending run
+        assert _esort(raw, "SORT RETURN (ALL) (SUBJECT) UTF-8 ALL") == [
+            b'* ESEARCH ALL 4:7,3,1:2']
+        assert _esort(raw, "SORT RETURN () (REVERSE SUBJECT) UTF-8 ALL") == [
+            b'* ESEARCH ALL 1:3,7,6,5,4']  # ties keep mailbox order
+        assert _esort(raw, "UID SORT RETURN (MIN MAX COUNT) (SUBJECT) UTF-8 NOT SUBJECT a5") == [
+            b'* ESEARCH UID MIN 4 MAX 2 COUNT 6']
+        # nothing matches: COUNT 0, no MIN/MAX/ALL (RFC 4731 §3.1)
+        assert _esort(raw, "SORT RETURN (MIN ALL COUNT) (SUBJECT) UTF-8 FROM nobody") == [
+            b'* ESEARCH COUNT 0']
+        # SAVE: "$" is the matching set; with only MIN/MAX, just those (in sort order)
+        untagged, tagged = raw.cmd("SORT RETURN (SAVE) (SUBJECT) UTF-8 FROM x@example.org")
+        assert untagged == [] and b" OK " in tagged
+        assert raw.cmd("SEARCH $")[0] == [b"* SEARCH 4 5 6 7"]
+        raw.cmd("SORT RETURN (SAVE MIN MAX) (REVERSE SUBJECT) UTF-8 FROM x@example.org")
+        assert raw.cmd("SEARCH $")[0] == [b"* SEARCH 4 7"]
+        # a MODSEQ search adds the highest mod-sequence, to SORT and to ESORT
+        raw.cmd("STORE 5 +FLAGS (\\Flagged)")
+        line = raw.cmd("SORT (SUBJECT) UTF-8 MODSEQ 1")[0][0]
+        assert line.startswith(b"* SORT 4 5 6 7 3 1 2 (MODSEQ ") and line.endswith(b")")
+        line = _esort(raw, "SORT RETURN (COUNT) (SUBJECT) UTF-8 MODSEQ 1")[0]
+        assert line.startswith(b"* ESEARCH COUNT 7 MODSEQ ")
+        # a bad RETURN option is BAD
+        assert b" BAD " in raw.cmd("SORT RETURN (BOGUS) (SUBJECT) UTF-8 ALL")[1]
+
+
 def _refs(n: int) -> list[MessageRef]:
     return [MessageRef(mailbox_id=1, uid=2 * i + 1, modseq=1, flags=frozenset(),
                        internaldate=0.0, savedate=0.0, size=1, blob_id="b")

@@ -234,12 +234,13 @@ def search(numbers: Iterable[int], *, modseq: int | None = None) -> bytes:
     return out + CRLF
 
 
-def esearch(tag: str | None, *, uid: bool, results: Mapping[str, int | Sequence[int]],
-            ) -> bytes:
+def esearch(tag: str | None, *, uid: bool,
+            results: Mapping[str, int | Sequence[int] | str]) -> bytes:
     """RFC 9051 §7.3.4 / RFC 4731: ``* ESEARCH (TAG "a") UID MIN 2 COUNT 3``.
 
     ``results`` keys MIN, MAX, COUNT, MODSEQ take ints; ALL takes the numbers
-    (written as a compact sequence set; omitted when empty, RFC 4731 §3.1).
+    (written as a compact sequence set; omitted when empty, RFC 4731 §3.1) or a
+    sequence-set already written (ESORT keeps the sort order, RFC 5267 §3.2).
     """
     out = b"* ESEARCH"
     if tag is not None:
@@ -251,7 +252,7 @@ def esearch(tag: str | None, *, uid: bool, results: Mapping[str, int | Sequence[
             assert not isinstance(v, int)
             if not v:
                 continue
-            out += b" ALL " + str(from_numbers(v)).encode()
+            out += b" ALL " + (v if isinstance(v, str) else str(from_numbers(v))).encode()
         else:
             assert isinstance(v, int)
             out += b" " + k.encode() + b" %d" % v

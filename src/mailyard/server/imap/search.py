@@ -90,7 +90,7 @@ async def _candidates(s: Session, key: sk.SearchKey) -> set[int] | None:
     return None
 
 
-def _has_modseq(key: sk.SearchKey) -> bool:
+def has_modseq(key: sk.SearchKey) -> bool:
     return _has(key, lambda k: isinstance(k, sk.ModSeqKey))
 
 
@@ -222,7 +222,7 @@ async def _flag_search(s: Session, key: sk.SearchKey) -> list[tuple[int, int, in
 async def cmd_search(s: Session, cmd: c.Search) -> Reply:
     view = s.view
     assert view is not None
-    modseq_key = _has_modseq(cmd.key)
+    modseq_key = has_modseq(cmd.key)
     if modseq_key:
         s.condstore = True
     found = await _flag_search(s, cmd.key)

@@ -168,7 +168,8 @@ class Session:
         if self.account is not None and self.deflate is None:
             caps.append("COMPRESS=DEFLATE")  # RFC 4978 §3: only once authenticated
         if _sorting() is not None:
-            caps += ["SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"]
+            caps += ["SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
+                     "THREAD=REFERENCES"]
         return caps
 
     # -- output --------------------------------------------------------------------------

@@ -3,6 +3,13 @@
 The messages are chosen with the session's SEARCH (search.run_search); each becomes a
 ``SortItem`` whose headers come from the parsed message header (only the first 64 KiB
 of each message is read when the header fits in it).
+
+``SORT RETURN (...)`` is ESORT (RFC 5267 §3.2): the answer is an ESEARCH response
+whose MIN and MAX are the first and last messages *in sort order* and whose ALL keeps
+that order (a range only for an ascending run); ``RETURN ()`` means ALL. SAVE
+(RFC 5182 §2.4) keeps the matching messages for ``$``, or just MIN/MAX when only those
+are asked for. A search on MODSEQ adds the highest mod-sequence of the matches
+(RFC 7162 §3.1.5), to the ``* SORT`` line as to the ESEARCH one.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import TYPE_CHECKING
 from mailyard.message.mime import parse_mime
 from mailyard.message.parse import HeaderField, get_first
 from mailyard.protocol.imap import commands as c
+from mailyard.protocol.imap import response as r
 from mailyard.protocol.imap.sortthread import (
     HeaderSource,
     SortItem,
@@ -21,7 +29,7 @@ from mailyard.protocol.imap.sortthread import (
     thread_messages,
 )
 from mailyard.server.imap.reply import Reply, bad, ok
-from mailyard.server.imap.search import header_bytes, run_search
+from mailyard.server.imap.search import has_modseq, header_bytes, run_search
 
 if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
@@ -33,25 +41,77 @@ def _getter(fields: list[HeaderField]) -> Callable[[str], bytes | None]:
     return lambda name: get_first(fields, name)
 
 
-async def _items(s: Session, key: c.Search | c.Sort | c.Thread, *, headers: bool
-                 ) -> list[SortItem]:
+async def _items(s: Session, key: c.Search | c.Sort | c.Thread, *, headers: bool,
+                 modseqs: list[int] | None = None) -> list[SortItem]:
     out = []
     for seq, ref in await run_search(s, key.key):
         getter: HeaderSource = _getter(parse_mime(await header_bytes(s, ref)).fields) if headers else {}
         out.append(SortItem(seq=seq, uid=ref.uid, size=ref.size,
                             internaldate=ref.internaldate, headers=getter))
+        if modseqs is not None:
+            modseqs.append(ref.modseq)
     return out
+
+
+def ordered_set(numbers: list[int]) -> str:
+    """``numbers`` as a sequence-set that keeps their order (RFC 5267 §3.2 ESORT ALL):
+    ``a:b`` only for a run ascending by one, so ``5,3:4,1`` is 5, 3, 4, 1."""
+    parts: list[str] = []
+    i, n = 0, len(numbers)
+    while i < n:
+        j = i
+        while j + 1 < n and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(str(numbers[i]) if i == j else f"{numbers[i]}:{numbers[j]}")
+        i = j + 1
+    return ",".join(parts)
 
 
 async def cmd_sort(s: Session, cmd: c.Sort) -> Reply:
     need = any(k in _HEADER_KEYS for _, k in cmd.criteria)
-    items = await _items(s, cmd, headers=need)
+    modseq_key = has_modseq(cmd.key)
+    if modseq_key:
+        s.condstore = True
+    modseqs: list[int] = []
+    items = await _items(s, cmd, headers=need, modseqs=modseqs)
     try:
         numbers = sort_messages(items, cmd.criteria, uid=cmd.uid)
     except ValueError as e:
         return bad(str(e))
-    s.send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
-    return ok(("UID " if cmd.uid else "") + "SORT completed")
+    highest = max(modseqs, default=0) if modseq_key else 0
+    done = ("UID " if cmd.uid else "") + "SORT completed"
+    if cmd.returns is None:
+        line = b"* SORT" + b"".join(b" %d" % n for n in numbers)
+        if highest:
+            line += b" (MODSEQ %d)" % highest
+        s.send(line + b"\r\n")
+        return ok(done)
+    opts = set(cmd.returns) or {"ALL"}
+    if "SAVE" in opts:
+        uid_of = {m.seq: m.uid for m in items}
+        uids = numbers if cmd.uid else [uid_of[n] for n in numbers]
+        if opts & {"MIN", "MAX"} and not opts & {"ALL", "COUNT"}:
+            keep = ([uids[0]] if uids and "MIN" in opts else []) + (
+                [uids[-1]] if uids and "MAX" in opts else [])
+            s.saved = sorted(set(keep))
+        else:
+            s.saved = sorted(uids)
+        opts.discard("SAVE")
+        if not opts:
+            return ok(done + ", result saved")
+    results: dict[str, int | str] = {}
+    if "MIN" in opts and numbers:
+        results["MIN"] = numbers[0]
+    if "MAX" in opts and numbers:
+        results["MAX"] = numbers[-1]
+    if "ALL" in opts and numbers:
+        results["ALL"] = ordered_set(numbers)
+    if "COUNT" in opts:
+        results["COUNT"] = len(numbers)
+    if highest and numbers:
+        results["MODSEQ"] = highest
+    s.send(r.esearch(cmd.tag, uid=cmd.uid, results=results))
+    return ok(done)
 
 
 async def cmd_thread(s: Session, cmd: c.Thread) -> Reply:
