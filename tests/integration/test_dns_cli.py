@@ -49,6 +49,24 @@ def test_records_then_check_round_trip(tmp_path: Path) -> None:
             assert kind.lower() in r.stdout.lower()
         out = json.loads(mailyard(data, "dns", "check", "example.test", "--json").stdout)
         assert isinstance(out, (list, dict))
+        srv = next(f for f in out if f["kind"] == "srv")
+        assert srv["status"] == "ok" and len(srv["records"]) == 6, srv
+        assert "_imaps._tcp.example.test 0 1 2993 mail.example.test" in srv["records"]
+
+        # An SRV record that does not match the listeners is a warning naming it; one
+        # for a service not listened on is reported too (the check reads the config).
+        dns.set("_imaps._tcp.example.test", {"SRV": ["0 1 993 mail.example.test."]})
+        cfg = data / "mailyard.toml"
+        cfg.write_text(re.sub(r'(?m)^pop3 = ".*"$', 'pop3 = ""', cfg.read_text()))
+        out = json.loads(mailyard(data, "dns", "check", "example.test", "--json").stdout)
+        srv = next(f for f in out if f["kind"] == "srv")
+        assert srv["status"] == "warn", srv
+        assert "_imaps does not give port 2993 on mail.example.test" in srv["message"]
+        assert "_pop3 is published but not listened on" in srv["message"]
+        dns.zone.pop("_imaps._tcp.example.test")
+        out = json.loads(mailyard(data, "dns", "check", "example.test", "--json").stdout)
+        srv = next(f for f in out if f["kind"] == "srv")
+        assert "_imaps missing (port 2993 on mail.example.test)" in srv["message"], srv
 
         # Break it the way admins do: no DMARC, a second SPF record.
         dns.zone.pop("_dmarc.example.test")

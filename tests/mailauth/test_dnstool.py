@@ -37,7 +37,8 @@ def zone_from_lines(lines: list[str]) -> dict:  # type: ignore[type-arg]
         elif rtype == "CNAME":
             node["CNAME"] = rdata
         elif rtype == "SRV":
-            node.setdefault("SRV", []).append(rdata)
+            prio, weight, port, target = rdata.split()
+            node.setdefault("SRV", []).append((int(prio), int(weight), int(port), target))
     return z
 
 
@@ -176,8 +177,10 @@ def test_round_trip_records_pass_checker() -> None:
         "dmarc": "warn",
         "mta-sts": "ok",
         "tls-rpt": "ok",
+        "srv": "ok",
         "ptr:mail.example.com": "ok",
     }, statuses
+    assert "6 client service(s) published" in f["srv"].message
     assert "p=none" in f["dmarc"].message
     text = render_findings(check(z))
     assert "0 error(s), 1 warning(s)" in text
@@ -217,6 +220,7 @@ def test_checker_missing_everything_and_temp_failures() -> None:
     f = by_kind(check({"example.com": {}}, []))
     assert f["mx"].status == "error" and f["spf"].status == "error"
     assert f["dmarc"].status == "error" and f["dkim"].status == "warn"
+    assert f["srv"].status == "warn" and "no SRV records" in f["srv"].message
     f = by_kind(check({"example.com": {"MX": [(0, "")]}}, [], servfail={"_dmarc.example.com"}))
     assert f["mx"].status == "warn" and "null MX" in f["mx"].message
     assert f["dmarc"].status == "warn" and "temporary" in f["dmarc"].message

@@ -494,8 +494,17 @@ def cmd_dns(args: argparse.Namespace) -> int:
         selectors = list(args.selector or [])
         if not selectors:
             selectors = [k[1] for k in await store.list_dkim_keys(d) if k[4]]
+        expected: dict[str, Any] | None = None
+        if await store.get_domain(d) is not None:
+            # One of ours: compare with what `dns records` prints (MX host, keys, SRV ports).
+            from mailyard.mailauth.keys import public_txt_from_private
+
+            expected = {"hostname": cfg.hostname, "ports": listener_ports(cfg.listen),
+                        "dkim": {sel: public_txt_from_private(pem, alg) for dom, sel, alg, pem, _
+                                 in await store.list_dkim_keys(d) if dom == d}}
         resolver = DnsResolver(cfg.dns.nameservers or None, timeout=cfg.dns.timeout)
-        findings = await check_domain(d, resolver=resolver, selectors=selectors, expected=None)
+        findings = await check_domain(d, resolver=resolver, selectors=selectors,
+                                      expected=expected)
         print(findings_json(findings) if args.json else render_findings(findings))
         return 1 if any(f.status == "error" for f in findings) else 0
 

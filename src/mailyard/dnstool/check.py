@@ -1,4 +1,5 @@
-"""Judge what a mail domain publishes in DNS: MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, FCrDNS.
+"""Judge what a mail domain publishes in DNS: MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, the
+RFC 6186 SRV records of the client services, FCrDNS.
 
 ``check_domain`` returns :class:`Finding` values (never raises on DNS trouble: a temporary
 failure is itself a finding); ``render_findings`` and ``findings_json`` present them.
@@ -11,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from mailyard.config import CLIENT_LISTENERS
 from mailyard.mailauth.authresults import check_iprev
 from mailyard.mailauth.dkim import DKIMTagError, _rsa_bits, key_record_problem, parse_tags
 from mailyard.mailauth.dmarc import DMARCSyntaxError, is_dmarc_record
@@ -223,6 +225,46 @@ async def _check_tagged(
     return Finding(kind, "ok", f"{version} published", recs)
 
 
+async def _check_srv(domain: str, resolver: Resolver, expected: dict[str, Any]) -> Finding:
+    """The SRV record of each client service (RFC 6186 §3). With ``expected["ports"]``
+    (our listeners' ports by name, None when not listened on) each is compared with what
+    ``dns records`` prints: the port, and the target ``expected["hostname"]``."""
+    recs: list[str] = []
+    problems: list[str] = []
+    published = 0
+    ports: dict[str, int | None] | None = expected.get("ports")
+    host = (expected.get("hostname") or "").rstrip(".").lower() or None
+    for service, _, _, _ in CLIENT_LISTENERS:
+        name = f"_{service}._tcp.{domain}"
+        try:
+            answers = await resolver.srv(name)
+        except NXDomain:
+            answers = []
+        except TempError:
+            return _temp("srv", name)
+        recs += [f"{name} {p} {w} {port} {t or '.'}" for p, w, port, t in sorted(answers)]
+        published += bool(answers)
+        if ports is None:
+            continue
+        want = ports.get(service)
+        offered = [(port, t) for _, _, port, t in answers if t]  # "." = not offered (§4)
+        if want is None:
+            if offered:
+                problems.append(f"_{service} is published but not listened on")
+        elif want == 0:  # the kernel picks the port at start: nothing fixed to compare
+            continue
+        elif not answers:
+            problems.append(f"_{service} missing (port {want} on {host})")
+        elif not any(port == want and (host is None or t == host) for port, t in offered):
+            problems.append(f"_{service} does not give port {want} on {host}")
+    if not published:
+        return Finding("srv", "warn", "no SRV records (RFC 6186): mail clients cannot find "
+                       "the servers from the address alone")
+    if problems:
+        return Finding("srv", "warn", "; ".join(problems), recs)
+    return Finding("srv", "ok", f"{published} client service(s) published", recs)
+
+
 async def _check_ptr(host: str, resolver: Resolver) -> list[Finding]:
     out = []
     addrs: list[str] = []
@@ -256,8 +298,9 @@ async def check_domain(
     selectors: list[str],
     expected: dict[str, Any] | None = None,
 ) -> list[Finding]:
-    """Check everything a mail domain publishes. ``expected`` may hold ``hostname`` (our MX)
-    and ``dkim`` ({selector: TXT value we sign with})."""
+    """Check everything a mail domain publishes. ``expected`` may hold ``hostname`` (our MX),
+    ``dkim`` ({selector: TXT value we sign with}) and ``ports`` (our client listeners'
+    ports by name, for the SRV records)."""
     expected = expected or {}
     d = domain.rstrip(".").lower()
     findings, hosts = await _check_mx(d, resolver, expected)
@@ -269,6 +312,7 @@ async def check_domain(
     findings.append(await _check_dmarc(d, resolver))
     findings.append(await _check_tagged("mta-sts", f"_mta-sts.{d}", "STSv1", "id", resolver))
     findings.append(await _check_tagged("tls-rpt", f"_smtp._tls.{d}", "TLSRPTv1", "rua", resolver))
+    findings.append(await _check_srv(d, resolver, expected))
     for h in hosts[:10]:
         findings.extend(await _check_ptr(h, resolver))
     return findings

@@ -47,6 +47,11 @@ class Resolver(Protocol):
         """Reverse names of ``ip``, without the trailing dot."""
         ...
 
+    async def srv(self, name: str) -> list[tuple[int, int, int, str]]:
+        """(priority, weight, port, target) of each SRV record (RFC 2782); the target
+        without the trailing dot, lower-case, "" for "." (service not offered)."""
+        ...
+
 
 def parse_nameserver(spec: str) -> tuple[str, int]:
     """ "127.0.0.1:5353" -> ("127.0.0.1", 5353); "[::1]:53" and a bare address work too."""
@@ -165,6 +170,9 @@ class DnsResolver:
     async def ptr(self, ip: str) -> list[str]:
         return await self._query(_reverse_name(ip), "PTR", _ptr_names)
 
+    async def srv(self, name: str) -> list[tuple[int, int, int, str]]:
+        return await self._query(name, "SRV", _srv_tuples)
+
 
 def _txt_strings(records: list) -> list[str]:  # type: ignore[type-arg]
     return [b"".join(r.strings).decode("utf-8", "replace") for r in records]
@@ -180,6 +188,15 @@ def _mx_pairs(records: list) -> list[tuple[int, str]]:  # type: ignore[type-arg]
 
 def _addresses(records: list) -> list[str]:  # type: ignore[type-arg]
     return [r.address for r in records]
+
+
+def _srv_tuples(records: list) -> list[tuple[int, int, int, str]]:  # type: ignore[type-arg]
+    out = []
+    for r in records:
+        target = r.target.to_text(omit_final_dot=True).lower()
+        out.append((int(r.priority), int(r.weight), int(r.port),
+                    "" if target in ("", ".") else target))
+    return out
 
 
 def _ptr_names(records: list) -> list[str]:  # type: ignore[type-arg]

@@ -122,3 +122,10 @@ class FakeResolver:
 
     async def ptr(self, ip: str) -> list[str]:
         return [_norm(str(v)) for v in self._lookup(reverse_name(ip), "PTR")]
+
+    async def srv(self, name: str) -> list[tuple[int, int, int, str]]:
+        out = []
+        for prio, weight, port, target in self._lookup(name, "SRV"):
+            t = _norm(target)
+            out.append((int(prio), int(weight), int(port), "" if t in ("", ".") else t))
+        return out
