@@ -38,6 +38,24 @@ def test_open_relay_battery(server: Server, rcpt: str) -> None:
     d.close()
 
 
+@pytest.mark.parametrize("rcpt", [
+    "<victim%elsewhere.example@example.test>",
+    "<elsewhere.example!victim@example.test>",
+    '<"victim@elsewhere.example"@example.test>',
+    "<alice%elsewhere.example@example.test>",  # an existing user before the %
+])
+def test_routing_syntax_is_relay_denied_even_with_a_catch_all(server: Server, rcpt: str) -> None:
+    """The %-hack, bang paths and a quoted address are relay attempts: 554 5.7.1 (not
+    550 5.1.1, and not 250 into a catch-all that would otherwise take any local part)."""
+    server.cli("alias", "add", "@example.test", "bob@example.test")
+    d = mx(server)
+    assert d.cmd("MAIL FROM:<spammer@remote.example>")[0] == 250
+    code, text = d.cmd(f"RCPT TO:{rcpt}")
+    assert code == 554 and text.startswith("554 5.7.1"), text
+    assert d.cmd("RCPT TO:<anyone@example.test>")[0] == 250  # the catch-all works
+    d.close()
+
+
 def test_unknown_user_and_known_user(server: Server) -> None:
     d = mx(server)
     assert d.cmd("MAIL FROM:<x@remote.example>")[0] == 250

@@ -52,6 +52,11 @@ _SENDER_OK = R(250, "2.1.0", "Sender OK")
 _RECIPIENT_OK = R(250, "2.1.5", "Recipient OK")
 
 
+# Local-part characters that route mail onward in old conventions (the %-hack, UUCP bang
+# paths, a quoted address): refused on the MX (on_rcpt).
+_ROUTING_CHARS = frozenset("%!@")
+
+
 @dataclass
 class Transaction:
     sender: str = ""  # canonical envelope sender, "" for <>
@@ -385,6 +390,11 @@ class SMTPSession:
             addr = canonical_address(raw)
         except AddressError:
             return R(553, "5.1.3", "Invalid recipient address")
+        if self.mode != "submission" and _ROUTING_CHARS.intersection(split_address(addr)[0]):
+            # "user%other@ours", "other!user@ours", '"user@other"@ours': routing syntax older
+            # MTAs relayed on (RFC 5321 §3.6.1, §2.3.5). Refused whoever the domain is, as
+            # Postfix does (allow_untrusted_routing = no): a catch-all must not take them.
+            return R(554, "5.7.1", "Relay access denied")
         res = await self.ctx.recipients.resolve(addr)
         if res.verdict is Verdict.LOCAL:
             size = getattr(self.txn.mail, "size", None) or 0  # SIZE= of MAIL, if given
