@@ -64,6 +64,13 @@ def test_cli_refuses_addresses_and_values_that_cannot_work(tmp_path: Path) -> No
     for bad in ("-5", "-1G", "5X"):
         r = mailyard(d, "user", "quota", "carol+x@example.test", "--", bad, check=False)
         assert r.returncode == 2 and "not a size" in r.stderr, bad
+    # A user over an alias would receive nothing (the alias is looked up first): refused.
+    mailyard(d, "alias", "add", "team@example.test", "jösé.ok@example.test")
+    r = mailyard(d, "user", "add", "team@example.test", "--password-stdin", stdin="pw-123456\n",
+                 check=False)
+    assert r.returncode != 0 and "is an alias" in r.stderr and "Traceback" not in r.stderr
+    assert "team@example.test" not in mailyard(d, "user", "list").stdout
+    mailyard(d, "alias", "remove", "team@example.test")
     # An alias over a user would take all of its mail: only with --force.
     r = mailyard(d, "alias", "add", "carol+x@example.test", "jösé.ok@example.test", check=False)
     assert r.returncode == 2 and "is a user" in r.stderr

@@ -366,6 +366,11 @@ def cmd_user(args: argparse.Namespace) -> int:
                 raise CLIError(f"{domain} is not a local domain: 'mailyard domain add {domain}' first")
             if await store.get_account(addr) is not None:
                 raise CLIError(f"user {addr} exists")
+            alias = await store.get_alias(addr)
+            if alias is not None:
+                # The alias is looked up before the account: the user would get no mail.
+                raise CLIError(f"{addr} is an alias (-> {', '.join(alias.targets)}): the user "
+                               f"would receive nothing; 'mailyard alias remove {addr}' first")
             pw = _read_password(args)
             quota_bytes = _parse_size(args.quota) if args.quota else None
             await store.add_account(addr, hash_password(pw), quota_bytes=quota_bytes)
