@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 import types
 import typing
@@ -225,6 +226,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has nan and inf; neither is a usable setting
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         if value < 0:
             raise ConfigError(f"{key}: must not be negative")
         return float(value)
@@ -266,6 +269,33 @@ def _build(cls: Any, data: dict[str, Any], *, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_hostname(hostname: str) -> str:
+    """``hostname`` as a DNS host name (one trailing dot removed, a U-label as its A-label),
+    or :class:`ConfigError`: labels of letters, digits and hyphens, none empty, none
+    starting or ending with "-", at most 63 characters each and 253 in all. IDN names
+    go through the same IDNA conversion as mail domains (``canonical_domain``)."""
+    from mailyard.policy.addresses import AddressError, canonical_domain
+
+    bad = ConfigError(f"hostname: invalid host name {hostname!r} (expected a DNS name "
+                      "such as mail.example.com)")
+    name = hostname[:-1] if hostname.endswith(".") else hostname
+    if not name or len(name) > 253 or name.startswith("["):
+        raise bad
+    if not name.isascii():
+        try:
+            name = canonical_domain(name)
+        except AddressError:
+            raise bad from None
+    labels = name.split(".")
+    for label in labels:
+        if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-" or \
+                not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
+            raise bad
+    if len(name) > 253:
+        raise bad
+    return name
+
+
 def _validate(cfg: Config) -> None:
     for name in LISTENERS:
         value = getattr(cfg.listen, name)
@@ -283,18 +313,28 @@ def _validate(cfg: Config) -> None:
         except ValueError:
             raise ConfigError(f"queue.source_address: {cfg.queue.source_address!r} "
                               "is not an IP address") from None
-    if not 1 <= cfg.queue.mta_sts_port <= 65535:
-        raise ConfigError("queue.mta_sts_port: must be between 1 and 65535")
+    for port_key in ("outbound_port", "mta_sts_port"):
+        if not 1 <= getattr(cfg.queue, port_key) <= 65535:
+            raise ConfigError(f"queue.{port_key}: must be between 1 and 65535")
     if isinstance(cfg.smtp.workers, str) and cfg.smtp.workers != "auto":
         raise ConfigError(f"smtp.workers: expected a number or \"auto\", got {cfg.smtp.workers!r}")
     if isinstance(cfg.smtp.workers, int) and cfg.smtp.workers > 64:
         raise ConfigError("smtp.workers: at most 64")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log.level: expected debug, info, warning or error, got {cfg.log.level!r}")
-    if not cfg.hostname or any(c in cfg.hostname for c in " \t\r\n\0/"):
-        raise ConfigError(f"hostname: invalid host name {cfg.hostname!r}")
-    if cfg.limits.max_recipients < 1:
-        raise ConfigError("limits.max_recipients: must be at least 1")
+    check_hostname(cfg.hostname)
+    # A timeout of 0 would end every session (or DNS query, or connection attempt) at once.
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            if (f.name == "timeout" or f.name.endswith("_timeout")) and getattr(value, f.name) <= 0:
+                raise ConfigError(f"{section.name}.{f.name}: must be greater than 0")
+    # Counts of 0 here would make the server refuse every connection or message.
+    for count_key in ("max_connections", "max_connections_per_ip", "max_recipients"):
+        if getattr(cfg.limits, count_key) < 1:
+            raise ConfigError(f"limits.{count_key}: must be at least 1")
     if cfg.limits.max_message_size < 1024:
         raise ConfigError("limits.max_message_size: must be at least 1024")
     for i, ns in enumerate(cfg.dns.nameservers):
@@ -315,6 +355,7 @@ def parse_config(text: str, *, data_dir: str | Path, source: str = CONFIG_NAME) 
     cfg = _build(Config, data)
     cfg = dataclasses.replace(cfg, data_dir=str(Path(data_dir).resolve()))
     _validate(cfg)
+    cfg = dataclasses.replace(cfg, hostname=check_hostname(cfg.hostname))
     return typing.cast(Config, cfg)
 
 

@@ -26,7 +26,7 @@ from mailyard.policy.auth import Authenticator
 from mailyard.policy.recipients import RecipientResolver
 from mailyard.server.context import ServerContext
 from mailyard.server.listeners import ConnectionGroup, ConnectionLimits, Listener
-from mailyard.server.tls import server_context
+from mailyard.server.tls import follow_current, server_context
 from mailyard.storage.interface import Store
 
 log = logging.getLogger("mailyard")
@@ -73,6 +73,10 @@ class App:
     async def start(self) -> None:
         cfg = self.config
         tls = load_tls(cfg)
+        # Listeners keep this context: a reload replaces ctx.tls, and their handshakes
+        # switch to that (STARTTLS reads ctx.tls when it upgrades).
+        if tls is not None:
+            follow_current(tls, lambda: self.ctx.tls if self.ctx is not None else None)
         if self.store is None:
             self.store = open_store(cfg, serving=True)
         await self.store.open()
@@ -179,8 +183,13 @@ class App:
             raise ConfigError(f"listen.http/https: cannot listen: {e.strerror or e}") from None
 
     def reload(self) -> None:
-        """SIGHUP: reload the config file, TLS material (in place, so STARTTLS picks it up at
-        once) and the user/alias cache."""
+        """SIGHUP: reload the config file, TLS material and the user/alias cache.
+
+        The certificate and key go into a fresh context (as at start) that replaces
+        ``ctx.tls``: STARTTLS uses it from the next upgrade, and the implicit-TLS and
+        HTTPS listeners switch to it per handshake (``follow_current``). Loading them
+        into the running context instead would keep the old certificate of any other
+        key type (OpenSSL holds one per type)."""
         if self.ctx is None:
             return
         try:
@@ -191,11 +200,7 @@ class App:
         except ConfigError as e:
             log.error("reload failed, keeping the running config: %s", e)
             return
-        if tls is not None and self.ctx.tls is not None:
-            cert, key = new.path(new.tls.cert), new.path(new.tls.key)
-            self.ctx.tls.load_cert_chain(str(cert), str(key))
-        elif tls is not None:
-            self.ctx.tls = tls
+        self.ctx.tls = tls
         if new.listen != self.config.listen:
             log.warning("listen addresses changed: they take effect at the next restart")
             new = dataclasses.replace(new, listen=self.config.listen)

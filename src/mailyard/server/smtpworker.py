@@ -205,9 +205,10 @@ async def _serve(data_dir: str, listen_fd: int, channel_fd: int, index: int) -> 
         except ConfigError as e:
             log.error("worker %d: reload failed, keeping the running config: %s", index, e)
             return
-        if fresh is not None and ctx.tls is not None:
-            ctx.tls.load_cert_chain(str(new.path(new.tls.cert)), str(new.path(new.tls.key)))
-        elif fresh is not None:
+        if fresh is not None:
+            # A fresh context, not load_cert_chain on the running one: that adds a
+            # certificate per key type, so an RSA cert replacing an EC one never showed.
+            # STARTTLS reads ctx.tls at each upgrade.
             ctx.tls = fresh
         ctx.config = new
         ctx.recipients.invalidate()

@@ -20,6 +20,12 @@ issues new tickets about the same, a full one with tickets about 190 us. TLS 1.2
 resumption, whose ticket is part of the handshake, is unchanged. After STARTTLS the
 server acknowledges the client's Finished at once instead (streams.ack_now): the
 tickets used to carry that ACK.
+
+Reloading (SIGHUP) builds a fresh context: ``load_cert_chain`` on a live one would add
+the new certificate beside the old (OpenSSL keeps one per key type, so an RSA client
+would go on getting a replaced RSA certificate). The context a listener was started
+with hands every handshake to the current one from its SNI callback
+(:func:`follow_current`), which OpenSSL runs for every ClientHello, SNI or not.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -48,6 +55,26 @@ def server_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
     ctx.num_tickets = 0  # see the module docstring
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+def follow_current(base: ssl.SSLContext,
+                   current: Callable[[], ssl.SSLContext | None]) -> None:
+    """Make handshakes started on ``base`` use ``current()`` (its certificate and key).
+
+    For servers that captured ``base`` when they started (asyncio's ``start_server``
+    with ``ssl=``, aiohttp's HTTPS site): after a reload ``current()`` returns the fresh
+    context, and each new connection switches to it before the server's certificate is
+    chosen. The other settings come from ``base``, which :func:`server_context` made the
+    same way.
+    """
+
+    def switch(conn: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
+               ctx: ssl.SSLContext) -> None:
+        fresh = current()
+        if fresh is not None and fresh is not ctx:
+            conn.context = fresh
+
+    base.sni_callback = switch
 
 
 def client_context(*, ca_file: str | None = None, verify: bool = True) -> ssl.SSLContext:
