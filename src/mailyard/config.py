@@ -322,7 +322,6 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("smtp.workers: at most 64")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log.level: expected debug, info, warning or error, got {cfg.log.level!r}")
-    check_hostname(cfg.hostname)
     # A timeout of 0 would end every session (or DNS query, or connection attempt) at once.
     for section in dataclasses.fields(cfg):
         value = getattr(cfg, section.name)
@@ -353,9 +352,9 @@ def parse_config(text: str, *, data_dir: str | Path, source: str = CONFIG_NAME) 
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
     cfg = _build(Config, data)
-    cfg = dataclasses.replace(cfg, data_dir=str(Path(data_dir).resolve()))
+    cfg = dataclasses.replace(cfg, data_dir=str(Path(data_dir).resolve()),
+                              hostname=check_hostname(cfg.hostname))
     _validate(cfg)
-    cfg = dataclasses.replace(cfg, hostname=check_hostname(cfg.hostname))
     return typing.cast(Config, cfg)
 
 
