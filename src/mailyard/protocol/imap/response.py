@@ -225,10 +225,12 @@ def vanished(uids: Iterable[int] | SequenceSet, *, earlier: bool = False) -> byt
     return b"* VANISHED " + (b"(EARLIER) " if earlier else b"") + str(s).encode() + CRLF
 
 
-def search(numbers: Iterable[int], *, modseq: int | None = None) -> bytes:
-    """Plain ``* SEARCH`` (RFC 9051 §7.3.2 / RFC 3501), with RFC 7162 MODSEQ."""
+def search(numbers: Iterable[int], *, modseq: int | None = None, kind: str = "SEARCH"
+           ) -> bytes:
+    """Plain ``* SEARCH`` (RFC 9051 §7.3.2 / RFC 3501), or ``* SORT`` (RFC 5256 §4) with
+    ``kind``, with RFC 7162 MODSEQ (§3.1.5) when there are numbers."""
     body = " ".join(str(n) for n in numbers)
-    out = b"* SEARCH" + (b" " + body.encode() if body else b"")
+    out = b"* " + kind.encode() + (b" " + body.encode() if body else b"")
     if modseq is not None and body:
         out += b" (MODSEQ %d)" % modseq
     return out + CRLF

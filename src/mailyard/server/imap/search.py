@@ -24,7 +24,7 @@ substitution in step 1 recurses at most 64 levels.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from mailyard.message.parse import find_body_start
@@ -231,11 +231,25 @@ async def cmd_search(s: Session, cmd: c.Search) -> Reply:
     numbers = [uid if cmd.uid else seq for seq, uid, _ in found]
     uids = [uid for _, uid, _ in found]
     highest = max((ms for _, _, ms in found), default=0) if modseq_key else None
-    returns = cmd.returns
-    if returns is None and not s.rev2:
+    done = ("UID " if cmd.uid else "") + "SEARCH completed"
+    if cmd.returns is None and not s.rev2:
         s.send(r.search(numbers, modseq=highest))
-        return ok(("UID " if cmd.uid else "") + "SEARCH completed")
-    opts = set(returns or ())
+        return ok(done)
+    return answer_returns(s, cmd.tag, cmd.returns or (), uid=cmd.uid, numbers=numbers,
+                          uids=uids, all_set=numbers, highest=highest, done=done)
+
+
+def answer_returns(s: Session, tag: str, returns: Iterable[str], *, uid: bool,
+                   numbers: list[int], uids: list[int], all_set: list[int] | str,
+                   highest: int | None, done: str) -> Reply:
+    """The answer to ``RETURN (...)`` of SEARCH (RFC 4731) and of SORT (ESORT, RFC 5267
+    §3.2): an ESEARCH response, after SAVE (RFC 5182) has kept the result for "$".
+
+    ``numbers`` are the matches as the client numbers them, in result order (MIN and
+    MAX are its first and last), ``uids`` the same messages' UIDs, ``all_set`` what
+    ALL gives (the numbers, or a sequence-set already written), ``highest`` the
+    MODSEQ to report when the search had a MODSEQ key. ``RETURN ()`` means ALL."""
+    opts = set(returns) or {"ALL"}
     if "SAVE" in opts:
         # RFC 5182 §2.4: with MIN and/or MAX, only those are saved.
         if opts & {"MIN", "MAX"} and not opts & {"ALL", "COUNT"}:
@@ -246,22 +260,20 @@ async def cmd_search(s: Session, cmd: c.Search) -> Reply:
                 keep.append(uids[-1])
             s.saved = sorted(set(keep))
         else:
-            s.saved = uids
+            s.saved = sorted(uids)
         opts.discard("SAVE")
         if not opts:
-            return ok(("UID " if cmd.uid else "") + "SEARCH completed, result saved")
-    if not opts:
-        opts = {"ALL"}
-    results: dict[str, int | list[int]] = {}
+            return ok(done + ", result saved")
+    results: dict[str, int | list[int] | str] = {}
     if "MIN" in opts and numbers:
         results["MIN"] = numbers[0]
     if "MAX" in opts and numbers:
         results["MAX"] = numbers[-1]
     if "ALL" in opts:
-        results["ALL"] = numbers
+        results["ALL"] = all_set
     if "COUNT" in opts:
         results["COUNT"] = len(numbers)
     if highest and numbers:
         results["MODSEQ"] = highest
-    s.send(r.esearch(cmd.tag, uid=cmd.uid, results=results))
-    return ok(("UID " if cmd.uid else "") + "SEARCH completed")
+    s.send(r.esearch(tag, uid=uid, results=results))
+    return ok(done)

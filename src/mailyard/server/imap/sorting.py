@@ -29,7 +29,7 @@ from mailyard.protocol.imap.sortthread import (
     thread_messages,
 )
 from mailyard.server.imap.reply import Reply, bad, ok
-from mailyard.server.imap.search import has_modseq, header_bytes, run_search
+from mailyard.server.imap.search import answer_returns, has_modseq, header_bytes, run_search
 
 if TYPE_CHECKING:
     from mailyard.server.imap.session import Session
@@ -78,40 +78,15 @@ async def cmd_sort(s: Session, cmd: c.Sort) -> Reply:
         numbers = sort_messages(items, cmd.criteria, uid=cmd.uid)
     except ValueError as e:
         return bad(str(e))
-    highest = max(modseqs, default=0) if modseq_key else 0
+    highest = max(modseqs, default=0) if modseq_key else None
     done = ("UID " if cmd.uid else "") + "SORT completed"
     if cmd.returns is None:
-        line = b"* SORT" + b"".join(b" %d" % n for n in numbers)
-        if highest:
-            line += b" (MODSEQ %d)" % highest
-        s.send(line + b"\r\n")
+        s.send(r.search(numbers, modseq=highest, kind="SORT"))
         return ok(done)
-    opts = set(cmd.returns) or {"ALL"}
-    if "SAVE" in opts:
-        uid_of = {m.seq: m.uid for m in items}
-        uids = numbers if cmd.uid else [uid_of[n] for n in numbers]
-        if opts & {"MIN", "MAX"} and not opts & {"ALL", "COUNT"}:
-            keep = ([uids[0]] if uids and "MIN" in opts else []) + (
-                [uids[-1]] if uids and "MAX" in opts else [])
-            s.saved = sorted(set(keep))
-        else:
-            s.saved = sorted(uids)
-        opts.discard("SAVE")
-        if not opts:
-            return ok(done + ", result saved")
-    results: dict[str, int | str] = {}
-    if "MIN" in opts and numbers:
-        results["MIN"] = numbers[0]
-    if "MAX" in opts and numbers:
-        results["MAX"] = numbers[-1]
-    if "ALL" in opts and numbers:
-        results["ALL"] = ordered_set(numbers)
-    if "COUNT" in opts:
-        results["COUNT"] = len(numbers)
-    if highest and numbers:
-        results["MODSEQ"] = highest
-    s.send(r.esearch(cmd.tag, uid=cmd.uid, results=results))
-    return ok(done)
+    uid_of = {m.seq: m.uid for m in items}
+    return answer_returns(s, cmd.tag, cmd.returns, uid=cmd.uid, numbers=numbers,
+                          uids=numbers if cmd.uid else [uid_of[n] for n in numbers],
+                          all_set=ordered_set(numbers), highest=highest, done=done)
 
 
 async def cmd_thread(s: Session, cmd: c.Thread) -> Reply:
