@@ -117,14 +117,19 @@ def _check_selector(selector: str) -> str:
     return selector.lower()
 
 
-async def _print_records(store: Any, cfg: Config, domain: str) -> None:
-    from mailyard.dnstool.records import records_for
+async def _dkim_records(store: Any, domain: str) -> list[tuple[str, str, str, bool]]:
+    """(selector, algorithm, public TXT value, active) of each DKIM key of ``domain``."""
     from mailyard.mailauth.keys import public_txt_from_private
 
-    selectors = []
-    for d, sel, alg, pem, active in await store.list_dkim_keys(domain):
-        if active and d == domain:
-            selectors.append((sel, alg, public_txt_from_private(pem, alg)))
+    return [(sel, alg, public_txt_from_private(pem, alg), active)
+            for d, sel, alg, pem, active in await store.list_dkim_keys(domain) if d == domain]
+
+
+async def _print_records(store: Any, cfg: Config, domain: str) -> None:
+    from mailyard.dnstool.records import records_for
+
+    selectors = [(sel, alg, txt) for sel, alg, txt, active in await _dkim_records(store, domain)
+                 if active]
     for line in records_for(domain, hostname=cfg.hostname, dkim_selectors=selectors,
                             ports=listener_ports(cfg.listen)):
         print(line)
@@ -496,17 +501,13 @@ def cmd_dns(args: argparse.Namespace) -> int:
     from mailyard.mailauth.resolver import DnsResolver
 
     async def check(store: Any) -> int:
-        selectors = list(args.selector or [])
-        if not selectors:
-            selectors = [k[1] for k in await store.list_dkim_keys(d) if k[4]]
+        keys = await _dkim_records(store, d)
+        selectors = list(args.selector or []) or [sel for sel, _, _, active in keys if active]
         expected: dict[str, Any] | None = None
         if await store.get_domain(d) is not None:
             # One of ours: compare with what `dns records` prints (MX host, keys, SRV ports).
-            from mailyard.mailauth.keys import public_txt_from_private
-
             expected = {"hostname": cfg.hostname, "ports": listener_ports(cfg.listen),
-                        "dkim": {sel: public_txt_from_private(pem, alg) for dom, sel, alg, pem, _
-                                 in await store.list_dkim_keys(d) if dom == d}}
+                        "dkim": {sel: txt for sel, _, txt, _ in keys}}
         resolver = DnsResolver(cfg.dns.nameservers or None, timeout=cfg.dns.timeout)
         findings = await check_domain(d, resolver=resolver, selectors=selectors,
                                       expected=expected)
