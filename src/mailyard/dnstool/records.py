@@ -15,6 +15,7 @@ from mailyard.config import CLIENT_LISTENERS
 
 TTL = 3600
 
+
 def _fqdn(name: str) -> str:
     return name.rstrip(".") + "."
 
@@ -130,8 +131,8 @@ def records_for(
 
 def srv_records(domain: str, hostname: str, ports: Mapping[str, int | None]) -> list[str]:
     """The RFC 6186 SRV lines of ``domain`` whose mail host is ``hostname``, one per
-    client listener (:data:`mailyard.config.CLIENT_LISTENERS`), with the port from ``ports`` (see :func:`records_for`).
-    """
+    client listener (:data:`mailyard.config.CLIENT_LISTENERS`), with the port from
+    ``ports`` (see :func:`records_for`)."""
     D, H = _fqdn(domain.lower()), _fqdn(hostname.lower())
     out = []
     for service, _, _, priority in CLIENT_LISTENERS:
