@@ -132,6 +132,62 @@ def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:
     assert server.stop(signal.SIGTERM) == 0
 
 
+def test_sigterm_closes_idle_sessions_at_once_and_finishes_a_message(server: Server) -> None:
+    """Idle clients (an SMTP connection between messages, a POP3 maildrop, an IMAP IDLE)
+    are told goodbye in their protocol when the server stops, instead of holding the
+    shutdown for its grace period; a message in the middle of DATA is finished first."""
+    import imaplib
+    import time
+
+    from tests.integration.harness import Dialog
+
+    idle_smtp = Dialog(*server.addr("smtp"))
+    idle_smtp.reply()
+    assert idle_smtp.cmd("EHLO idle.example")[0] == 250
+    busy = Dialog(*server.addr("smtp"))
+    busy.reply()
+    busy.cmd("EHLO busy.example")
+    assert busy.cmd("MAIL FROM:<x@remote.example>")[0] == 250
+    assert busy.cmd("RCPT TO:<bob@example.test>")[0] == 250
+    assert busy.cmd("DATA")[0] == 354
+    busy.send(b"From: x@remote.example\r\nSubject: in flight\r\n\r\nfirst half\r\n")
+    pop = Dialog(*server.addr("pop3"))
+    assert pop.line().startswith("+OK")
+    imap = imaplib.IMAP4(*server.addr("imap"), timeout=10)
+    imap.starttls(client_tls())
+    imap.login("alice@example.test", PASSWORD)
+    imap.select("INBOX")
+    tag = imap._new_tag().decode()  # type: ignore[attr-defined]
+    imap.send(f"{tag} IDLE\r\n".encode())
+    assert imap.readline().startswith(b"+")
+    assert server.proc is not None
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert idle_smtp.reply()[1].startswith("421 4.3.2")
+    assert pop.line().startswith("-ERR [SYS/TEMP]")
+    assert imap.readline().startswith(b"* BYE")
+    assert pop.closed() and idle_smtp.closed()
+    # The transaction in progress goes on to its 250; the session then closes.
+    busy.send(b"second half\r\n.\r\n")
+    assert busy.reply()[0] == 250
+    assert busy.reply()[1].startswith("421 4.3.2")
+    assert server.proc.wait(15) == 0
+    assert time.monotonic() - started < 10  # not the 20 s grace
+    server.proc = None
+    server.start()
+    import poplib
+
+    p = poplib.POP3(*server.addr("pop3"), timeout=10)
+    p.stls(client_tls())
+    p.user("bob@example.test")
+    p.pass_(PASSWORD)
+    assert p.stat()[0] == 1
+    assert b"second half" in b"\r\n".join(p.retr(1)[1])
+    p.quit()
+    for c in (idle_smtp, busy, pop):
+        c.close()
+
+
 def test_kill9_after_250_keeps_the_message(server: Server) -> None:
     msgs = []
     with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:

@@ -223,6 +223,8 @@ class App:
     async def stop(self) -> None:
         for lst in self.listeners:
             lst.stop_accepting()
+        if self.ctx is not None:
+            self.ctx.quiesce.stop()  # idle sessions close now, busy ones when done
         if self.queue_runner is not None:
             with contextlib.suppress(Exception):
                 await self.queue_runner.stop()

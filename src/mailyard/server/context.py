@@ -17,6 +17,7 @@ from mailyard.config import Config
 from mailyard.mailauth.resolver import Resolver
 from mailyard.policy.auth import Authenticator
 from mailyard.policy.recipients import RecipientResolver
+from mailyard.server.streams import Quiesce
 from mailyard.storage.interface import Store
 
 
@@ -35,6 +36,8 @@ class ServerContext:
     # Set by the app once its listeners are bound: listener name -> port (a configured
     # port 0 becomes the real one), for what the HTTP endpoints tell mail clients.
     bound_ports: dict[str, int] = field(default_factory=dict)
+    # Stopping: sessions idle between commands close at once (server/streams.py).
+    quiesce: Quiesce = field(default_factory=Quiesce)
 
     @property
     def hostname(self) -> str:

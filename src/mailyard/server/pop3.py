@@ -61,7 +61,12 @@ from mailyard.protocol.pop3 import (
     Top,
 )
 from mailyard.server.context import ServerContext
-from mailyard.server.streams import ReadWatchdog, below_high_water, upgrade_to_tls
+from mailyard.server.streams import (
+    ReadWatchdog,
+    SessionStopping,
+    below_high_water,
+    upgrade_to_tls,
+)
 from mailyard.storage.interface import BlobSetReader
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
@@ -103,6 +108,8 @@ async def handle_pop3(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         pass
     except TimeoutError:
         session.try_send(b"-ERR Disconnected for inactivity\r\n")
+    except SessionStopping:
+        session.try_send(b"-ERR [SYS/TEMP] Server shutting down\r\n")
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -160,8 +167,11 @@ class _Session:
             await self.writer.drain()
 
     async def read(self) -> bytes:
-        """The next octets from the peer; TimeoutError after ``timeout`` s of silence."""
-        return await self.watchdog.read(self.reader, READ_CHUNK, self.loop.time() + self.timeout)
+        """The next octets from the peer; TimeoutError after ``timeout`` s of silence,
+        SessionStopping when the server stops meanwhile (every POP3 wait is between
+        commands: nothing is left half done, and without QUIT no DELE takes effect)."""
+        return await self.watchdog.read(self.reader, READ_CHUNK, self.loop.time() + self.timeout,
+                                        self.ctx.quiesce)
 
     def try_send(self, data: bytes) -> None:
         """A last word before closing; after the replies the core still holds."""

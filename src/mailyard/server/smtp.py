@@ -32,7 +32,7 @@ from mailyard.protocol.smtp import server as core
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.server.context import ServerContext
 from mailyard.server.delivery import Submission, accept_message, auth_pipeline
-from mailyard.server.streams import ReadWatchdog, upgrade_to_tls
+from mailyard.server.streams import ReadWatchdog, SessionStopping, upgrade_to_tls
 from mailyard.storage.interface import InsufficientStorage, Spool, StorageError
 from mailyard.storage.models import Account
 
@@ -55,6 +55,8 @@ _RECIPIENT_OK = R(250, "2.1.5", "Recipient OK")
 # Local-part characters that route mail onward in old conventions (the %-hack, UUCP bang
 # paths, a quoted address): refused on the MX (on_rcpt).
 _ROUTING_CHARS = frozenset("%!@")
+# Core states with no transaction in progress: a stopping server may close there.
+_IDLE = frozenset((core.State.GREETED, core.State.READY))
 
 
 @dataclass
@@ -172,11 +174,18 @@ class SMTPSession:
             self.txn.spool.size / MIN_DATA_RATE
 
     async def read_more(self) -> bool:
+        # Between transactions (GREETED, READY) a stopping server may end the wait: the
+        # core then answers 421 and closes; a transaction in progress is finished first.
+        quiesce = self.ctx.quiesce if self.conn.state in _IDLE else None
         # Moving the deadline costs an assignment: the watchdog keeps one lazy timer.
         try:
-            data = await self._watchdog.read(self.reader, READ_CHUNK, self._current_deadline())
+            data = await self._watchdog.read(self.reader, READ_CHUNK, self._current_deadline(),
+                                             quiesce)
         except TimeoutError:
             return await self._timeout()
+        except SessionStopping:
+            self.conn.shutdown()
+            return True
         if not data:
             self.conn.receive_eof()
             return True

@@ -225,6 +225,7 @@ async def _serve(data_dir: str, listen_fd: int, channel_fd: int, index: int) -> 
     gone = asyncio.create_task(store.closed.wait())
     await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
     listener.stop_accepting()
+    ctx.quiesce.stop()
     if gone.done():
         log.error("worker %d: the server process is gone, exiting", index)
         code = 1

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 
 def discard_buffered(reader: asyncio.StreamReader) -> None:
@@ -77,6 +77,45 @@ async def upgrade_to_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     ack_now(sock)
 
 
+class SessionStopping(Exception):
+    """The server is stopping and the session was waiting for its client's next command."""
+
+
+class Interruptible(Protocol):
+    def interrupt(self) -> None: ...
+
+
+class Quiesce:
+    """How a stopping server tells its sessions (one per server process).
+
+    A session waiting for its client's next command, with nothing of its own in flight
+    (no SMTP transaction, no POP3 or IMAP command half received), registers for that
+    wait; ``stop()`` interrupts every registered wait, and a session that starts one
+    after ``stop()`` sees ``stopping`` first. Each then says goodbye in its protocol
+    (421, -ERR, * BYE) and closes, so an idle client (an IMAP IDLE, a pooled SMTP
+    connection) does not hold the shutdown for its grace period, while a session in
+    the middle of a message finishes it first.
+    """
+
+    __slots__ = ("_waiting", "stopping")
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._waiting: set[Interruptible] = set()
+
+    def add(self, session: Interruptible) -> None:
+        self._waiting.add(session)
+
+    def discard(self, session: Interruptible) -> None:
+        self._waiting.discard(session)
+
+    def stop(self) -> None:
+        self.stopping = True
+        waiting, self._waiting = self._waiting, set()
+        for session in waiting:
+            session.interrupt()
+
+
 class ReadWatchdog:
     """Bounds every wait for the peer with one lazy timer per session.
 
@@ -89,9 +128,12 @@ class ReadWatchdog:
     TimeoutError (told apart from a cancellation from outside the way
     ``asyncio.timeout`` does it, with ``Task.uncancel``). A busy session so arms about
     one timer per timeout period. ``close()`` at the end of the session.
+
+    A read given a :class:`Quiesce` is a wait between commands: it raises
+    SessionStopping at once when the server is stopping, or when ``stop()`` interrupts it.
     """
 
-    __slots__ = ("_deadline", "_fired", "_loop", "_reading", "_task", "_timer")
+    __slots__ = ("_deadline", "_fired", "_loop", "_reading", "_stopped", "_task", "_timer")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -100,10 +142,16 @@ class ReadWatchdog:
         self._deadline = 0.0
         self._reading = False
         self._fired = False
+        self._stopped = False
 
-    async def read(self, reader: asyncio.StreamReader, n: int, deadline: float) -> bytes:
+    async def read(self, reader: asyncio.StreamReader, n: int, deadline: float,
+                   quiesce: Quiesce | None = None) -> bytes:
         if deadline <= self._loop.time():
             raise TimeoutError
+        if quiesce is not None:
+            if quiesce.stopping:
+                raise SessionStopping
+            quiesce.add(self)
         self._deadline = deadline
         timer = self._timer
         if timer is None or timer.when() > deadline:  # none, or a later one: (re-)arm
@@ -113,14 +161,25 @@ class ReadWatchdog:
             return await reader.read(n)
         except asyncio.CancelledError:
             task = self._task
-            if not self._fired or task is None:
+            if not (self._fired or self._stopped) or task is None:
                 raise
-            self._fired = False
+            stopped = self._stopped
+            self._fired = self._stopped = False
             if task.uncancel() > 0:
-                raise  # cancelled from outside as well (shutting down)
+                raise  # cancelled from outside as well
+            if stopped:
+                raise SessionStopping from None
             raise TimeoutError from None
         finally:
             self._reading = False
+            if quiesce is not None:
+                quiesce.discard(self)
+
+    def interrupt(self) -> None:
+        """End the read in progress with SessionStopping (from Quiesce.stop)."""
+        if self._reading and self._task is not None and not (self._fired or self._stopped):
+            self._stopped = True
+            self._task.cancel()
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -134,6 +193,8 @@ class ReadWatchdog:
         if self._loop.time() < self._deadline:
             self._arm(self._deadline)
             return
+        if self._stopped:
+            return  # already interrupted
         self._fired = True
         self._task.cancel()
 

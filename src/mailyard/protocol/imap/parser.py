@@ -110,6 +110,12 @@ class CommandParser:
         self._buf.clear()
         return data
 
+    @property
+    def between_commands(self) -> bool:
+        """Nothing of a command received yet: no partial line, literal or exchange."""
+        return (self._mode == "line" and not self._buf and not self._segs
+                and self._idle_tag is None and self._sasl_tag is None)
+
     def expect_idle_done(self, tag: str) -> None:
         """The adapter sent ``+ idling``: the next line must be DONE."""
         self._idle_tag = tag

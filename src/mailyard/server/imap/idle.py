@@ -47,8 +47,9 @@ async def cmd_idle(s: Session, cmd: c.Idle) -> Reply:
             if change_task is None and sub is not None:
                 change_task = asyncio.ensure_future(sub.get())
             waiting = {t for t in (read_task, change_task) if t is not None}
-            done, _ = await asyncio.wait(waiting, timeout=s.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            with s.stoppable():  # a stopping server ends IDLE with * BYE
+                done, _ = await asyncio.wait(waiting, timeout=s.timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 raise TimeoutError
             if change_task is not None and change_task in done:

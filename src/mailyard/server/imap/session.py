@@ -26,7 +26,7 @@ import contextlib
 import logging
 import ssl
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from mailyard.protocol import sasl
@@ -39,7 +39,7 @@ from mailyard.server.context import ServerContext
 from mailyard.server.imap import recent
 from mailyard.server.imap.reply import CommandFailed, Reply, bad, no, ok
 from mailyard.server.imap.view import MailboxView
-from mailyard.server.streams import below_high_water, upgrade_to_tls
+from mailyard.server.streams import SessionStopping, below_high_water, upgrade_to_tls
 from mailyard.storage.changes import RESYNC
 from mailyard.storage.interface import (
     AlreadyExists,
@@ -88,6 +88,8 @@ async def handle_imap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         pass
     except TimeoutError:
         session.try_send(r.bye("Autologout; idle for too long"))
+    except SessionStopping:
+        session.try_send(r.bye("Server shutting down"))
     except asyncio.CancelledError:
         # Server shutdown. The task ends here instead of re-raising: on Python 3.11 the
         # stream server's done-callback logs a cancelled handler task as an error.
@@ -124,6 +126,8 @@ class Session:
         self.inflate_full = False  # the last decompress hit READ_CHUNK: more may be pending
         self.out: list[bytes] = []  # sent but not yet handed to the transport (see send())
         self.out_size = 0
+        self.task = asyncio.current_task()  # made in the connection's own task
+        self.interrupted = False  # the server is stopping (interrupt())
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -286,20 +290,48 @@ class Session:
             raise Closed
         self.parser.feed(data)
 
-    async def next_event(self) -> c.Event:
+    async def next_event(self, *, between_commands: bool = False) -> c.Event:
+        """The next parsed event. ``between_commands``: the main loop's wait for a new
+        command, which a stopping server ends (SessionStopping) unless part of one came."""
         while True:
             ev = self.parser.next()
             if ev is not c.NEED_DATA:
                 return ev
             await self.flush()
-            await self.read_more()
+            if between_commands and self.parser.between_commands:
+                with self.stoppable():
+                    await self.read_more()
+            else:
+                await self.read_more()
+
+    @contextlib.contextmanager
+    def stoppable(self) -> Iterator[None]:
+        """A wait for the client that ``interrupt()`` may end with SessionStopping."""
+        quiesce = self.ctx.quiesce
+        if quiesce.stopping:
+            raise SessionStopping
+        quiesce.add(self)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self.interrupted or self.task is None or self.task.uncancel() > 0:
+                raise
+            raise SessionStopping from None
+        finally:
+            quiesce.discard(self)
+
+    def interrupt(self) -> None:
+        """The server is stopping: end the wait ``stoppable()`` guards (server/streams.py)."""
+        if self.task is not None and not self.interrupted:
+            self.interrupted = True
+            self.task.cancel()
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
         self.send(r.untagged("OK", "mailyard ready",
                              "CAPABILITY " + " ".join(self.capabilities())))
         while self.state is not State.LOGOUT:
-            ev = await self.next_event()
+            ev = await self.next_event(between_commands=True)
             await self.handle_event(ev)
         await self.flush()
 
