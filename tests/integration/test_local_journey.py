@@ -163,3 +163,28 @@ def test_notify_success_gets_a_delivered_report(server: Server) -> None:
         assert s.data(b"From: someone@remote.example\r\nSubject: x\r\n\r\nhi\r\n")[0] == 250
     listing = server.cli("queue", "list").stdout
     assert "someone@remote.example" in listing and "<>" in listing, listing
+
+
+def test_a_return_path_the_client_wrote_is_replaced_not_kept(server: Server) -> None:
+    """RFC 5321 §4.4: Return-Path is added at final delivery; one written by the client
+    (folded or not, any case) is dropped, over MX and submission alike, so the stored
+    copy has exactly one, ours. A "Return-Path:" in the body is content, kept."""
+    forged = (b"Return-Path: <ceo@forged.example>\r\n"
+              b"From: Alice <alice@example.test>\r\n"
+              b"return-path:\r\n <other@forged.example>\r\n"
+              b"Subject: trace\r\n\r\n"
+              b"Return-Path: <in-the-body@example.test>\r\n")
+    with smtplib.SMTP(*server.addr("submission"), timeout=10) as s:
+        s.starttls(context=client_tls())
+        s.login("alice@example.test", PASSWORD)
+        s.sendmail("alice@example.test", ["bob@example.test"], forged)
+    with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+        s.sendmail("x@remote.example", ["bob@example.test"], forged)
+    msgs = _pop_all(server, "bob@example.test")
+    assert len(msgs) == 2
+    for stored, sender in zip(msgs, (b"alice@example.test", b"x@remote.example"), strict=True):
+        head = stored[: stored.index(b"\r\n\r\n")]
+        assert head.startswith(b"Return-Path: <" + sender + b">\r\n")
+        assert head.lower().count(b"return-path") == 1
+        assert b"forged.example" not in head
+        assert stored.endswith(b"\r\n\r\nReturn-Path: <in-the-body@example.test>\r\n")

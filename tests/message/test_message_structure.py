@@ -11,7 +11,7 @@ from __future__ import annotations
 from mailyard.message.bodystructure import body, bodystructure, count_lines
 from mailyard.message.envelope import envelope, parse_address_list
 from mailyard.message.mime import parse_mime
-from mailyard.message.parse import parse_fields
+from mailyard.message.parse import drop_fields, parse_fields
 from mailyard.protocol.imap.response import serialize
 
 CRLF = b"\r\n"
@@ -210,3 +210,15 @@ def test_envelope_sender_reply_to_default_and_8bit() -> None:
     # 8-bit header text is sent as a literal unless UTF8=ACCEPT
     assert serialize(env[1]) == b"{7}\r\n" + "Grüße".encode()
     assert serialize(env[1], utf8=True) == '"Grüße"'.encode()
+
+
+def test_drop_fields_removes_named_fields_with_their_folds_only_from_the_header() -> None:
+    rp = frozenset((b"return-path",))
+    msg = (b"Return-Path: <a@b>\r\nFrom: x\r\nRETURN-PATH :\r\n\t<c@d>\r\n"
+           b"X-Return-Path: keep\r\nSubject: return-path: keep\r\n\r\nReturn-Path: body\r\n")
+    assert drop_fields(msg, rp) == (b"From: x\r\nX-Return-Path: keep\r\n"
+                                    b"Subject: return-path: keep\r\n\r\nReturn-Path: body\r\n")
+    assert drop_fields(b"From: a\r\n\r\nReturn-Path: <x@y>\r\n", rp) is None  # body only
+    assert drop_fields(b"From: a\r\nX-Return-Path: y\r\n\r\n", rp) is None  # a look-alike
+    assert drop_fields(b"From: a\nReturn-path: <>\n\nbody", rp) == b"From: a\n\nbody"  # bare LF
+    assert drop_fields(b"Return-Path: <x@y>", rp) == b""  # no body at all

@@ -83,6 +83,37 @@ def parse_fields(data: bytes, start: int = 0, end: int | None = None) -> list[He
     return fields
 
 
+def drop_fields(data: bytes, names: frozenset[bytes]) -> bytes | None:
+    """``data`` (a message) without its header fields named in ``names`` (lower case),
+    folded lines included; every other octet kept. None when there is none to drop.
+    Unlike ``parse_fields`` this is not bounded by MAX_FIELDS: a field past it is dropped too.
+    """
+    probe = data.find(b"\r\n\r\n")  # a cheap look first: it never ends before the header
+    head = (data if probe < 0 else data[:probe]).lower()
+    if not any(n in head for n in names):
+        return None
+    end = find_body_start(data)
+    head = head[:end]
+    out: list[bytes] = []
+    pos = 0
+    dropping = False
+    dropped = False
+    while pos < end:
+        nl = data.find(b"\n", pos, end)
+        line_end = end if nl < 0 else nl + 1
+        if data[pos : pos + 1] not in (b" ", b"\t"):  # a new field (or the blank line)
+            name, colon, _ = head[pos:line_end].partition(b":")
+            dropping = bool(colon) and name.rstrip(b" \t") in names
+            dropped = dropped or dropping
+        if not dropping:
+            out.append(data[pos:line_end])
+        pos = line_end
+    if not dropped:
+        return None
+    out.append(data[end:])
+    return b"".join(out)
+
+
 _FOLD_RE = re.compile(rb"\r?\n(?=[ \t])")
 
 

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailyard.message.parse import utc_date
+from mailyard.message.parse import drop_fields, utc_date
 from mailyard.message.text import index_text
 from mailyard.policy.addresses import AddressError, canonical_domain, split_address
 from mailyard.policy.recipients import Verdict
@@ -178,6 +178,22 @@ class _Body:
         if self._data is None:
             self._data = self.spool.read_all()
         return self._data
+
+
+_RETURN_PATH = frozenset((b"return-path",))
+
+
+def _drop_return_path(ctx: ServerContext, body: _Body) -> _Body:
+    """Remove Return-Path fields the client wrote: the one that counts is added at final
+    delivery (RFC 5321 §4.4), and a message arriving with one would be stored with two,
+    the forged one read by some clients. Postfix drops them the same way."""
+    stripped = drop_fields(body.data, _RETURN_PATH)
+    if stripped is None:
+        return body
+    clean = ctx.store.blobs.new_spool()
+    clean.write(stripped)
+    body.spool.abort()
+    return _Body(clean, stripped)
 
 
 def _strip_forged_results(ctx: ServerContext, body: _Body) -> _Body:
@@ -384,8 +400,12 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
             auth_header, mailbox, refusal = await _authenticate(ctx, sub, body.data)
             if refusal is not None:
                 return refusal
+            # After the checks (a signature may cover the field), before the ARC seal.
+            body = _drop_return_path(ctx, body)
         else:
+            body = _drop_return_path(ctx, body)
             auth_header = await _sign(ctx, sub, body)
+        spool = body.spool
         account_ids: list[int] = []
         for _addr, ids in sub.local_rcpts:
             for i in ids:
