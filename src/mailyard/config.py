@@ -316,6 +316,17 @@ def _validate(cfg: Config) -> None:
     for port_key in ("outbound_port", "mta_sts_port"):
         if not 1 <= getattr(cfg.queue, port_key) <= 65535:
             raise ConfigError(f"queue.{port_key}: must be between 1 and 65535")
+    # A retry interval of 0 would retry a failing destination in a loop; an expiry of 0
+    # would bounce every message before its first attempt.
+    for key in ("retry_initial", "expire"):
+        if getattr(cfg.queue, key) <= 0:
+            raise ConfigError(f"queue.{key}: must be greater than 0")
+    if cfg.queue.retry_max < cfg.queue.retry_initial:
+        raise ConfigError("queue.retry_max: must be at least queue.retry_initial")
+    if cfg.queue.delay_warning < 0:
+        raise ConfigError("queue.delay_warning: must be 0 (off) or more")
+    if cfg.queue.concurrency_per_destination < 1:
+        raise ConfigError("queue.concurrency_per_destination: must be at least 1")
     if isinstance(cfg.smtp.workers, str) and cfg.smtp.workers != "auto":
         raise ConfigError(f"smtp.workers: expected a number or \"auto\", got {cfg.smtp.workers!r}")
     if isinstance(cfg.smtp.workers, int) and cfg.smtp.workers > 64:

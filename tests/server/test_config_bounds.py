@@ -84,6 +84,23 @@ def test_zero_connection_and_recipient_limits_are_refused(tmp_path: Path, key: s
     _assert_rejected(tmp_path, f"[limits]\n{key} = 0\n", f"limits.{key}")
 
 
+@pytest.mark.parametrize(("text", "key"), [
+    ("retry_initial = 0", "queue.retry_initial"),  # a failing destination retried in a loop
+    ("retry_initial = -5.0", "queue.retry_initial"),
+    ("expire = 0", "queue.expire"),  # every message bounced before its first attempt
+    ("retry_initial = 600.0\nretry_max = 60.0", "queue.retry_max"),
+    ("delay_warning = -1.0", "queue.delay_warning"),
+    ("concurrency_per_destination = 0", "queue.concurrency_per_destination"),
+])
+def test_queue_intervals_that_cannot_work_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    _assert_rejected(tmp_path, f"[queue]\n{text}\n", key)
+
+
+def test_queue_intervals_that_work_are_fine(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, "[queue]\nretry_initial = 1.0\nretry_max = 1.0\ndelay_warning = 0\n")
+    assert (cfg.queue.retry_initial, cfg.queue.retry_max, cfg.queue.delay_warning) == (1, 1, 0)
+
+
 def test_limits_of_one_and_small_timeouts_are_fine(tmp_path: Path) -> None:
     cfg = _load(tmp_path, "[limits]\nmax_connections = 1\nmax_connections_per_ip = 1\n"
                           "command_timeout = 0.5\n[dns]\ntimeout = 0.1\n")

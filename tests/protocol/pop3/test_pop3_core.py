@@ -217,6 +217,8 @@ CASES = [
          b"+OK %d octets\r\nSubject: three\r\nX: y\r\n\r\nl1\r\n.\r\n" % len(M3)),
     Case("top-zero-lines", "trans", b"TOP 3 0\r\n",
          b"+OK %d octets\r\nSubject: three\r\nX: y\r\n\r\n.\r\n" % len(M3)),
+    Case("top-more-lines-than-the-body", "trans", b"TOP 3 99999999999999999999999\r\n",
+         b"+OK %d octets\r\n" % len(M3) + stuffed(M3)),
     Case("top-negative-lines", "trans", b"TOP 1 -1\r\n", b"-ERR Invalid number of lines\r\n"),
     Case("top-non-numeric-lines", "trans", b"TOP 1 x\r\n", b"-ERR Invalid number of lines\r\n"),
     Case("top-missing-lines", "trans", b"TOP 1\r\n", b"-ERR Syntax: TOP msg n\r\n"),

@@ -92,8 +92,8 @@ TABLE = [
         ["501 5.5.4 Invalid parameter value"],
         [],
     ),
-    ("ready", b"MAIL FROM:<a@example.org> AUTH=<>\r\n", ["250 2.1.0 Sender OK"], ["MailFrom"]),
-    ("ready", b"MAIL FROM:<a@example.org> AUTH\r\n", ["501 5.5.4 Invalid parameter value"], []),
+    # AUTH= belongs to the AUTH extension, which an MX does not offer (RFC 5321 §4.1.1.11).
+    ("ready", b"MAIL FROM:<a@example.org> AUTH=<>\r\n", ["555 5.5.4 Unsupported parameter"], []),
     ("ready", b"MAIL FROM:<>\r\n", ["250 2.1.0 Sender OK"], ["MailFrom"]),
     ("mail", b"MAIL FROM:<a@example.org>\r\n", ["503 5.5.1 Sender already specified"], []),
     ("mail", b"DATA\r\n", ["554 5.5.1 No valid recipients"], []),
@@ -335,12 +335,14 @@ def test_auth_then_mail_on_submission() -> None:
         return None
 
     run = start(settings, tls_active=True, decide=decide, setup=b"EHLO c\r\n")
-    run.feed(b"AUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nMAIL FROM:<alice@example.test>\r\n")
+    run.feed(b"AUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\nMAIL FROM:<alice@example.test> AUTH\r\n"
+             b"MAIL FROM:<alice@example.test> AUTH=<>\r\n")
     assert run.lines() == [
         "334 VXNlcm5hbWU6",
         "334 UGFzc3dvcmQ6",
         "235 2.7.0 Authentication successful",
-        "250 2.1.0 Sender OK",
+        "501 5.5.4 Invalid parameter value",
+        "250 2.1.0 Sender OK",  # AUTH=<> (RFC 4954 §5) where AUTH is offered
     ]
     creds = next(e for e in seen if isinstance(e, ev.AuthCredentials))
     assert isinstance(creds, ev.AuthCredentials)

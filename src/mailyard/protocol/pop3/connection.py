@@ -79,6 +79,8 @@ _MAX_REPLY_TEXT = 400
 RESP_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/TEMP", "SYS/PERM", "AUTH", "UTF8"})
 
 _NUMBER = re.compile(r"[0-9]{1,9}\Z")
+_LINES = re.compile(r"[0-9]+\Z")
+_ALL_LINES = 1 << 62  # more lines than any message has
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MECHANISMS = tuple(sasl.MECHANISMS)
 
@@ -514,11 +516,12 @@ class POP3Connection:
         n = self._message(args[0])
         if n is None:
             return None
-        # RFC 1939 §7: "n" is a non-negative number of lines.
-        if not _NUMBER.match(args[1]):
+        # RFC 1939 §7: "n" is a non-negative number of lines; more than the body has
+        # gives the whole message, however many digits it is written with.
+        if not _LINES.match(args[1]):
             self._reply_err("Invalid number of lines")
             return None
-        return Top(n, int(args[1]))
+        return Top(n, min(int(args[1]), _ALL_LINES))
 
     def _cmd_dele(self, args: list[str]) -> None:
         n = self._message(args[0])

@@ -24,8 +24,9 @@ _ADDR_TYPE_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 
 
 # MAIL FROM:<path> [params]  (RFC 5321 §4.1.1.2)
-def parse_mail(arg: str, *, max_message_size: int) -> Reply | MailFrom:
-    """The argument of MAIL (after the verb) to an event, or the error reply."""
+def parse_mail(arg: str, *, max_message_size: int, auth: bool = True) -> Reply | MailFrom:
+    """The argument of MAIL (after the verb) to an event, or the error reply.
+    ``auth``: the AUTH extension is offered, so its AUTH= parameter may be used."""
     if arg[:5].upper() != "FROM:":
         return R.SYNTAX_ERROR
     try:
@@ -71,6 +72,8 @@ def parse_mail(arg: str, *, max_message_size: int) -> Reply | MailFrom:
             except ParamError:
                 return R.BAD_PARAM_VALUE
         elif key == "AUTH":
+            if not auth:
+                return R.UNKNOWN_PARAM  # not advertised (port 25): RFC 5321 §4.1.1.11
             # RFC 4954 §5: we may ignore it, but it must still be xtext.
             try:
                 xtext_decode(value or "")

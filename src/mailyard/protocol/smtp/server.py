@@ -633,7 +633,8 @@ class SMTPServerConnection:
     def _cmd_mail(self, arg: str) -> Reply | Event:
         if self.settings.auth_required and self.authenticated_as is None:
             return R.AUTH_REQUIRED  # RFC 4954 §6
-        return parse_mail(arg, max_message_size=self.settings.max_message_size)
+        return parse_mail(arg, max_message_size=self.settings.max_message_size,
+                          auth=bool(self.settings.allow_auth))
 
     # RCPT TO:<path> [params]  (RFC 5321 §4.1.1.3)
     def _cmd_rcpt(self, arg: str) -> Reply | Event:
