@@ -132,6 +132,19 @@ def test_sigterm_exits_cleanly_and_sighup_reloads(server: Server) -> None:
     assert server.stop(signal.SIGTERM) == 0
 
 
+def _pop3_inbox(server: Server, user: str) -> list[bytes]:
+    """Every message of ``user``'s INBOX over POP3 with STLS, as stored (CRLF)."""
+    import poplib
+
+    p = poplib.POP3(*server.addr("pop3"), timeout=10)
+    p.stls(client_tls())
+    p.user(user)
+    p.pass_(PASSWORD)
+    got = [b"\r\n".join(p.retr(i)[1]) + b"\r\n" for i in range(1, p.stat()[0] + 1)]
+    p.quit()
+    return got
+
+
 def test_sigterm_closes_idle_sessions_at_once_and_finishes_a_message(server: Server) -> None:
     """Idle clients (an SMTP connection between messages, a POP3 maildrop, an IMAP IDLE)
     are told goodbye in their protocol when the server stops, instead of holding the
@@ -139,18 +152,14 @@ def test_sigterm_closes_idle_sessions_at_once_and_finishes_a_message(server: Ser
     import imaplib
     import time
 
+    from tests.hardening.helpers import dialog_in_data
     from tests.integration.harness import Dialog
 
     idle_smtp = Dialog(*server.addr("smtp"))
     idle_smtp.reply()
     assert idle_smtp.cmd("EHLO idle.example")[0] == 250
-    busy = Dialog(*server.addr("smtp"))
-    busy.reply()
-    busy.cmd("EHLO busy.example")
-    assert busy.cmd("MAIL FROM:<x@remote.example>")[0] == 250
-    assert busy.cmd("RCPT TO:<bob@example.test>")[0] == 250
-    assert busy.cmd("DATA")[0] == 354
-    busy.send(b"From: x@remote.example\r\nSubject: in flight\r\n\r\nfirst half\r\n")
+    busy = dialog_in_data(server, "bob@example.test")
+    busy.send(b"From: sender@remote.example\r\nSubject: in flight\r\n\r\nfirst half\r\n")
     pop = Dialog(*server.addr("pop3"))
     assert pop.line().startswith("+OK")
     imap = imaplib.IMAP4(*server.addr("imap"), timeout=10)
@@ -175,15 +184,8 @@ def test_sigterm_closes_idle_sessions_at_once_and_finishes_a_message(server: Ser
     assert time.monotonic() - started < 10  # not the 20 s grace
     server.proc = None
     server.start()
-    import poplib
-
-    p = poplib.POP3(*server.addr("pop3"), timeout=10)
-    p.stls(client_tls())
-    p.user("bob@example.test")
-    p.pass_(PASSWORD)
-    assert p.stat()[0] == 1
-    assert b"second half" in b"\r\n".join(p.retr(1)[1])
-    p.quit()
+    stored = _pop3_inbox(server, "bob@example.test")
+    assert len(stored) == 1 and b"first half\r\nsecond half\r\n" in stored[0]
     for c in (idle_smtp, busy, pop):
         c.close()
 
@@ -197,15 +199,8 @@ def test_kill9_after_250_keeps_the_message(server: Server) -> None:
             msgs.append(body)
     server.kill9()
     server.start()
-    import poplib
-
-    p = poplib.POP3(*server.addr("pop3"), timeout=10)
-    p.stls(client_tls())
-    p.user("bob@example.test")
-    p.pass_(PASSWORD)
-    assert p.stat()[0] == 20
-    got = [b"\r\n".join(p.retr(i)[1]) + b"\r\n" for i in range(1, 21)]
-    p.quit()
+    got = _pop3_inbox(server, "bob@example.test")
+    assert len(got) == 20
     for body, stored in zip(msgs, got, strict=True):
         assert stored.endswith(body)
 
