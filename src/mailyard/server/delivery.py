@@ -187,13 +187,7 @@ def _drop_return_path(ctx: ServerContext, body: _Body) -> _Body:
     """Remove Return-Path fields the client wrote: the one that counts is added at final
     delivery (RFC 5321 §4.4), and a message arriving with one would be stored with two,
     the forged one read by some clients. Postfix drops them the same way."""
-    stripped = drop_fields(body.data, _RETURN_PATH)
-    if stripped is None:
-        return body
-    clean = ctx.store.blobs.new_spool()
-    clean.write(stripped)
-    body.spool.abort()
-    return _Body(clean, stripped)
+    return _rewritten(ctx, body, drop_fields(body.data, _RETURN_PATH))
 
 
 def _strip_forged_results(ctx: ServerContext, body: _Body) -> _Body:
@@ -206,12 +200,18 @@ def _strip_forged_results(ctx: ServerContext, body: _Body) -> _Body:
     if b"authentication-results" not in head.lower():
         return body
     stripped = strip_our_authentication_results(content, ctx.hostname)
-    if stripped == content:
+    return _rewritten(ctx, body, None if stripped == content else stripped)
+
+
+def _rewritten(ctx: ServerContext, body: _Body, content: bytes | None) -> _Body:
+    """``body`` with ``content`` in a new spool (the old one dropped), or as it is when
+    ``content`` is None (nothing to change)."""
+    if content is None:
         return body
     clean = ctx.store.blobs.new_spool()
-    clean.write(stripped)
+    clean.write(content)
     body.spool.abort()
-    return _Body(clean, stripped)
+    return _Body(clean, content)
 
 
 async def _authenticate(ctx: ServerContext, sub: Submission, content: bytes
