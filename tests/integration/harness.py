@@ -39,6 +39,7 @@ class Server:
     host: str = "127.0.0.1"
     log_path: Path | None = None
     max_open_files: int | None = None  # RLIMIT_NOFILE of the server process (fd exhaustion tests)
+    env: dict[str, str] = field(default_factory=dict)  # more environment for the server
 
     def addr(self, name: str) -> tuple[str, int]:
         return self.host, self.ports[name]
@@ -49,7 +50,7 @@ class Server:
             runtime.unlink()
         self.log_path = self.data / "server.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         limit = self.max_open_files
 
         def preexec() -> None:

@@ -252,3 +252,72 @@ def test_quickstart_creates_the_demo_and_serves(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "Demo account: demo@example.test" in out and "swaks --server" in out
+
+
+def test_a_running_server_keeps_serving_when_its_code_is_replaced(tmp_path: Path) -> None:
+    """An upgrade (pip, a checkout) under a running server must not break it: a module
+    first imported by a session (an IMAP command's, DKIM signing's) would come from
+    the new code, or not at all. The server imports its whole package before it listens."""
+    import imaplib
+    import shutil
+    import urllib.request
+
+    import mailyard as pkg
+
+    code = tmp_path / "code"
+    shutil.copytree(Path(pkg.__file__).parent, code / "mailyard",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(code)}
+    where = subprocess.run([sys.executable, "-c", "import mailyard; print(mailyard.__file__)"],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(code))
+    server = make_server(tmp_path)
+    server.env = env
+    server.start()
+    try:
+        shutil.rmtree(code / "mailyard")  # the code it started from is gone
+        with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+            s.sendmail("x@remote.example", ["bob@example.test"],
+                       b"From: x@remote.example\r\nSubject: first\r\n\r\nhello there\r\n")
+        with smtplib.SMTP(*server.addr("submission"), timeout=10) as s:  # DKIM-signed
+            s.starttls(context=client_tls())
+            s.login("alice@example.test", PASSWORD)
+            s.sendmail("alice@example.test", ["bob@example.test"],
+                       b"From: alice@example.test\r\nSubject: second\r\n\r\nsigned\r\n")
+        imap = imaplib.IMAP4(*server.addr("imap"), timeout=10)
+        imap.starttls(ssl_context=client_tls())
+        imap.login("bob@example.test", PASSWORD)
+        assert imap.list()[0] == "OK"
+        assert imap.status("INBOX", "(MESSAGES UIDNEXT)")[0] == "OK"
+        assert imap.select("INBOX") == ("OK", [b"2"])
+        typ, data = imap.fetch("1:*", "(FLAGS ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER] "
+                                      "BODY.PEEK[TEXT]<0.5>)")
+        assert typ == "OK" and b"first" in data[0][0] + data[0][1]
+        assert imap.search(None, "TEXT", "hello") == ("OK", [b"1"])
+        assert imap.sort("(SUBJECT)", "UTF-8", "ALL") == ("OK", [b"1 2"])
+        assert imap.store("1", "+FLAGS", "(\\Seen)")[0] == "OK"
+        assert imap.copy("1", "Archive")[0] == "OK"
+        assert imap.append("Drafts", "(\\Draft)", None,
+                           b"From: bob@example.test\r\nSubject: d\r\n\r\ndraft\r\n")[0] == "OK"
+        tag = imap._new_tag()  # IDLE (imaplib has no helper for it)
+        imap.send(tag + b" IDLE\r\n")
+        assert imap.readline().startswith(b"+")
+        with smtplib.SMTP(*server.addr("smtp"), timeout=10) as s:
+            s.sendmail("x@remote.example", ["bob@example.test"],
+                       b"From: x@remote.example\r\nSubject: third\r\n\r\npushed\r\n")
+        assert imap.readline() == b"* 3 EXISTS\r\n"
+        imap.send(b"DONE\r\n")
+        while not (line := imap.readline()).startswith(tag):
+            pass
+        assert b" OK " in line
+        imap.logout()
+        got = _pop3_inbox(server, "bob@example.test")
+        assert [m.count(b"DKIM-Signature:") for m in got] == [0, 1, 0]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{server.ports['http']}/.well-known/mta-sts.txt",
+            headers={"Host": "mta-sts.example.test"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert b"version: STSv1" in resp.read()
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()

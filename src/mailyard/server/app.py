@@ -56,6 +56,30 @@ def load_tls(config: Config) -> ssl.SSLContext:
         raise ConfigError(f"tls: cannot load {cert} / {key}: {e}") from None
 
 
+def import_package() -> None:
+    """Import every module of mailyard now, before the first session.
+
+    Many are imported where first needed (an IMAP command's module, DKIM signing,
+    the DSN builder...), some to break import cycles, some to keep a CLI command
+    light. In a server that would read them at the first use, from whatever code is
+    on disk by then: after an upgrade or a checkout under a running server, a
+    session would mix old and new modules, or fail (451, a dropped IMAP session). So
+    the server reads all of them at start and runs as one version until restarted.
+    (~0.4 s and ~8 MiB; the test helpers and the CLI are left out.)"""
+    import importlib
+    import pkgutil
+
+    import mailyard
+
+    for info in pkgutil.walk_packages(mailyard.__path__, "mailyard."):
+        if info.name.startswith(("mailyard.testing", "mailyard.cli", "mailyard.__main__")):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError as e:  # an optional dependency this instance does not use
+            log.debug("not imported: %s: %s", info.name, e)
+
+
 @dataclass
 class App:
     config: Config
@@ -71,6 +95,7 @@ class App:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
+        import_package()
         cfg = self.config
         tls = load_tls(cfg)
         # Listeners keep this context: a reload replaces ctx.tls, and their handshakes

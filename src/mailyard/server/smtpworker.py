@@ -170,11 +170,12 @@ async def _serve(data_dir: str, listen_fd: int, channel_fd: int, index: int) -> 
     from mailyard.mailauth.resolver import DnsResolver
     from mailyard.policy.auth import Authenticator
     from mailyard.policy.recipients import RecipientResolver
-    from mailyard.server.app import GRACE_SECONDS, load_tls
+    from mailyard.server.app import GRACE_SECONDS, import_package, load_tls
     from mailyard.server.context import ServerContext
     from mailyard.server.listeners import ConnectionLimits, Listener
     from mailyard.server.smtp import handle_smtp
 
+    import_package()  # as the server does: one version of the code until restarted
     config = load_config(data_dir)
     channel = await open_channel(socket.socket(fileno=channel_fd))
     lsock = socket.socket(fileno=listen_fd)
