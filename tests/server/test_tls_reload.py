@@ -5,7 +5,6 @@ used to add the new one beside the old: one per key type)."""
 
 from __future__ import annotations
 
-import datetime
 import imaplib
 import signal
 import smtplib
@@ -17,8 +16,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from tests.integration.harness import Server, client_tls, make_server
 
@@ -33,27 +30,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
-
-
-def _write_rsa_cert(cert_path: Path, key_path: Path, cn: str) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _cn(der: bytes | None) -> str:
@@ -118,7 +94,7 @@ def test_sighup_serves_the_new_certificate_and_forgets_the_old_key_type(server: 
     assert set(start.values()) == {"mail.example.test"}  # init's EC certificate
 
     # EC -> RSA, with another name: every port, implicit TLS or STARTTLS, serves it.
-    _write_rsa_cert(cert, key, "rsa.example.test")
+    make_certificate(cert, key, hostnames=["rsa.example.test"], rsa_bits=2048)
     _reload(server)
     assert set(_all_cns(server).values()) == {"rsa.example.test"}, _all_cns(server)
     assert set(_all_cns(server, _rsa_only_client()).values()) == {"rsa.example.test"}

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 # Modern AEAD suites with forward secrecy (TLS 1.2); TLS 1.3 suites are always on.
@@ -128,9 +128,12 @@ def make_ca(cert_path: Path, key_path: Path, *, name: str = "mailyard test CA") 
 
 def make_certificate(cert_path: Path, key_path: Path, *, hostnames: list[str],
                      ca_cert: Path | None = None, ca_key: Path | None = None,
-                     days: int = 825) -> None:
-    """A server certificate for ``hostnames``: self-signed, or signed by the given CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
+                     days: int = 825, rsa_bits: int = 0) -> None:
+    """A server certificate for ``hostnames``: self-signed, or signed by the given CA.
+    An EC (P-256) key, or RSA of ``rsa_bits`` bits for clients that take only RSA."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits) if rsa_bits
+        else ec.generate_private_key(ec.SECP256R1()))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
     sans: list[x509.GeneralName] = []
     for h in hostnames:
