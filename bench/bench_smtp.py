@@ -16,6 +16,18 @@ all threads, summed with its receiver processes), the server's peak RSS, and the
 with 1,000 idle connections open; and, since mailyard defers full-text indexing
 while mail arrives, the rate counting the time until a body SEARCH answers (the
 index complete): the baseline indexes nothing, so that figure is the fairer one.
+
+The baseline's disk. aiosmtpd creates and fsyncs one file per message, so its rate
+follows how fast the file system takes a new file's blocks, and on the test VM
+(ext4 mounted with ``discard`` on a thin-provisioned virtual disk) that depends on
+what was deleted before: blocks freed and discarded a moment ago (the previous run's
+temporary directory, say) are slow to write again. Measured there, create + write
+5 KB + fsync in a loop: ~4,900 files/s normally, 920-1,200/s just after 8,000 files
+were deleted (20 s later too), back to ~3,000/s only after 8,000 more. So aiosmtpd
+may start a bench at 700 msg/s and reach 1,800 in its last rounds, which flatters the
+median ratio; mailyard writes a few large segment files and is far less exposed.
+The ratio against aiosmtpd's fastest run is therefore printed too: it is the
+conservative figure (aiosmtpd CPU-bound, its disk not in the way).
 """
 
 from __future__ import annotations
@@ -285,6 +297,10 @@ def main() -> None:
     rounds = ", ".join(f"{b / m:.2f}" for b, m in zip(t_base, t_my, strict=True))
     print(f"  ratio mailyard/aiosmtpd: {rate_my / rate_base:.2f}x  (target >= 3x; per round: "
           f"{rounds})")
+    # The conservative figure: see "The baseline's disk" in the docstring.
+    best_base = n / min(t_base)
+    print(f"  ratio against aiosmtpd's fastest run ({best_base:.0f} msg/s): "
+          f"{rate_my / best_base:.2f}x")
     print(f"  mailyard counting its full-text index's catch-up (a body SEARCH answered "
           f"{statistics.median(t_index):.2f} s after the last 250): {rate_all:.0f} msg/s, "
           f"{rate_all / rate_base:.2f}x  (peak RSS includes that IMAP login: argon2 takes ~20 MiB)")
