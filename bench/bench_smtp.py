@@ -9,8 +9,8 @@ listener with durable delivery (blob fsync + directory fsync + SQLite FULL
 commit, shared through group commit) and DNS answered by a local server. The
 baseline is aiosmtpd with a handler that writes each message to its own file and
 fsyncs it. Both servers run side by side and ``--rounds`` timed runs each alternate
-between them (the baseline's rate follows the disk's fsync latency, which swings
-on this VM); the medians are compared. ``--workers N`` sets mailyard's ``[smtp] workers``
+between them (the baseline's rate follows the state of the disk: see "The
+baseline's disk" below); the medians are compared. ``--workers N`` sets mailyard's ``[smtp] workers``
 (receiver processes; default 0). Also printed: each server's CPU per message (user + system,
 all threads, summed with its receiver processes), the server's peak RSS, and the memory per idle connection
 with 1,000 idle connections open; and, since mailyard defers full-text indexing
