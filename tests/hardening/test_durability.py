@@ -9,12 +9,15 @@ it again on the same data directory and reads the mailboxes back over POP3:
   delivery or a lost acknowledged message never);
 - killed right after the remote MX said ``250`` to our queue: the message is
   delivered (possibly twice), and the queue ends empty;
+- killed in the middle of an outbound session carrying several messages: the ones
+  the remote had accepted before the one in flight are not sent again;
 - killed in the middle of an IMAP APPEND literal: the cut-off message never shows up,
   the one that got OK before is there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import smtplib
 import socket
@@ -193,6 +196,77 @@ def test_kill_after_remote_250_delivers_at_least_once(tmp_path: Path, nameserver
         assert all(m.recipients == ["dest@remote.example"] for m in copies)
         listing = srv.cli("queue", "list").stdout
         assert "dest@remote.example" not in listing, listing
+
+
+def test_kill_mid_outbound_session_repeats_only_the_message_in_flight(
+        tmp_path: Path, nameserver: str) -> None:
+    """Three queued messages go to the remote over one session; the sender is killed
+    right after the remote's 250 for the second. The first one's outcome was recorded
+    before the second's transaction began, so after a restart only the second (whose
+    250 may not have been recorded) can arrive twice."""
+    markers = [f"session-kill-{i}" for i in range(3)]
+    with ThreadedSink() as sink:
+        def sink_call(coro: object) -> None:
+            asyncio.run_coroutine_threadsafe(coro, sink.loop).result(10)  # type: ignore[arg-type]
+
+        sink_call(sink.sink.stop_listening())  # the remote is down while mail is queued
+        srv = hardened_server(tmp_path, nameserver,
+                              queue={"outbound_port": sink.port, "retry_initial": 1.0,
+                                     "retry_max": 2.0, "concurrency_per_destination": 1})
+        srv.start()
+        try:
+            with smtplib.SMTP(*srv.addr("submission"), timeout=30) as s:
+                s.ehlo("client.example.test")
+                s.login("alice@example.test", PASSWORD)
+                for m in markers:
+                    s.sendmail("alice@example.test", ["dest@remote.example"],
+                               simple_message(m, sender="alice@example.test"))
+        finally:
+            srv.stop()
+        sink_call(sink.sink.start("127.0.0.1", sink.port))
+        time.sleep(2.5)  # every entry is due at the restart: one dispatch, one session
+        killed = threading.Event()
+
+        def kill_on_second(_msg: object) -> None:
+            if len(sink.messages) == 2 and srv.proc is not None and not killed.is_set():
+                srv.proc.send_signal(signal.SIGKILL)
+                killed.set()
+
+        sink.after_accept = kill_on_second
+        try:
+            srv.start()
+        except AssertionError:
+            # The runner starts with the listeners: the kill may come before start()
+            # has seen them.
+            if not killed.is_set():
+                raise
+        try:
+            assert killed.wait(30), "the queue never delivered two messages to the sink"
+            assert srv.proc is not None
+            srv.proc.wait(10)
+        finally:
+            srv.stop()
+        sink.after_accept = None
+        before = sink.messages
+        assert len(before) == 2
+        # Both went over one session: one connection, a RSET between the transactions.
+        assert len(sink.sink.connections) == 1
+        assert sum(c.upper().startswith("MAIL FROM") for c in sink.sink.connections[0].commands) == 2
+        first, second = (next(m for m in markers if m.encode() in msg.content)
+                         for msg in before)
+        time.sleep(2.5)
+        srv.start()
+        try:
+            wait_for(lambda: all(any(m.encode() in x.content for x in sink.messages)
+                                 for m in markers), 20)
+            wait_for(lambda: srv.cli("queue", "list").stdout.strip() == "queue is empty", 20)
+            time.sleep(1.0)  # anything more would be a repeat
+        finally:
+            srv.stop()
+        counts = {m: sum(m.encode() in x.content for x in sink.messages) for m in markers}
+        assert counts[first] == 1, counts  # recorded before the second was sent
+        assert 1 <= counts[second] <= 2, counts  # its 250 may not have been recorded
+        assert all(c >= 1 for c in counts.values()), counts
 
 
 def test_kill_while_idle_then_clean_restart_accepts_mail(tmp_path: Path, nameserver: str) -> None:

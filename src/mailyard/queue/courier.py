@@ -42,7 +42,7 @@ import logging
 import random
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from mailyard.config import QueueConfig
@@ -95,6 +95,8 @@ class RecipientResult:
 
 
 Job = tuple[QueueEntry, Sequence[QueueRecipient]]
+# Called with a job's entry and its results once they are final (``deliver``'s ``on_done``).
+JobDone = Callable[[QueueEntry, list["RecipientResult"]], Awaitable[None]]
 
 
 class _HostFailure(Exception):
@@ -189,8 +191,18 @@ class Courier:
         return self._any_ctx
 
     # -- the public entry point -----------------------------------------------------------------
-    async def deliver(self, domain: str, jobs: Sequence[Job]) -> dict[str, list[RecipientResult]]:
-        """Deliver every job (entry, its pending recipients for ``domain``) and report."""
+    async def deliver(self, domain: str, jobs: Sequence[Job], *,
+                      on_done: JobDone | None = None) -> dict[str, list[RecipientResult]]:
+        """Deliver every job (entry, its pending recipients for ``domain``) and report.
+
+        ``on_done(entry, results)``, when given, is awaited as soon as a job's results are final
+        (the remote server answered its transaction, or it failed there) and before the
+        next transaction on the connection starts, so that the caller can record each
+        outcome at once: a crash in the middle of a session that carries many messages
+        then repeats only the one whose reply was not yet recorded (RFC 5321 §6.1 accepts
+        that duplicate), not every message the session had delivered. Jobs that never
+        reached a transaction (every host failed) are reported only by the return value.
+        """
         results: dict[str, list[RecipientResult]] = {e.id: [] for e, _ in jobs}
 
         def fail_all(todo: Sequence[Job], outcome: Outcome, status: str, text: str) -> None:
@@ -230,7 +242,7 @@ class Courier:
             if not todo:
                 break
             try:
-                await self._host(host, mode, todo, results)
+                await self._host(host, mode, todo, results, on_done)
             except _HostFailure as e:
                 log.info("delivery to %s via %s failed: %s", domain, host.name, e)
                 last = e
@@ -243,7 +255,7 @@ class Courier:
                 if not todo:
                     break
                 try:
-                    await self._host(host, _TLSMode.PLAIN, todo, results)
+                    await self._host(host, _TLSMode.PLAIN, todo, results, on_done)
                 except _HostFailure as e:
                     last = e
         if todo:
@@ -252,7 +264,8 @@ class Courier:
 
     # -- one MX host ------------------------------------------------------------------------------
     async def _host(self, host: MXHost, mode: _TLSMode, todo: list[Job],
-                    results: dict[str, list[RecipientResult]]) -> None:
+                    results: dict[str, list[RecipientResult]],
+                    on_done: JobDone | None = None) -> None:
         """Try the host's addresses in turn; deliver what can be delivered; pop done jobs."""
         last: _HostFailure | None = None
         for addr in host.addresses:
@@ -262,7 +275,7 @@ class Courier:
                 last = e
                 continue
             try:
-                await self._session(conn, host, mode, todo, results)
+                await self._session(conn, host, mode, todo, results, on_done)
                 return
             finally:
                 conn.abort()
@@ -296,7 +309,8 @@ class Courier:
         return HELO_CAPABILITIES
 
     async def _session(self, conn: _Conn, host: MXHost, mode: _TLSMode, todo: list[Job],
-                       results: dict[str, list[RecipientResult]]) -> None:
+                       results: dict[str, list[RecipientResult]],
+                       on_done: JobDone | None = None) -> None:
         t = self.command_timeout
         name = host.name
         try:
@@ -333,7 +347,11 @@ class Courier:
             except _ConnectionLost as e:
                 # Results of this job were set inside; the connection is gone.
                 results[entry.id].extend(e.args[0])
+                if on_done is not None:
+                    await on_done(entry, results[entry.id])
                 return
+            if on_done is not None:
+                await on_done(entry, results[entry.id])
         with contextlib.suppress(*_NET_ERRORS):
             await conn.command(cmd_quit(), min(t, 10.0))
 

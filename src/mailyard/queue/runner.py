@@ -4,8 +4,10 @@ Crash safety (DESIGN.md "Nothing lost"): before an entry is attempted, its
 next attempt time (``now + backoff(attempts)``) and attempt count are saved with
 ``queue_update``. A crash or a ``stop()`` in the middle of an attempt therefore
 leaves an entry that becomes due again later: a retry (maybe a duplicate), never
-a loss. After the attempt the per-recipient outcome is saved; an entry with no
-pending recipient is deleted. A DSN is made durable (queued or delivered
+a loss. Each entry's per-recipient outcome is saved as soon as the remote server
+has answered its transaction, before the session goes on to the next message: a
+crash in a session that carries many messages repeats only the one in flight, not
+all those delivered before it. An entry with no pending recipient is deleted. A DSN is made durable (queued or delivered
 locally) *before* the recipients it reports are marked bounced, for the same
 reason. A restart needs no special code: the runner only ever reads due entries.
 
@@ -267,10 +269,18 @@ class QueueRunner:
 
     async def _run_jobs(self, domain: str, jobs: list[Job]) -> None:
         sem = self._semaphore(domain)
+        reported: set[str] = set()
+
+        async def done(entry: QueueEntry, results: list[RecipientResult]) -> None:
+            """A job's results are final: record them now, before the session goes on to
+            the next message (a crash later repeats none of the ones recorded)."""
+            reported.add(entry.id)
+            await self._job_done(entry, results)
+
         try:
             async with sem:
                 try:
-                    results = await self.courier.deliver(domain, jobs)
+                    results = await self.courier.deliver(domain, jobs, on_done=done)
                 except Exception as e:
                     log.exception("delivery to %s crashed", domain)
                     results = {entry.id: [RecipientResult(r.address, Outcome.DEFERRED, "4.3.0",
@@ -279,21 +289,26 @@ class QueueRunner:
         finally:
             self._release_semaphore(domain)
         for entry, _ in jobs:
-            state = self._inflight.get(entry.id)
-            if state is None:
-                continue
-            for res in results.get(entry.id, []):
-                state.results[res.address] = res
-            state.remaining -= 1
-            if state.remaining == 0:
-                try:
-                    await self._finish(state)
-                except Exception:
-                    log.exception("could not record the outcome of queue entry %s", entry.id)
-                finally:
-                    self._inflight.pop(entry.id, None)
-                    if not self._stopping:
-                        self._wake.set()  # recompute the sleep: this entry may be due soon
+            if entry.id not in reported:
+                await self._job_done(entry, results.get(entry.id, []))
+
+    async def _job_done(self, entry: QueueEntry, results: list[RecipientResult]) -> None:
+        """One domain's share of ``entry`` is done; record the entry once all its domains are."""
+        state = self._inflight.get(entry.id)
+        if state is None:
+            return
+        for res in results:
+            state.results[res.address] = res
+        state.remaining -= 1
+        if state.remaining == 0:
+            try:
+                await self._finish(state)
+            except Exception:
+                log.exception("could not record the outcome of queue entry %s", entry.id)
+            finally:
+                self._inflight.pop(entry.id, None)
+                if not self._stopping:
+                    self._wake.set()  # recompute the sleep: this entry may be due soon
 
     # -- outcome -------------------------------------------------------------------------------
     async def _finish(self, state: _EntryState) -> None:
