@@ -195,13 +195,15 @@ class Courier:
                       on_done: JobDone | None = None) -> dict[str, list[RecipientResult]]:
         """Deliver every job (entry, its pending recipients for ``domain``) and report.
 
-        ``on_done(entry, results)``, when given, is awaited as soon as a job's results are final
-        (the remote server answered its transaction, or it failed there) and before the
-        next transaction on the connection starts, so that the caller can record each
-        outcome at once: a crash in the middle of a session that carries many messages
-        then repeats only the one whose reply was not yet recorded (RFC 5321 §6.1 accepts
-        that duplicate), not every message the session had delivered. Jobs that never
-        reached a transaction (every host failed) are reported only by the return value.
+        ``on_done(entry, results)``, when given, is started as soon as a job's results
+        are final (the remote server answered its transaction, or it failed there), so
+        that the caller can record each outcome at once. It runs while the next
+        transaction's envelope goes out and is finished before that message's end of
+        data, and all are finished when ``deliver`` returns. A crash in the middle of a
+        session that carries many messages then repeats only the one in flight (RFC 5321
+        §6.1 accepts that duplicate), not every message the session had delivered. Jobs
+        that never reached a transaction (every host failed) are reported only by the
+        return value.
         """
         results: dict[str, list[RecipientResult]] = {e.id: [] for e, _ in jobs}
 
@@ -330,30 +332,54 @@ class Courier:
         except _NET_ERRORS as e:
             raise _HostFailure("4.4.2", f"{name}: {_describe(e)} before mail transaction")
 
-        first = True
-        while todo:
-            entry, rcpts = todo[0]
-            try:
-                if not first:
-                    r = await conn.command(cmd_rset(), t)
-                    if not r.is_success:
-                        return
-            except _NET_ERRORS:
-                return  # the remaining jobs go to the next host
-            first = False
-            todo.pop(0)
-            try:
-                results[entry.id].extend(await self._transaction(conn, host, caps, entry, rcpts))
-            except _ConnectionLost as e:
-                # Results of this job were set inside; the connection is gone.
-                results[entry.id].extend(e.args[0])
-                if on_done is not None:
-                    await on_done(entry, results[entry.id])
-                return
+        # A job's outcome is recorded (on_done) while the next transaction's envelope is
+        # under way; settle() waits for it before that message's end of data, the point
+        # from which the remote may accept it. So at most the message in flight has an
+        # unrecorded acceptance when the process dies.
+        recording: asyncio.Future[None] | None = None
+
+        async def settle() -> None:
+            nonlocal recording
+            if recording is not None:
+                pending, recording = recording, None
+                try:
+                    await pending
+                except Exception:
+                    log.exception("recording a delivery outcome failed")
+
+        def record(entry: QueueEntry) -> None:
+            nonlocal recording
             if on_done is not None:
-                await on_done(entry, results[entry.id])
-        with contextlib.suppress(*_NET_ERRORS):
-            await conn.command(cmd_quit(), min(t, 10.0))
+                recording = asyncio.ensure_future(on_done(entry, results[entry.id]))
+
+        first = True
+        try:
+            while todo:
+                entry, rcpts = todo[0]
+                try:
+                    if not first:
+                        r = await conn.command(cmd_rset(), t)
+                        if not r.is_success:
+                            return
+                except _NET_ERRORS:
+                    return  # the remaining jobs go to the next host
+                first = False
+                todo.pop(0)
+                try:
+                    results[entry.id].extend(
+                        await self._transaction(conn, host, caps, entry, rcpts, settle))
+                except _ConnectionLost as e:
+                    # Results of this job were set inside; the connection is gone.
+                    results[entry.id].extend(e.args[0])
+                    await settle()
+                    record(entry)
+                    return
+                await settle()  # one outcome in flight at a time
+                record(entry)
+            with contextlib.suppress(*_NET_ERRORS):
+                await conn.command(cmd_quit(), min(t, 10.0))
+        finally:
+            await settle()
 
     async def _starttls(self, conn: _Conn, host: MXHost, *, verify: bool) -> Capabilities:
         t = self.command_timeout
@@ -388,8 +414,11 @@ class Courier:
 
     # -- one mail transaction ------------------------------------------------------------------------
     async def _transaction(self, conn: _Conn, host: MXHost, caps: Capabilities,
-                           entry: QueueEntry, rcpts: Sequence[QueueRecipient]
+                           entry: QueueEntry, rcpts: Sequence[QueueRecipient],
+                           before_end: Callable[[], Awaitable[None]] | None = None
                            ) -> list[RecipientResult]:
+        """One MAIL/RCPT/DATA (or BDAT) transaction; ``before_end`` is awaited just before
+        the end of the data (the final dot or the LAST chunk), nothing being accepted yet."""
         t = self.command_timeout
         name = host.name
 
@@ -469,9 +498,9 @@ class Courier:
 
         try:
             if caps.chunking:
-                final = await self._send_bdat(conn, entry)
+                final = await self._send_bdat(conn, entry, before_end)
             else:
-                final = await self._send_data(conn, entry)
+                final = await self._send_data(conn, entry, before_end)
         except _PreDataReply as e:
             # DATA refused (or a BDAT chunk refused): nothing was accepted.
             return out + [res(a, e.reply) for a in accepted]
@@ -486,13 +515,16 @@ class Courier:
                      final.diagnostic(), " TLS" if conn.tls else "")
         return out
 
-    async def _send_data(self, conn: _Conn, entry: QueueEntry) -> ServerReply:
+    async def _send_data(self, conn: _Conn, entry: QueueEntry,
+                         before_end: Callable[[], Awaitable[None]] | None = None) -> ServerReply:
         t = self.command_timeout
         r = await conn.command(cmd_data(), t)
         if r.code != 354:
             raise _PreDataReply(r)
         enc = BodyEncoder(dot_stuff=True)
         await self._pump(conn, entry, enc, None)
+        if before_end is not None:
+            await before_end()
         await conn.send(enc.finish(), t)
         return await conn.reply(self.data_timeout)
 
@@ -512,13 +544,15 @@ class Courier:
                 await stream.aclose()  # type: ignore[attr-defined]
         return False
 
-    async def _send_bdat(self, conn: _Conn, entry: QueueEntry) -> ServerReply:
+    async def _send_bdat(self, conn: _Conn, entry: QueueEntry,
+                         before_end: Callable[[], Awaitable[None]] | None = None) -> ServerReply:
         enc = BodyEncoder(dot_stuff=False)
-        await self._pump(conn, entry, enc, self.command_timeout)
+        await self._pump(conn, entry, enc, self.command_timeout, before_end)
         return await conn.reply(self.data_timeout)
 
     async def _pump(self, conn: _Conn, entry: QueueEntry, enc: BodyEncoder,
-                    bdat_timeout: float | None) -> None:
+                    bdat_timeout: float | None,
+                    before_end: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stream the blob through ``enc``. For BDAT (``bdat_timeout`` set) each encoded
         block becomes one chunk; one block is held back so the last one carries LAST."""
         t = self.command_timeout
@@ -549,6 +583,8 @@ class Courier:
                 await stream.aclose()  # type: ignore[attr-defined]
         if bdat_timeout is not None:
             tail = (held or b"") + enc.finish()
+            if before_end is not None:
+                await before_end()
             await conn.send(cmd_bdat(len(tail), last=True) + tail, t)
 
 
