@@ -230,6 +230,36 @@ def test_several_messages_to_one_destination_share_a_connection() -> None:
     asyncio.run(main())
 
 
+def test_each_outcome_is_recorded_before_the_next_message_can_be_accepted() -> None:
+    """Over one session, message k reaches its end of data (the point from which the
+    remote may accept it) only once messages 1..k-1 are recorded and gone from the queue:
+    a crash mid-session repeats at most the message in flight. DATA and BDAT alike."""
+    async def main(extensions: tuple[str, ...]) -> None:
+        queued: list[int] = []  # queue entries left when the sink accepted each message
+        env_box: list = []
+
+        class Watching(SMTPSink):
+            async def _finish(self, say: object, msg: object) -> bool:
+                queued.append(len(env_box[0].store.entries))
+                return await super()._finish(say, msg)  # type: ignore[arg-type]
+
+        sink = Watching(extensions=extensions)
+        port = await start_sinks(sink)
+        env = make_env(port, concurrency_per_destination=1)
+        env_box.append(env)
+        for i in range(5):
+            await env.enqueue(f"u{i}@dest.test")
+        await env.runner().run_once()
+        assert len(sink.messages) == 5 and len(sink.connections) == 1
+        assert queued == [5, 4, 3, 2, 1]
+        assert {m.via for m in sink.messages} == {"BDAT" if "CHUNKING" in extensions else "DATA"}
+        assert env.store.entries == {}
+        await sink.close()
+
+    asyncio.run(main(("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")))
+    asyncio.run(main(("PIPELINING", "8BITMIME", "CHUNKING", "ENHANCEDSTATUSCODES")))
+
+
 def test_starttls_failing_next_mx_then_plaintext(pki: PKI) -> None:
     zones = {
         "dest.test": {"MX": [(10, "mx1.dest.test"), (20, "mx2.dest.test")]},
