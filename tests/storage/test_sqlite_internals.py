@@ -297,6 +297,63 @@ def test_riders_share_the_next_commit_and_fail_alone(tmp_path: Path) -> None:
                                     "none")]
 
 
+DAY = 86400.0
+
+
+def test_old_authentication_results_are_pruned(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """auth_results keeps AUTH_RESULTS_KEEP of verdicts: older rows go with the write that
+    adds new ones, at most once per AUTH_RESULTS_PRUNE_EVERY, a bounded number at a time."""
+    from mailyard.storage.sqlite import store as store_mod
+
+    monkeypatch.setattr(store_mod, "AUTH_RESULTS_PRUNE_BATCH", 3)
+    keep = store_mod.AUTH_RESULTS_KEEP
+    X = 1003.5 * DAY + 600  # an old row that comes of age half an hour after NOW
+    OLD = [1000 * DAY + i * DAY for i in range(7)] + [X]
+    NOW = 1003.5 * DAY + keep  # rows before day 1003.5 are older than the window
+
+    async def main() -> list[list[float]]:
+        s = SQLiteStore(tmp_path)
+        await s.open()
+        acc = await s.add_account("a@example.com", "h")
+
+        async def record(when: float, *, deliver: bool) -> None:
+            await s.record_auth_result(when=when, source_ip="192.0.2.1",
+                                       header_from="example.org", spf="pass", dkim="none",
+                                       dmarc="pass", disposition="none",
+                                       delivery_follows=deliver)
+            if deliver:  # the bulk path: the row rides with a delivery
+                ref = await s.blobs.put(f"Subject: {when}\r\n\r\nbody\r\n".encode())
+                await s.deliver(ref, [DeliveryTarget(acc.id)])
+            else:
+                await s.engine.write(lambda tx: None)  # the row's own write is done
+
+        async def times() -> list[float]:
+            return [r[0] for r in await s.list_auth_results()]
+
+        seen = []
+        for when in OLD:
+            await record(when, deliver=False)
+        seen.append(await times())
+        await record(NOW, deliver=True)  # 4 rows are old; a batch deletes 3 at most
+        seen.append(await times())
+        await record(NOW + 1, deliver=False)  # the backlog goes on with the next write
+        seen.append(await times())
+        await record(NOW + 1800, deliver=True)  # X is old now, but within the hour
+        seen.append(await times())
+        await record(NOW + 3602, deliver=False)  # an hour later: pruned
+        seen.append(await times())
+        await s.close()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[0] == sorted(OLD)
+    assert seen[1] == [1003 * DAY, X, 1004 * DAY, 1005 * DAY, 1006 * DAY, NOW]
+    assert seen[2] == [X, 1004 * DAY, 1005 * DAY, 1006 * DAY, NOW, NOW + 1]
+    assert seen[3] == [X, 1004 * DAY, 1005 * DAY, 1006 * DAY, NOW, NOW + 1, NOW + 1800]
+    assert seen[4] == [1004 * DAY, 1005 * DAY, 1006 * DAY, NOW, NOW + 1, NOW + 1800, NOW + 3602]
+
+
 def test_migration_3_moves_the_delay_warning_out_of_last_error(tmp_path: Path) -> None:
     """Entries an older runner marked with a "[delay-warned] " prefix keep their flag."""
     db = sqlite3.connect(tmp_path / "mailyard.sqlite3", isolation_level=None)

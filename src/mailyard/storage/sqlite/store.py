@@ -125,6 +125,12 @@ _CHUNK = 500  # bound on "IN (?, ...)" lists (SQLite's default variable limit is
 # 5 ms to get back). Larger ones (big mailboxes) go to the reader pool so that one
 # session does not hold up the others.
 SMALL_READ = 2048
+# Authentication verdicts (auth_results, one row per inbound message) are kept this long,
+# for DMARC aggregate reports (daily, RFC 7489 §7.2): older rows are deleted, at most once
+# an hour, by the write that adds new ones, so the table does not grow without end.
+AUTH_RESULTS_KEEP = 31 * 86400.0
+AUTH_RESULTS_PRUNE_EVERY = 3600.0
+AUTH_RESULTS_PRUNE_BATCH = 5000  # rows deleted by one write at most
 _FLAGSETS: dict[str, frozenset[str]] = {}  # stored flags text -> set: a mailbox has a few
 
 
@@ -233,6 +239,7 @@ class SQLiteStore:
         self._memo_chars = 0
         self._memo_kind_chars: dict[str, int] = {}
         self._memo_lock = threading.Lock()  # the writer thread forgets, the loop adds
+        self._auth_pruned_at = float("-inf")  # writer thread: when auth_results was last pruned
 
     # -- lifecycle ---------------------------------------------------------------------
     async def open(self) -> None:
@@ -1520,16 +1527,32 @@ class SQLiteStore:
                 "INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, dmarc, "
                 "disposition) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (when, source_ip, header_from, spf, dkim, dmarc, disposition))
+            self._prune_auth_results(tx.conn, when)
 
         self.engine.write_soon(job, prompt=not delivery_follows, bulk=(
             self._auth_results_bulk,
             (when, source_ip, header_from, spf, dkim, dmarc, disposition)))
 
-    @staticmethod
-    def _auth_results_bulk(conn: sqlite3.Connection, items: list[tuple[Tx, tuple]]) -> list[None]:
+    def _auth_results_bulk(self, conn: sqlite3.Connection, items: list[tuple[Tx, tuple]]
+                           ) -> list[None]:
+        rows = [row for _, row in items]
         _insert_rows(conn, "INSERT INTO auth_results (at, source_ip, header_from, spf, dkim, "
-                     "dmarc, disposition)", [row for _, row in items])
+                     "dmarc, disposition)", rows)
+        self._prune_auth_results(conn, max(row[0] for row in rows))
         return [None] * len(items)
+
+    def _prune_auth_results(self, conn: sqlite3.Connection, newest: float) -> None:
+        """The writer thread: drop verdicts older than AUTH_RESULTS_KEEP before ``newest``
+        (the time of the rows just added), at most once per AUTH_RESULTS_PRUNE_EVERY."""
+        if newest - self._auth_pruned_at < AUTH_RESULTS_PRUNE_EVERY:
+            return
+        # A bounded delete per batch, so that a large backlog (a first start after an
+        # upgrade) does not hold up the deliveries in this batch; the next batch goes on.
+        cur = conn.execute("DELETE FROM auth_results WHERE id IN (SELECT id FROM auth_results "
+                           "WHERE at < ? LIMIT ?)",
+                           (newest - AUTH_RESULTS_KEEP, AUTH_RESULTS_PRUNE_BATCH))
+        if cur.rowcount < AUTH_RESULTS_PRUNE_BATCH:
+            self._auth_pruned_at = newest
 
     async def list_auth_results(self, since: float = 0.0) -> list[tuple]:
         """Extra (not in the seam): (when, ip, header_from, spf, dkim, dmarc, disposition)."""
