@@ -138,6 +138,16 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class TLSRPTConfig:
+    # SMTP TLS reports (RFC 8460): once a day, the TLS outcomes of our deliveries to each
+    # domain that publishes a _smtp._tls record, sent where it asks.
+    enabled: bool = True
+    submitter: str = ""  # the reporting domain, which DKIM-signs them; "": the first local domain
+    organization: str = ""  # "organization-name"; "": the submitter
+    contact: str = ""  # "contact-info"; "": postmaster@<submitter>
+
+
+@dataclass(frozen=True)
 class SMTPConfig:
     # Processes that receive on the MX listener (server/smtpworker.py); 0 keeps it in the
     # server process. "auto": one per CPU beyond the first, at most 4 (none on one CPU).
@@ -161,6 +171,7 @@ class Config:
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     log: LogConfig = field(default_factory=LogConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    tlsrpt: TLSRPTConfig = field(default_factory=TLSRPTConfig)
     data_dir: str = ""  # filled in by load_config, not read from the file
 
     def path(self, rel: str) -> Path:

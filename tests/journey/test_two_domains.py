@@ -147,6 +147,49 @@ def test_two_domain_journey(world: World) -> None:
         assert inst.server.cli("queue", "list").stdout.strip() == "queue is empty"
 
 
+def test_tls_report_reaches_the_domain_that_asked(world: World) -> None:
+    """RFC 8460 end to end: a.test counts its TLS sessions to b.test (MTA-STS enforce,
+    verified), and once the day is over reports them to the address b.test publishes
+    in _smtp._tls (postmaster@b.test, bob), DKIM-signed by a.test."""
+    import datetime
+    import gzip
+
+    ctx = world.ca.client_context()
+    submit(world.a, ctx, "alice@a.test", "bob@b.test",
+           b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: counted\r\n"
+           b"Message-ID: <tlsrpt-1@a.test>\r\n\r\nhello\r\n")
+    arrived(world.b, "bob@b.test", ctx, b"<tlsrpt-1@a.test>")
+    world.a.server.stop()  # the counts are saved at shutdown
+    state = world.a.server.data / "cache" / "tlsrpt.json"
+    days = json.loads(state.read_text())["days"]
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    counts = days[today]["b.test"]
+    (policy_key, summary), = counts.items()
+    policy_type, strings, mx = json.loads(policy_key)
+    assert (policy_type, mx) == ("sts", ["mail.b.test"]) and "mode: enforce" in strings
+    assert summary["ok"] >= 1 and summary["fail"] == 0, summary
+
+    # As if the day were over: the next start reports it.
+    yesterday = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+                 ).strftime("%Y-%m-%d")
+    state.write_text(json.dumps({"days": {yesterday: days[today]}}))
+    world.a.server.start()
+    [report] = arrived(world.b, "bob@b.test", ctx, b"TLS-Report-Domain: b.test")
+    msg = email.message_from_bytes(report, policy=email.policy.default)
+    assert msg["TLS-Report-Submitter"] == "a.test"
+    assert msg["Subject"].startswith("Report Domain: b.test Submitter: a.test Report-ID: <")
+    assert "dkim=pass header.d=a.test" in auth_results(report, world.b.hostname).decode()
+    part = next(p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip")
+    doc = json.loads(gzip.decompress(part.get_content()))
+    assert doc["date-range"]["start-datetime"] == f"{yesterday}T00:00:00Z"
+    (pol,) = doc["policies"]
+    assert pol["policy"]["policy-type"] == "sts" and pol["policy"]["mx-host"] == ["mail.b.test"]
+    assert pol["summary"]["total-successful-session-count"] == summary["ok"]
+    # Sent once: a.test's counts for that day are gone.
+    wait_for(lambda: yesterday not in json.loads(state.read_text())["days"], timeout=20,
+             what="the reported day dropped from a.test's counts")
+
+
 @pytest.mark.parametrize("mail_from", ["ceo@a.test", "ceo@attacker.test"])
 def test_spoofed_from_is_rejected_by_dmarc(world: World, mail_from: str) -> None:
     """From: ceo@a.test sent straight to b.test's MX from 127.0.0.1, which a.test's SPF

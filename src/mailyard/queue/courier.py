@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import ipaddress
 import logging
 import random
@@ -68,6 +69,13 @@ from mailyard.protocol.smtp.client import (
 )
 from mailyard.queue.mtasts import MTASTS, Policy
 from mailyard.queue.routing import MXHost, RoutingError, drop_self, resolve_mx
+from mailyard.queue.tlsrpt import (
+    STARTTLS_NOT_SUPPORTED,
+    VALIDATION_FAILURE,
+    PolicyDesc,
+    TLSReporter,
+    tls_result_type,
+)
 from mailyard.server.tls import client_context
 from mailyard.storage.interface import BlobStore
 from mailyard.storage.models import QueueEntry, QueueRecipient
@@ -95,6 +103,8 @@ class RecipientResult:
 
 
 Job = tuple[QueueEntry, Sequence[QueueRecipient]]
+# A session's TLS outcome for the domain's TLS report: (host, address, failure or None).
+TLSSeen = Callable[["MXHost", str, "_HostFailure | None"], None]
 # Called with a job's entry and its results once they are final (``deliver``'s ``on_done``).
 JobDone = Callable[[QueueEntry, list["RecipientResult"]], Awaitable[None]]
 
@@ -102,11 +112,13 @@ JobDone = Callable[[QueueEntry, list["RecipientResult"]], Awaitable[None]]
 class _HostFailure(Exception):
     """This host cannot be used now; try the next one."""
 
-    def __init__(self, status: str, text: str, *, tls: bool = False) -> None:
+    def __init__(self, status: str, text: str, *, tls: bool = False,
+                 result_type: str = "") -> None:
         super().__init__(f"{status} {text}")
         self.status = status
         self.text = text
         self.tls = tls
+        self.result_type = result_type  # a TLS failure's RFC 8460 result type, for reports
 
 
 class _ConnectionLost(Exception):
@@ -160,8 +172,9 @@ class Courier:
                  hostname: str, mtasts: MTASTS | None = None, ca_file: str | None = None,
                  rng: random.Random | None = None, command_timeout: float = 300.0,
                  data_timeout: float = 600.0, local_names: Sequence[str] = (),
-                 local_addresses: Sequence[str] = ()) -> None:
+                 local_addresses: Sequence[str] = (), tlsrpt: TLSReporter | None = None) -> None:
         self._blobs = blobs
+        self.tlsrpt = tlsrpt
         self._local_names = tuple(local_names) or (hostname,)
         self._local_addresses = tuple(local_addresses)
         self._resolver = resolver
@@ -223,13 +236,33 @@ class Courier:
         policy: Policy | None = None
         if self._mtasts is not None and not domain.startswith("["):
             policy = await self._mtasts.policy_for(domain)
+        reporter = self.tlsrpt if not domain.startswith("[") else None
+        described = PolicyDesc.of(policy)
+        if reporter is not None and self._mtasts is not None:
+            fetch_failure = self._mtasts.fetch_failing(domain)
+            if fetch_failure is not None:
+                reporter.failure(domain, described if policy is not None else PolicyDesc("sts"),
+                                 fetch_failure)
         if policy is not None and policy.mode in ("enforce", "testing"):
             matching = [h for h in hosts if policy.matches(h.name)]
             if len(matching) != len(hosts):
                 bad = [h.name for h in hosts if h not in matching]
                 log.warning("MTA-STS %s for %s: MX %s not in policy", policy.mode, domain, bad)
+                if reporter is not None:
+                    reporter.failure(domain, described, VALIDATION_FAILURE, mx_host=bad[0],
+                                     reason="mx-not-in-policy")
             if policy.enforce:
                 hosts = matching
+
+        def tls_seen(host: MXHost, addr: str, failure: _HostFailure | None) -> None:
+            """One session's TLS outcome, for the domain's TLS report."""
+            if reporter is None:
+                return
+            if failure is None:
+                reporter.success(domain, described)
+            elif failure.result_type:
+                reporter.failure(domain, described, failure.result_type, mx_host=host.name,
+                                 receiving_ip=addr, reason=failure.text)
         tls_required = self._config.require_tls or (policy is not None and policy.enforce)
         if not hosts:
             fail_all(jobs, Outcome.DEFERRED, "4.7.5",
@@ -244,7 +277,7 @@ class Courier:
             if not todo:
                 break
             try:
-                await self._host(host, mode, todo, results, on_done)
+                await self._host(host, mode, todo, results, on_done, tls_seen)
             except _HostFailure as e:
                 log.info("delivery to %s via %s failed: %s", domain, host.name, e)
                 last = e
@@ -257,7 +290,7 @@ class Courier:
                 if not todo:
                     break
                 try:
-                    await self._host(host, _TLSMode.PLAIN, todo, results, on_done)
+                    await self._host(host, _TLSMode.PLAIN, todo, results, on_done, tls_seen)
                 except _HostFailure as e:
                     last = e
         if todo:
@@ -267,7 +300,7 @@ class Courier:
     # -- one MX host ------------------------------------------------------------------------------
     async def _host(self, host: MXHost, mode: _TLSMode, todo: list[Job],
                     results: dict[str, list[RecipientResult]],
-                    on_done: JobDone | None = None) -> None:
+                    on_done: JobDone | None = None, tls_seen: TLSSeen | None = None) -> None:
         """Try the host's addresses in turn; deliver what can be delivered; pop done jobs."""
         last: _HostFailure | None = None
         for addr in host.addresses:
@@ -277,7 +310,8 @@ class Courier:
                 last = e
                 continue
             try:
-                await self._session(conn, host, mode, todo, results, on_done)
+                await self._session(conn, host, mode, todo, results, on_done,
+                                    None if tls_seen is None else functools.partial(tls_seen, host, addr))
                 return
             finally:
                 conn.abort()
@@ -312,7 +346,8 @@ class Courier:
 
     async def _session(self, conn: _Conn, host: MXHost, mode: _TLSMode, todo: list[Job],
                        results: dict[str, list[RecipientResult]],
-                       on_done: JobDone | None = None) -> None:
+                       on_done: JobDone | None = None,
+                       tls_seen: Callable[[_HostFailure | None], None] | None = None) -> None:
         t = self.command_timeout
         name = host.name
         try:
@@ -323,12 +358,24 @@ class Courier:
             if mode is not _TLSMode.PLAIN and (caps.starttls or mode is _TLSMode.REQUIRED):
                 if not caps.starttls:
                     raise _HostFailure("4.7.5", f"{name} does not offer STARTTLS and TLS is required",
-                                       tls=True)
+                                       tls=True, result_type=STARTTLS_NOT_SUPPORTED)
                 caps = await self._starttls(conn, host, verify=mode is _TLSMode.REQUIRED)
-        except _HostFailure:
+                if tls_seen is not None:
+                    tls_seen(None)
+            elif mode is _TLSMode.OPPORTUNISTIC and tls_seen is not None:
+                # No STARTTLS offered: the session goes on in plaintext, a failure to report.
+                tls_seen(_HostFailure("", f"{name} does not offer STARTTLS",
+                                      result_type=STARTTLS_NOT_SUPPORTED))
+        except _HostFailure as e:
+            if tls_seen is not None and e.result_type:
+                tls_seen(e)
             raise
         except ssl.SSLError as e:
-            raise _HostFailure("4.7.5", f"TLS with {name} failed: {e.reason or e}", tls=True)
+            failure = _HostFailure("4.7.5", f"TLS with {name} failed: {e.reason or e}", tls=True,
+                                   result_type=tls_result_type(e))
+            if tls_seen is not None:
+                tls_seen(failure)
+            raise failure from e
         except _NET_ERRORS as e:
             raise _HostFailure("4.4.2", f"{name}: {_describe(e)} before mail transaction")
 
@@ -386,10 +433,11 @@ class Courier:
         r = await conn.command(cmd_starttls(), t)
         if r.code != 220:
             raise _HostFailure("4.7.5", f"{host.name} refused STARTTLS: {r.diagnostic()}",
-                               tls=True)
+                               tls=True, result_type=STARTTLS_NOT_SUPPORTED)
         if conn.parser.buffered:
             # Plaintext bytes after the 220 would be read as if they came over TLS.
-            raise _HostFailure("4.7.5", f"{host.name} sent data after STARTTLS 220", tls=True)
+            raise _HostFailure("4.7.5", f"{host.name} sent data after STARTTLS 220", tls=True,
+                               result_type=VALIDATION_FAILURE)
         try:
             is_ip = True
             ipaddress.ip_address(host.name)
@@ -401,10 +449,11 @@ class Courier:
                                         ssl_handshake_timeout=t)
         except (ssl.SSLError, ssl.CertificateError) as e:
             raise _HostFailure("4.7.5", f"TLS handshake with {host.name} failed: "
-                               f"{getattr(e, 'verify_message', '') or e}", tls=True)
+                               f"{getattr(e, 'verify_message', '') or e}", tls=True,
+                               result_type=tls_result_type(e))
         except (*_NET_ERRORS, ConnectionError) as e:
             raise _HostFailure("4.7.5", f"TLS handshake with {host.name} failed: {_describe(e)}",
-                               tls=True)
+                               tls=True, result_type=VALIDATION_FAILURE)
         conn.tls = True
         # RFC 3207 §4.2: forget everything learnt before TLS and say EHLO again.
         try:

@@ -49,6 +49,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mailyard.mailauth.resolver import DNSError, Resolver
 
@@ -89,6 +90,7 @@ class _FetchFailure:
     policy_id: str
     until: float
     backoff: float  # the length of this back-off period, doubled at the next failure
+    result_type: str = "sts-policy-fetch-error"  # for TLS reports (queue/tlsrpt.py)
 
 
 def mx_matches(pattern: str, host: str) -> bool:
@@ -175,6 +177,42 @@ async def _host_addresses(resolver: Resolver, host: str) -> list[str]:
     return out
 
 
+def aiohttp_connector(*, ca_file: str | None = None, connect_address: str | None = None,
+                      resolver: Resolver | None = None) -> Any:
+    """An aiohttp connector with verified TLS whose host names are resolved with
+    ``resolver`` (the same DNS view as the MX lookup: ``dns.nameservers`` applies) when
+    given, else by the system; ``connect_address`` (tests) replaces every address."""
+    import socket
+
+    import aiohttp
+    from aiohttp.abc import AbstractResolver
+
+    from mailyard.server.tls import client_context
+
+    def _entry(host: str, addr: str, port: int) -> dict[str, object]:
+        fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        return {"hostname": host, "host": addr, "port": port,
+                "family": fam, "proto": 0, "flags": socket.AI_NUMERICHOST}
+
+    class _Static(AbstractResolver):
+        async def resolve(self, host: str, port: int = 0,
+                          family: int = socket.AF_INET) -> list:  # type: ignore[override]
+            if connect_address is not None:
+                return [_entry(host, connect_address, port)]
+            assert resolver is not None
+            addrs = await _host_addresses(resolver, host)
+            if not addrs:
+                raise OSError(f"{host}: no address")
+            return [_entry(host, a, port) for a in addrs]
+
+        async def close(self) -> None:
+            return None
+
+    ctx = client_context(ca_file=ca_file, verify=True)
+    ours = connect_address is not None or resolver is not None
+    return aiohttp.TCPConnector(ssl=ctx, resolver=_Static() if ours else None)
+
+
 def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
                        port: int | None = None, connect_address: str | None = None,
                        resolver: Resolver | None = None) -> Fetch:
@@ -188,40 +226,15 @@ def make_aiohttp_fetch(*, ca_file: str | None = None, timeout: float = 30.0,
     """
 
     async def fetch(url: str) -> str:
-        import socket
-
         import aiohttp
         import yarl
-        from aiohttp.abc import AbstractResolver
-
-        from mailyard.server.tls import client_context
-
-        def _entry(host: str, addr: str, port: int) -> dict[str, object]:
-            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            return {"hostname": host, "host": addr, "port": port,
-                    "family": fam, "proto": 0, "flags": socket.AI_NUMERICHOST}
-
-        class _Static(AbstractResolver):
-            async def resolve(self, host: str, port: int = 0,
-                              family: int = socket.AF_INET) -> list:  # type: ignore[override]
-                if connect_address is not None:
-                    return [_entry(host, connect_address, port)]
-                assert resolver is not None
-                addrs = await _host_addresses(resolver, host)
-                if not addrs:
-                    raise OSError(f"{host}: no address")
-                return [_entry(host, a, port) for a in addrs]
-
-            async def close(self) -> None:
-                return None
 
         u = yarl.URL(url)
         if port is not None:
             u = u.with_port(port)
-        ctx = client_context(ca_file=ca_file, verify=True)
         client_timeout = aiohttp.ClientTimeout(total=timeout)
-        ours = connect_address is not None or resolver is not None
-        connector = aiohttp.TCPConnector(ssl=ctx, resolver=_Static() if ours else None)
+        connector = aiohttp_connector(ca_file=ca_file, connect_address=connect_address,
+                                      resolver=resolver)
         async with aiohttp.ClientSession(timeout=client_timeout, connector=connector) as session, \
                 session.get(u, allow_redirects=False) as resp:
             if resp.status != 200:
@@ -346,7 +359,16 @@ class MTASTS:
         left = failure.until - self._clock()
         return 0 < left <= failure.backoff  # (a clock set back does not stretch the period)
 
-    def _record_failure(self, domain: str, policy_id: str) -> float:
+    def fetch_failing(self, domain: str) -> str | None:
+        """While the last policy fetch for ``domain`` failed (its back-off), the TLS
+        report result type of that failure (RFC 8460 §4.3.2.2); else None."""
+        failure = self._failures.get(domain.lower().rstrip("."))
+        if failure is None or failure.until <= self._clock():
+            return None
+        return failure.result_type
+
+    def _record_failure(self, domain: str, policy_id: str,
+                        result_type: str = "sts-policy-fetch-error") -> float:
         """Start (or double) the back-off for ``domain``/``policy_id``; its length."""
         now = self._clock()
         prev = self._failures.get(domain)
@@ -356,7 +378,7 @@ class MTASTS:
             backoff = FETCH_BACKOFF_INITIAL
         for d in [d for d, f in self._failures.items() if now >= f.until + FETCH_BACKOFF_MAX]:
             del self._failures[d]  # long over: they would start again at the first period
-        self._failures[domain] = _FetchFailure(policy_id, now + backoff, backoff)
+        self._failures[domain] = _FetchFailure(policy_id, now + backoff, backoff, result_type)
         return backoff
 
     async def _refresh(self, domain: str, policy_id: str, cached: Policy | None
@@ -367,7 +389,9 @@ class MTASTS:
             text = await self._fetch(f"https://mta-sts.{domain}/.well-known/mta-sts.txt")
             policy = parse_policy(text, policy_id=policy_id)
         except Exception as e:  # any fetch problem: fall back to the cache (§5.1)
-            backoff = self._record_failure(domain, policy_id)
+            from mailyard.queue.tlsrpt import policy_fetch_result_type
+
+            backoff = self._record_failure(domain, policy_id, policy_fetch_result_type(e))
             log.warning("MTA-STS policy fetch for %s failed: %s (id %s; not tried again for "
                         "%d s; meanwhile %s)", domain, e, policy_id, backoff,
                         f"the cached policy id {cached.id} applies" if cached is not None

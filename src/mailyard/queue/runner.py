@@ -39,9 +39,11 @@ from mailyard.queue.dsn import DSNRecipient, build_dsn, dsn_entry, load_original
 from mailyard.queue.mtasts import MTASTS
 from mailyard.queue.routing import domain_of
 from mailyard.queue.schedule import backoff, delay_warning_due, is_expired
+from mailyard.queue.tlsrpt import TLSReporter
 from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient, RecipientState
 
 MTA_STS_CACHE = Path("cache") / "mta-sts.json"  # under the data folder: policies kept across restarts
+TLSRPT_STATE = Path("cache") / "tlsrpt.json"  # TLS report counts not yet sent (queue/tlsrpt.py)
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +126,16 @@ class QueueRunner:
                              https_port=None if port == 443 else port,
                              cache_file=(Path(config.data_dir) / MTA_STS_CACHE
                                          if config.data_dir else None))
+        self.tlsrpt: TLSReporter | None = None
+        if config.tlsrpt.enabled:
+            self.tlsrpt = TLSReporter(
+                clock=clock, sending_ip=config.queue.source_address,
+                state_file=Path(config.data_dir) / TLSRPT_STATE if config.data_dir else None)
         self.courier = courier or Courier(
             store.blobs, resolver, config.queue, hostname=self.hostname,  # type: ignore[arg-type]
             mtasts=mta_sts, ca_file=ca_file, rng=rng, command_timeout=command_timeout,
             data_timeout=data_timeout, local_names=(self.hostname,),
-            local_addresses=_own_smtp_addresses(config))
+            local_addresses=_own_smtp_addresses(config), tlsrpt=self.tlsrpt)
         self.poll_interval = poll_interval
         self.batch = batch
         self._wake = asyncio.Event()
@@ -195,6 +202,8 @@ class QueueRunner:
             for t in pending:
                 with contextlib.suppress(BaseException):
                     await t
+        if self.tlsrpt is not None:
+            self.tlsrpt.save()  # the counts not yet reported, for the next start
 
     async def run_once(self) -> int:
         """One dispatch round, waiting for every attempt it started (tests, the CLI)."""

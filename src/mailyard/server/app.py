@@ -198,6 +198,11 @@ class App:
         self.queue_runner = await start_queue_runner(self.ctx)
         self.background.append(asyncio.create_task(self.queue_runner.run()))
         self.ctx.wake_queue = self.queue_runner.wake
+        if self.queue_runner.tlsrpt is not None:
+            from mailyard.server.outbound import run_tls_reports
+
+            self.background.append(asyncio.create_task(
+                run_tls_reports(self.ctx, self.queue_runner)))
 
     async def _start_http(self) -> None:
         from mailyard.web.app import start_http
@@ -262,6 +267,8 @@ class App:
         for t in self.background:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.queue_runner is not None and self.queue_runner.tlsrpt is not None:
+            self.queue_runner.tlsrpt.save()  # after the report pass, if one was cut short
         if self.http_runner is not None:
             with contextlib.suppress(Exception):
                 await self.http_runner.cleanup()
