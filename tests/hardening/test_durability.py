@@ -36,6 +36,7 @@ from tests.hardening.helpers import (
     simple_message,
     wait_for,
 )
+from tests.integration.harness import Server
 
 
 def _spool_files(data: Path) -> list[Path]:
@@ -152,6 +153,17 @@ def test_kill_during_multi_recipient_delivery_is_all_or_nothing(tmp_path: Path,
             assert present == set(users), f"{marker} was acknowledged but lost: {counts}"
 
 
+def _reap_kill(srv: Server, sink: ThreadedSink, killed: threading.Event, what: str) -> None:
+    """Wait for the sink's hook to have killed the server, reap it, unhook the sink."""
+    try:
+        assert killed.wait(30), what
+        assert srv.proc is not None
+        srv.proc.wait(10)
+    finally:
+        srv.stop()
+        sink.after_accept = None
+
+
 def test_kill_after_remote_250_delivers_at_least_once(tmp_path: Path, nameserver: str) -> None:
     with ThreadedSink() as sink:
         srv = hardened_server(tmp_path, nameserver,
@@ -172,12 +184,8 @@ def test_kill_after_remote_250_delivers_at_least_once(tmp_path: Path, nameserver
                 s.login("alice@example.test", PASSWORD)
                 s.sendmail("alice@example.test", ["dest@remote.example"],
                            simple_message("queued-kill", sender="alice@example.test"))
-            assert killed.wait(30), "the queue never delivered to the sink"
-            assert srv.proc is not None
-            srv.proc.wait(10)
         finally:
-            srv.stop()
-        sink.after_accept = None
+            _reap_kill(srv, sink, killed, "the queue never delivered to the sink")
         first = len(sink.messages)
         assert first == 1
         # The runner saved "next attempt = now + retry_initial" before attempting; let it
@@ -240,13 +248,7 @@ def test_kill_mid_outbound_session_repeats_only_the_message_in_flight(
             # has seen them.
             if not killed.is_set():
                 raise
-        try:
-            assert killed.wait(30), "the queue never delivered two messages to the sink"
-            assert srv.proc is not None
-            srv.proc.wait(10)
-        finally:
-            srv.stop()
-        sink.after_accept = None
+        _reap_kill(srv, sink, killed, "the queue never delivered two messages to the sink")
         before = sink.messages
         assert len(before) == 2
         # Both went over one session: one connection, a RSET between the transactions.
