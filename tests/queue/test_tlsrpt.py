@@ -302,3 +302,38 @@ def test_a_report_that_cannot_be_sent_is_kept_then_given_up(fail: str) -> None:
         assert reporter.due() == []  # given up after REPORT_GIVE_UP days
 
     asyncio.run(main())
+
+
+def test_reports_are_delivered_despite_tls_failures_and_not_counted(pki: PKI) -> None:
+    """§3: "Sending MTAs MUST deliver reports despite any TLS-related failures and SHOULD
+    NOT include this SMTP session in the next report": under MTA-STS enforce and
+    require_tls, with STARTTLS refused, the report goes in plaintext, other mail waits."""
+    from mailyard.storage.models import RecipientState
+
+    async def policy_fetch(url: str) -> str:
+        return POLICY
+
+    async def main() -> None:
+        sink = SMTPSink(starttls_context=pki.good, starttls_reply="454 4.7.0 not now")
+        port = await start_sinks(sink)
+        env = make_env(port, _zones(True), require_tls=True)
+        env.ca_file = str(pki.ca)
+        runner = env.runner(mta_sts=MTASTS(env.resolver, fetch=policy_fetch, clock=env.clock))
+        assert runner.tlsrpt is not None
+        normal = await env.enqueue("b@dest.test")
+        report = await env.enqueue("tls-reports@dest.test", sender="", tls_report=True)
+        await runner.run_once()
+        assert [m.recipients for m in sink.messages] == [["tls-reports@dest.test"]]
+        assert not sink.messages[0].tls  # plaintext, after STARTTLS was refused
+        assert report.id not in env.store.entries  # delivered
+        assert env.store.entries[normal.id].recipients[0].state == RecipientState.PENDING
+        # Only the other message's session is in the report: one refusal.
+        p = _only(runner.tlsrpt.report(DAY, "dest.test", organization="o", contact="c",
+                                       report_id="r"))
+        assert p["policy"]["policy-type"] == "sts"
+        assert p["summary"] == {"total-successful-session-count": 0,
+                                "total-failure-session-count": 1}
+        assert [d["result-type"] for d in p["failure-details"]] == ["starttls-not-supported"]
+        await sink.close()
+
+    asyncio.run(main())

@@ -38,6 +38,11 @@ def test_queue_roundtrip_due_update_delete(make_store):
             await s.queue_add(e1)
         assert await s.queue_get("q1") == e1
         assert await s.queue_get("nope") is None
+        report = dataclasses.replace(entry(ref, "q3", next_attempt=1e12), tls_report=True)
+        await s.queue_add(report)  # an RFC 8460 report keeps its flag
+        assert await s.queue_get("q3") == report
+        assert not (await s.queue_get("q1")).tls_report  # type: ignore[union-attr]
+        await s.queue_delete("q3")
         assert [e.id for e in await s.queue_list()] == ["q1", "q2"]
         assert await s.queue_due(40.0) == []
         assert [e.id for e in await s.queue_due(100.0)] == ["q2", "q1"]  # next attempt order

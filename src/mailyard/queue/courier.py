@@ -205,8 +205,14 @@ class Courier:
 
     # -- the public entry point -----------------------------------------------------------------
     async def deliver(self, domain: str, jobs: Sequence[Job], *,
-                      on_done: JobDone | None = None) -> dict[str, list[RecipientResult]]:
+                      on_done: JobDone | None = None, tls_reports: bool = False
+                      ) -> dict[str, list[RecipientResult]]:
         """Deliver every job (entry, its pending recipients for ``domain``) and report.
+
+        ``tls_reports``: the jobs are RFC 8460 TLS reports, which "MUST be delivered
+        despite any TLS-related failures" (§3): no MTA-STS policy and no ``require_tls``
+        apply (STARTTLS when offered, plaintext after it failed), and their sessions are
+        not counted in the next report.
 
         ``on_done(entry, results)``, when given, is started as soon as a job's results
         are final (the remote server answered its transaction, or it failed there), so
@@ -234,9 +240,9 @@ class Courier:
             return results
 
         policy: Policy | None = None
-        if self._mtasts is not None and not domain.startswith("["):
+        if self._mtasts is not None and not domain.startswith("[") and not tls_reports:
             policy = await self._mtasts.policy_for(domain)
-        reporter = self.tlsrpt if not domain.startswith("[") else None
+        reporter = self.tlsrpt if not (domain.startswith("[") or tls_reports) else None
         described = PolicyDesc.of(policy)
         if reporter is not None and self._mtasts is not None:
             fetch_failure = self._mtasts.fetch_failing(domain)
@@ -263,7 +269,8 @@ class Courier:
             elif failure.result_type:
                 reporter.failure(domain, described, failure.result_type, mx_host=host.name,
                                  receiving_ip=addr, reason=failure.text)
-        tls_required = self._config.require_tls or (policy is not None and policy.enforce)
+        tls_required = not tls_reports and (self._config.require_tls
+                                            or (policy is not None and policy.enforce))
         if not hosts:
             fail_all(jobs, Outcome.DEFERRED, "4.7.5",
                      f"no MX host of {domain} matches its MTA-STS policy")

@@ -238,7 +238,8 @@ class QueueRunner:
             if isinstance(outcome, BaseException):
                 log.error("could not claim queue entry %s: %s", e.id, outcome)
 
-        by_domain: dict[str, list[Job]] = {}
+        # TLS reports go in sessions of their own: they are sent whatever the TLS policy.
+        by_domain: dict[tuple[str, bool], list[Job]] = {}
         for e in claimed:
             groups: dict[str, list[QueueRecipient]] = {}
             for r in e.recipients:
@@ -248,13 +249,13 @@ class QueueRunner:
                 continue
             self._inflight[e.id] = _EntryState(e, remaining=len(groups))
             for domain, rcpts in groups.items():
-                by_domain.setdefault(domain, []).append((e, rcpts))
+                by_domain.setdefault((domain, e.tls_report), []).append((e, rcpts))
 
         limit = max(1, self._qcfg.concurrency_per_destination)
-        for domain, jobs in by_domain.items():
+        for (domain, tls_reports), jobs in by_domain.items():
             k = min(limit, len(jobs))
             for i in range(k):
-                self._spawn(self._run_jobs(domain, jobs[i::k]))
+                self._spawn(self._run_jobs(domain, jobs[i::k], tls_reports=tls_reports))
         return len(due)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -276,7 +277,8 @@ class QueueRunner:
         else:
             self._sems[domain] = (sem, users - 1)
 
-    async def _run_jobs(self, domain: str, jobs: list[Job]) -> None:
+    async def _run_jobs(self, domain: str, jobs: list[Job], *, tls_reports: bool = False
+                        ) -> None:
         sem = self._semaphore(domain)
         reported: set[str] = set()
 
@@ -289,7 +291,8 @@ class QueueRunner:
         try:
             async with sem:
                 try:
-                    results = await self.courier.deliver(domain, jobs, on_done=done)
+                    results = await self.courier.deliver(domain, jobs, on_done=done,
+                                                         tls_reports=tls_reports)
                 except Exception as e:
                     log.exception("delivery to %s crashed", domain)
                     results = {entry.id: [RecipientResult(r.address, Outcome.DEFERRED, "4.3.0",

@@ -12,6 +12,7 @@ queued from the null sender.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 
@@ -63,7 +64,8 @@ async def send_tls_reports(ctx: ServerContext, runner: QueueRunner) -> int:
 
     async def queue_mail(to: str, message: bytes) -> None:
         blob = await ctx.store.blobs.put(message)
-        await ctx.store.queue_add(dsn_entry(message, blob, to, ctx.clock()))
+        entry = dataclasses.replace(dsn_entry(message, blob, to, ctx.clock()), tls_report=True)
+        await ctx.store.queue_add(entry)
         runner.wake()
 
     ca_file = ctx.config.queue.ca_file or None

@@ -137,6 +137,9 @@ class QueueEntry:
     body_8bit: bool = False
     last_error: str = ""
     delay_warned: bool = False  # the "delayed" DSN went out (sent once per entry)
+    # An RFC 8460 TLS report: delivered despite any TLS failure (no MTA-STS or require_tls
+    # for it, §3), and its own sessions are not counted in the next report.
+    tls_report: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient, RecipientState
 
 _ENTRY_COLS = ("id, sender, blob_id, blob_size, created, next_attempt, attempts, ret, envid, "
-               "smtputf8, body_8bit, last_error, delay_warned")
+               "smtputf8, body_8bit, last_error, delay_warned, tls_report")
 
 
 log = logging.getLogger("mailyard.queue")
@@ -20,10 +20,10 @@ def _pending(recipients: Sequence[QueueRecipient]) -> int:
 
 def insert(conn: sqlite3.Connection, e: QueueEntry) -> None:
     conn.execute(
-        f"INSERT INTO queue ({_ENTRY_COLS}, pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO queue ({_ENTRY_COLS}, pending) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (e.id, e.sender, e.blob.blob_id, e.blob.size, e.created, e.next_attempt, e.attempts,
          e.ret, e.envid, int(e.smtputf8), int(e.body_8bit), e.last_error, int(e.delay_warned),
-         _pending(e.recipients)),
+         int(e.tls_report), _pending(e.recipients)),
     )
     write_recipients(conn, e.id, e.recipients)
 
@@ -85,7 +85,7 @@ def _load(conn: sqlite3.Connection, rows: list[tuple]) -> list[QueueEntry]:
             id=r[0], sender=r[1], blob=BlobRef(blob_id=r[2], size=r[3]),
             recipients=tuple(rcpts[r[0]]), created=r[4], next_attempt=r[5], attempts=r[6],
             ret=r[7], envid=r[8], smtputf8=bool(r[9]), body_8bit=bool(r[10]), last_error=r[11],
-            delay_warned=bool(r[12]),
+            delay_warned=bool(r[12]), tls_report=bool(r[13]),
         )
         for r in rows
         if r[0] not in corrupt

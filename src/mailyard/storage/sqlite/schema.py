@@ -158,6 +158,10 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE queue SET delay_warned = 1, last_error = substr(last_error, 16)
         WHERE last_error LIKE '[delay-warned] %';
     """,
+    # 4: TLS reports (RFC 8460) go out whatever the TLS policy (QueueEntry.tls_report).
+    """
+    ALTER TABLE queue ADD COLUMN tls_report INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
