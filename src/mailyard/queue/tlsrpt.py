@@ -157,6 +157,9 @@ class TLSReporter:
         if state_file is not None:
             self._load(state_file)
 
+    def now(self) -> float:
+        return self._clock()
+
     # -- collection -------------------------------------------------------------------
     def _counts(self, domain: str, policy: PolicyDesc) -> dict[str, Any]:
         by_domain = self._days.setdefault(_day(self._clock()), {})
@@ -315,12 +318,11 @@ def make_aiohttp_post(*, ca_file: str | None = None, resolver: Resolver | None =
     return post
 
 
-def report_message(report: dict[str, Any], gz: bytes, *, domain: str, submitter: str,
-                   sender: str, to: str, now: float) -> bytes:
-    """The §5.3 message carrying ``gz`` (the gzip-compressed ``report``)."""
+def report_message(report: dict[str, Any], gz: bytes, *, day: str, domain: str,
+                   submitter: str, sender: str, to: str, now: float) -> bytes:
+    """The §5.3 message carrying ``gz`` (the gzip-compressed ``report`` of ``day``)."""
     report_id = report["report-id"]
-    start, end = day_range(datetime.strptime(report["date-range"]["start-datetime"],
-                                             "%Y-%m-%dT%H:%M:%SZ").strftime("%Y-%m-%d"))
+    start, end = day_range(day)
     filename = f"{submitter}!{domain}!{start}!{end}!{report_id}.json.gz"
     boundary = "=_tlsrpt_" + secrets.token_hex(12)
     ok = sum(p["summary"]["total-successful-session-count"] for p in report["policies"])
@@ -363,7 +365,7 @@ async def send_due(reporter: TLSReporter, *, resolver: Resolver, submitter: str,
     import gzip
 
     sent = 0
-    now = reporter._clock()
+    now = reporter.now()
     for day, domain in reporter.due():
         too_old = _day(now - REPORT_GIVE_UP * 86400) >= day
         try:
@@ -389,7 +391,7 @@ async def send_due(reporter: TLSReporter, *, resolver: Resolver, submitter: str,
                     to = urllib.parse.unquote(uri[7:].split("?", 1)[0])
                     if "@" not in to:
                         raise ValueError(f"bad mailto URI {uri!r}")
-                    msg = report_message(report, gz, domain=domain, submitter=submitter,
+                    msg = report_message(report, gz, day=day, domain=domain, submitter=submitter,
                                          sender=f"noreply-tlsrpt@{submitter}", to=to, now=now)
                     await queue_mail(to, await sign(msg) + msg)
                 else:
