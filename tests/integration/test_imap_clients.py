@@ -132,3 +132,33 @@ def test_mbsync_two_way_sync_with_flags(server: Server, tmp_path: Path) -> None:
     names = [p.read_bytes() for p in _maildir_files(local / "INBOX")]
     assert len(names) == 2
     assert not any(b"Subject: sync two" in n for n in names)
+
+
+def test_recent_survives_a_restart(server: Server) -> None:
+    """RFC 3501 §2.3.2: a message is \\Recent for the first session that selects its
+    mailbox, once. The watermark is kept with the mailbox, so a restart does not make
+    every message recent again (Dovecot and Cyrus keep it the same way)."""
+    for i in range(3):
+        _submit(server, f"recent {i}")
+
+    def recent() -> int:
+        c = _imap(server)
+        try:
+            assert c.select("INBOX", readonly=True)[0] == "OK"  # EXAMINE peeks, never claims
+            peeked = int(c.response("RECENT")[1][0] or 0)
+            assert c.select("INBOX")[0] == "OK"
+            claimed = int(c.response("RECENT")[1][0] or 0)
+            assert peeked == claimed
+            return claimed
+        finally:
+            c.logout()
+
+    assert recent() == 3
+    assert recent() == 0  # claimed by the first session
+    server.stop()
+    server.start()
+    assert recent() == 0  # still claimed after the restart
+    _submit(server, "recent 3")
+    server.stop()
+    server.start()
+    assert recent() == 1  # only the new one

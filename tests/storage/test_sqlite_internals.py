@@ -380,6 +380,28 @@ def test_migration_3_moves_the_delay_warning_out_of_last_error(tmp_path: Path) -
                                            ("warned", True, "b@x.example: 451 later")]
 
 
+def test_migration_5_keeps_existing_mail_from_being_recent_again(tmp_path: Path) -> None:
+    """The \\Recent watermark moves into the mailbox row; what a mailbox held at the
+    upgrade counts as seen (it was, by the sessions before), what comes later is recent."""
+    db = sqlite3.connect(tmp_path / "mailyard.sqlite3", isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version (version) VALUES (4)")
+    for script in MIGRATIONS[:4]:
+        db.executescript(script)
+    db.execute("INSERT INTO mailboxes (id, account_id, name, uidvalidity, uidnext, "
+               "highestmodseq) VALUES (5, 1, 'INBOX', 1, 11, 20), (6, 1, 'Empty', 1, 1, 1)")
+    db.close()
+
+    async def main() -> list[int]:
+        s = SQLiteStore(tmp_path, sweep_orphans=False)
+        await s.open()
+        got = [(await s.get_mailbox_by_id(i)).recent_uid for i in (5, 6)]  # type: ignore[union-attr]
+        await s.close()
+        return got
+
+    assert asyncio.run(main()) == [10, 0]
+
+
 async def _store_with_messages(tmp_path: Path, n: int) -> tuple[SQLiteStore, list[BlobRef]]:
     """A new store with one account and ``n`` small messages in its INBOX."""
     s = SQLiteStore(tmp_path)

@@ -128,3 +128,20 @@ def test_subscribe_and_status(make_store):
             await s.mailbox_status(10**9)
 
     run(make_store, body)
+
+
+def test_recent_watermark_is_kept_with_the_mailbox(make_store):
+    """``remember_recent`` raises ``Mailbox.recent_uid`` (never lowers it); it is not
+    waited for, and lands with the next durable write."""
+    async def body(s: Store) -> None:
+        a = await account(s)
+        inbox = await s.get_mailbox(a.id, "INBOX")
+        assert inbox is not None and inbox.recent_uid == 0
+        s.remember_recent(inbox.id, 7)
+        s.remember_recent(inbox.id, 3)  # lower: ignored
+        await s.create_mailbox(a.id, "Other")  # any awaited write carries it
+        got = await s.get_mailbox_by_id(inbox.id)
+        assert got is not None and got.recent_uid == 7
+        assert (await s.get_mailbox(a.id, "Other")).recent_uid == 0  # type: ignore[union-attr]
+
+    run(make_store, body)

@@ -389,6 +389,14 @@ class Store(Protocol):
         """Make one entry (or all when None) due now; returns how many."""
         ...
 
+    # -- \Recent (IMAP4rev1) -------------------------------------------------------------
+    def remember_recent(self, mailbox_id: int, uid: int) -> None:
+        """Raise the mailbox's ``recent_uid`` to ``uid`` (never lower it): the UIDs up to it
+        have been recent in some session. Not waited for: written with the next durable
+        write or when the store closes; a crash may lose it (those messages are then
+        recent once more)."""
+        ...
+
     # -- authentication results (for DMARC aggregate reports, later) ------------------
     async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
                                  spf: str, dkim: str, dmarc: str, disposition: str,

@@ -53,6 +53,9 @@ class Mailbox:
     highestmodseq: int
     special_use: str | None = None
     subscribed: bool = True
+    # The highest UID some IMAP session has seen as \Recent (RFC 3501 §2.3.2): above it,
+    # a message is still recent for the next session to select the mailbox.
+    recent_uid: int = 0
 
 
 @dataclass(frozen=True, slots=True)

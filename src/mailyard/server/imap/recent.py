@@ -1,9 +1,8 @@
 """``\\Recent`` for IMAP4rev1 clients (RFC 3501 §2.3.2; RFC 9051 removed it).
 
 RFC 3501: a message is recent in the first session that sees it with the mailbox
-selected read-write; no other session sees it as recent. We keep, per store and
-mailbox, the highest UID some session has already claimed ("the watermark"), in
-this process only:
+selected read-write; no other session sees it as recent. We keep, per mailbox, the
+highest UID some session has already claimed ("the watermark"):
 
 * SELECT claims every UID above the watermark for that session (``* n RECENT``);
 * new mail announced to a read-write session is claimed by it the same way;
@@ -11,17 +10,22 @@ this process only:
   EXAMINE must not make messages lose ``\\Recent``);
 * STATUS RECENT counts the UIDs above the watermark.
 
-What others do: Dovecot and Cyrus store the watermark with the mailbox. What we do:
-a per-process table, which is what the task allows for now. Its known gap: after a
-restart the watermark starts at 0, so the first session to select a mailbox sees
-all of its messages as recent once; with several front-end processes each keeps
-its own table. Sessions that ENABLE IMAP4rev2 see no ``\\Recent`` at all.
+As Dovecot and Cyrus do, the watermark is stored with the mailbox
+(``Mailbox.recent_uid``, raised by ``Store.remember_recent``), so a restart does not
+make every message recent again. The process also keeps it in memory, per store and
+mailbox: the stored value seeds it the first time, a claim raises both (the store's
+without a wait; a crash may lose the last claims: those messages are recent once more).
+With several front-end processes each would claim from the stored value it last read.
+Sessions that ENABLE IMAP4rev2 see no ``\\Recent`` at all.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
+from typing import Any
+
+from mailyard.storage.models import Mailbox
 
 __all__ = ["claim", "peek", "unclaimed"]
 
@@ -36,23 +40,35 @@ def _marks(store: object) -> dict[int, int]:
     return marks
 
 
-def peek(store: object, mailbox_id: int, uids: Iterable[int]) -> set[int]:
+def _mark(store: object, mailbox: Mailbox) -> int:
+    """The watermark: this process's, or the stored one when that is higher (the first
+    time, or another process claimed since)."""
+    marks = _marks(store)
+    mark = max(marks.get(mailbox.id, 0), mailbox.recent_uid)
+    marks[mailbox.id] = mark
+    return mark
+
+
+def peek(store: object, mailbox: Mailbox, uids: Iterable[int]) -> set[int]:
     """The UIDs no session has claimed yet (recent for an EXAMINE)."""
-    mark = _marks(store).get(mailbox_id, 0)
+    mark = _mark(store, mailbox)
     return {u for u in uids if u > mark}
 
 
-def claim(store: object, mailbox_id: int, uids: Iterable[int]) -> set[int]:
+def claim(store: Any, mailbox: Mailbox, uids: Iterable[int]) -> set[int]:
     """Claim the unclaimed UIDs for the caller's session; returns them."""
-    marks = _marks(store)
-    mark = marks.get(mailbox_id, 0)
+    mark = _mark(store, mailbox)
     mine = {u for u in uids if u > mark}
     if mine:
-        marks[mailbox_id] = max(mine)
+        top = max(mine)
+        _marks(store)[mailbox.id] = top
+        remember = getattr(store, "remember_recent", None)
+        if remember is not None:
+            remember(mailbox.id, top)
     return mine
 
 
-def unclaimed(store: object, mailbox_id: int, uids: Iterable[int]) -> int:
+def unclaimed(store: object, mailbox: Mailbox, uids: Iterable[int]) -> int:
     """STATUS RECENT: how many of ``uids`` are still unclaimed."""
-    mark = _marks(store).get(mailbox_id, 0)
+    mark = _mark(store, mailbox)
     return sum(1 for u in uids if u > mark)

@@ -515,9 +515,9 @@ class Session:
         assert view is not None
         store = self.ctx.store
         if view.readonly:
-            view.recent |= recent.peek(store, view.id, uids)
+            view.recent |= recent.peek(store, view.mailbox, uids)
         else:
-            view.recent |= recent.claim(store, view.id, uids)
+            view.recent |= recent.claim(store, view.mailbox, uids)
 
     def flags_of(self, m: MessageRef | FlagUpdate) -> frozenset[str]:
         """The flags to show for a message: its stored flags, plus \\Recent for
@@ -532,7 +532,7 @@ class Session:
         if view is not None and view.id == mb.id and not view.readonly:
             return len(view.recent)  # what this session claimed
         uids = [m.uid for m in await self.ctx.store.list_messages(mb.id)]
-        return recent.unclaimed(self.ctx.store, mb.id, uids)
+        return recent.unclaimed(self.ctx.store, mb, uids)
 
     def report_flags(self, refs: list[MessageRef]) -> None:
         view = self.view

@@ -162,6 +162,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queue ADD COLUMN tls_report INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: the \Recent watermark is kept with the mailbox (Mailbox.recent_uid), not only in
+    # the memory of the process; what is there at the upgrade is not recent.
+    """
+    ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0;
+    UPDATE mailboxes SET recent_uid = uidnext - 1;
+    """,
 )
 
 

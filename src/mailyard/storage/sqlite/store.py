@@ -112,7 +112,8 @@ _MATCH_SQL = ("SELECT m.uid FROM (SELECT rowid AS id FROM fts.msg_text WHERE msg
 _UNINDEXED_SQL = ("SELECT m.uid FROM messages m JOIN blobs b ON b.blob_id = m.blob_id "
                   "WHERE m.mailbox_id = ? AND NOT EXISTS "
                   "(SELECT 1 FROM fts.indexed t WHERE t.id = b.id AND t.ok)")
-_MBOX_COLS = "id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+_MBOX_COLS = ("id, account_id, name, uidvalidity, uidnext, highestmodseq, special_use, "
+              "subscribed, recent_uid")
 T = TypeVar("T")
 _MSG_COLS = "mailbox_id, uid, modseq, flags, internaldate, savedate, size, blob_id"
 _ROW_COLS = "uid, modseq, trim(flags), internaldate, size, blob_id"  # index_rows
@@ -137,7 +138,7 @@ _FLAGSETS: dict[str, frozenset[str]] = {}  # stored flags text -> set: a mailbox
 def _mailbox(row: tuple) -> Mailbox:
     return Mailbox(id=row[0], account_id=row[1], name=row[2], uidvalidity=row[3],
                    uidnext=row[4], highestmodseq=row[5], special_use=row[6],
-                   subscribed=bool(row[7]))
+                   subscribed=bool(row[7]), recent_uid=row[8])
 
 
 @contextlib.contextmanager
@@ -1512,6 +1513,17 @@ class SQLiteStore:
             return int(cur.rowcount)
 
         return await self._write(job)  # type: ignore[no-any-return]
+
+    # -- \Recent ------------------------------------------------------------------------
+    def remember_recent(self, mailbox_id: int, uid: int) -> None:
+        # A rider that asks for no commit of its own (a SELECT or new mail announced to
+        # an IDLE session would otherwise cost one each): it goes with the next write,
+        # or at close; a crash before either leaves those messages recent once more.
+        def job(tx: Tx) -> None:
+            tx.conn.execute("UPDATE mailboxes SET recent_uid = max(recent_uid, ?) WHERE id = ?",
+                            (uid, mailbox_id))
+
+        self.engine.write_soon(job, prompt=False)
 
     # -- authentication results ----------------------------------------------------------
     async def record_auth_result(self, *, when: float, source_ip: str, header_from: str,
