@@ -269,6 +269,7 @@ class Courier:
             elif failure.result_type:
                 reporter.failure(domain, described, failure.result_type, mx_host=host.name,
                                  receiving_ip=addr, reason=failure.text)
+
         tls_required = not tls_reports and (self._config.require_tls
                                             or (policy is not None and policy.enforce))
         if not hosts:

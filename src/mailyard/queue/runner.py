@@ -5,16 +5,19 @@ next attempt time (``now + backoff(attempts)``) and attempt count are saved with
 ``queue_update``. A crash or a ``stop()`` in the middle of an attempt therefore
 leaves an entry that becomes due again later: a retry (maybe a duplicate), never
 a loss. Each entry's per-recipient outcome is saved as soon as the remote server
-has answered its transaction, before the session goes on to the next message: a
-crash in a session that carries many messages repeats only the one in flight, not
-all those delivered before it. An entry with no pending recipient is deleted. A DSN is made durable (queued or delivered
-locally) *before* the recipients it reports are marked bounced, for the same
-reason. A restart needs no special code: the runner only ever reads due entries.
+has answered its transaction, and before the next message on that session reaches
+its end of data: a crash in a session that carries many messages repeats only the
+one in flight, not all those delivered before it. An entry with no pending
+recipient is deleted. A DSN is made durable (queued or delivered locally) *before*
+the recipients it reports are marked bounced, for the same reason. A restart needs
+no special code: the runner only ever reads due entries.
 
 Grouping: due recipients are grouped by destination domain; the jobs of one
 domain share connections (several messages over one SMTP session), spread over
 at most ``queue.concurrency_per_destination`` parallel connections, and a
-per-domain semaphore keeps that limit across dispatch rounds.
+per-domain semaphore keeps that limit across dispatch rounds. TLS reports
+(``QueueEntry.tls_report``) go in sessions of their own, which no TLS policy holds
+back (RFC 8460 §3).
 
 Delay warnings are sent once per entry (``QueueEntry.delay_warned``).
 """
@@ -283,8 +286,8 @@ class QueueRunner:
         reported: set[str] = set()
 
         async def done(entry: QueueEntry, results: list[RecipientResult]) -> None:
-            """A job's results are final: record them now, before the session goes on to
-            the next message (a crash later repeats none of the ones recorded)."""
+            """A job's results are final: record them now (the courier waits for it before
+            the next message's end of data; a crash later repeats none of them)."""
             reported.add(entry.id)
             await self._job_done(entry, results)
 
