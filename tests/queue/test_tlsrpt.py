@@ -142,6 +142,17 @@ def test_parse_tlsrpt_records() -> None:
     assert t.parse_tlsrpt([]) is None
 
 
+def test_mailto_addresses_from_dns_are_checked() -> None:
+    assert t.mailto_address("mailto:tls-reports@dest.test") == "tls-reports@dest.test"
+    assert t.mailto_address("mailto:a.b+c@x.dest.test?subject=x") == "a.b+c@x.dest.test"
+    assert t.mailto_address("mailto:tls%2Dreports@dest.test") == "tls-reports@dest.test"
+    for bad in ("mailto:a@dest.test%0D%0ABcc:%20victim@x.test", "mailto:a@dest.test\r\nX: y",
+                "mailto:a b@dest.test", "mailto:a@b@dest.test", "mailto:a@dest",
+                'mailto:"a"@dest.test', "mailto:", "mailto:a@-dest.test", "mailto:%00@x.test"):
+        with pytest.raises(ValueError):
+            t.mailto_address(bad)
+
+
 def _filled(clock: FakeClock, state: Path | None = None) -> t.TLSReporter:
     r = t.TLSReporter(clock=clock, state_file=state, sending_ip="192.0.2.25")
     sts = t.PolicyDesc("sts", tuple(STS_STRINGS), ("mx1.dest.test",))

@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import ssl
 import time
@@ -131,6 +132,23 @@ def parse_tlsrpt(records: Iterable[str]) -> list[str] | None:
         if eq and key.strip() == "rua":
             ruas += [u.strip() for u in value.split(",") if u.strip()]
     return [u for u in ruas if u.lower().startswith(("mailto:", "https:"))] or None
+
+
+# A mailto: address we write into a header and an envelope: a dot-atom local part and a
+# host name. The URI comes from someone else's DNS: nothing else (no CR, LF, space,
+# quotes or second address) gets through.
+_MAILTO_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                        r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+
+
+def mailto_address(uri: str) -> str:
+    """The address of a ``mailto:`` rua URI (RFC 6068), or ValueError when it is not
+    one plain address."""
+    to = urllib.parse.unquote(uri[len("mailto:"):].split("?", 1)[0]).strip()
+    if len(to) > 254 or not _MAILTO_RE.fullmatch(to):
+        raise ValueError(f"not a usable mailto: URI: {uri[:100]!r}")
+    return to
 
 
 def _day(t: float) -> str:
@@ -388,9 +406,7 @@ async def send_due(reporter: TLSReporter, *, resolver: Resolver, submitter: str,
         for uri in ruas:
             try:
                 if uri.lower().startswith("mailto:"):
-                    to = urllib.parse.unquote(uri[7:].split("?", 1)[0])
-                    if "@" not in to:
-                        raise ValueError(f"bad mailto URI {uri!r}")
+                    to = mailto_address(uri)
                     msg = report_message(report, gz, day=day, domain=domain, submitter=submitter,
                                          sender=f"noreply-tlsrpt@{submitter}", to=to, now=now)
                     await queue_mail(to, await sign(msg) + msg)
