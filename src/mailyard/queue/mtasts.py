@@ -40,10 +40,7 @@ anyway and log what would have failed; ``none`` -> no restriction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -52,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from mailyard.mailauth.resolver import DNSError, Resolver
+from mailyard.queue.statefile import read_json, write_json
+from mailyard.queue.tlsrpt import policy_fetch_result_type
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +269,12 @@ class MTASTS:
             self._load(cache_file)
 
     def _load(self, path: Path) -> None:
-        try:
-            entries = json.loads(path.read_text("utf-8"))["policies"]
-        except FileNotFoundError:
+        doc = read_json(path, what="MTA-STS cache")
+        if doc is None:
             return
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        try:
+            entries = doc["policies"]
+        except (KeyError, TypeError) as exc:
             log.warning("MTA-STS cache %s not read (%s): starting without it", path, exc)
             return
         now = self._clock()
@@ -296,18 +296,7 @@ class MTASTS:
         doc = {"policies": {
             d: {"policy": policy_text(p), "id": p.id, "expires": expires}
             for d, (p, expires) in self._cache.items() if expires > now}}
-        tmp = self._file.with_name(self._file.name + ".tmp")
-        try:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._file)
-        except OSError as e:
-            log.warning("MTA-STS cache %s not written: %s", self._file, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        write_json(self._file, doc, what="MTA-STS cache", indent=1)
 
     def _cached(self, domain: str) -> Policy | None:
         hit = self._cache.get(domain)
@@ -389,8 +378,6 @@ class MTASTS:
             text = await self._fetch(f"https://mta-sts.{domain}/.well-known/mta-sts.txt")
             policy = parse_policy(text, policy_id=policy_id)
         except Exception as e:  # any fetch problem: fall back to the cache (§5.1)
-            from mailyard.queue.tlsrpt import policy_fetch_result_type
-
             backoff = self._record_failure(domain, policy_id, policy_fetch_result_type(e))
             log.warning("MTA-STS policy fetch for %s failed: %s (id %s; not tried again for "
                         "%d s; meanwhile %s)", domain, e, policy_id, backoff,

@@ -27,10 +27,8 @@ the domain asks for no reports, or after REPORT_GIVE_UP days of failures.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 import ssl
@@ -44,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mailyard.mailauth.resolver import DNSError, NXDomain, Resolver
+from mailyard.queue.statefile import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +256,8 @@ class TLSReporter:
 
     # -- state file -------------------------------------------------------------------
     def _load(self, path: Path) -> None:
-        try:
-            doc = json.loads(path.read_text("utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as e:
-            log.warning("TLS report counts %s not read (%s): starting without them", path, e)
+        doc = read_json(path, what="TLS report counts")
+        if doc is None:
             return
         days = doc.get("days") if isinstance(doc, dict) else None
         if not isinstance(days, dict):
@@ -292,19 +287,8 @@ class TLSReporter:
         """Write the counts to a new file and rename it over the old one (atomic)."""
         if self._file is None or not self.dirty:
             return
-        tmp = self._file.with_name(self._file.name + ".tmp")
-        try:
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"days": self._days}, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._file)
+        if write_json(self._file, {"days": self._days}, what="TLS report counts"):
             self.dirty = False
-        except OSError as e:
-            log.warning("TLS report counts %s not written: %s", self._file, e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 # -- sending ----------------------------------------------------------------------------
