@@ -105,6 +105,8 @@ class RecipientResult:
 Job = tuple[QueueEntry, Sequence[QueueRecipient]]
 # A session's TLS outcome for the domain's TLS report: (host, address, failure or None).
 TLSSeen = Callable[["MXHost", str, "_HostFailure | None"], None]
+# Awaited just before a message's end of data (the final dot or the LAST chunk).
+BeforeEnd = Callable[[], Awaitable[None]]
 # Called with a job's entry and its results once they are final (``deliver``'s ``on_done``).
 JobDone = Callable[[QueueEntry, list["RecipientResult"]], Awaitable[None]]
 
@@ -472,7 +474,7 @@ class Courier:
     # -- one mail transaction ------------------------------------------------------------------------
     async def _transaction(self, conn: _Conn, host: MXHost, caps: Capabilities,
                            entry: QueueEntry, rcpts: Sequence[QueueRecipient],
-                           before_end: Callable[[], Awaitable[None]] | None = None
+                           before_end: BeforeEnd | None = None
                            ) -> list[RecipientResult]:
         """One MAIL/RCPT/DATA (or BDAT) transaction; ``before_end`` is awaited just before
         the end of the data (the final dot or the LAST chunk), nothing being accepted yet."""
@@ -573,7 +575,7 @@ class Courier:
         return out
 
     async def _send_data(self, conn: _Conn, entry: QueueEntry,
-                         before_end: Callable[[], Awaitable[None]] | None = None) -> ServerReply:
+                         before_end: BeforeEnd | None = None) -> ServerReply:
         t = self.command_timeout
         r = await conn.command(cmd_data(), t)
         if r.code != 354:
@@ -602,14 +604,14 @@ class Courier:
         return False
 
     async def _send_bdat(self, conn: _Conn, entry: QueueEntry,
-                         before_end: Callable[[], Awaitable[None]] | None = None) -> ServerReply:
+                         before_end: BeforeEnd | None = None) -> ServerReply:
         enc = BodyEncoder(dot_stuff=False)
         await self._pump(conn, entry, enc, self.command_timeout, before_end)
         return await conn.reply(self.data_timeout)
 
     async def _pump(self, conn: _Conn, entry: QueueEntry, enc: BodyEncoder,
                     bdat_timeout: float | None,
-                    before_end: Callable[[], Awaitable[None]] | None = None) -> None:
+                    before_end: BeforeEnd | None = None) -> None:
         """Stream the blob through ``enc``. For BDAT (``bdat_timeout`` set) each encoded
         block becomes one chunk; one block is held back so the last one carries LAST."""
         t = self.command_timeout

@@ -27,6 +27,7 @@ the domain asks for no reports, or after REPORT_GIVE_UP days of failures.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import logging
 import re
@@ -206,7 +207,6 @@ class TLSReporter:
     def report(self, day: str, domain: str, *, organization: str, contact: str,
                report_id: str) -> dict[str, Any]:
         """The §4.4 JSON report of ``domain`` for ``day``."""
-        start, end = day_range(day)
         policies = []
         for pkey, counts in sorted(self._days.get(day, {}).get(domain, {}).items()):
             ptype, strings, mx = json.loads(pkey)
@@ -238,10 +238,8 @@ class TLSReporter:
             policies.append(entry)
         return {
             "organization-name": organization,
-            "date-range": {
-                "start-datetime": datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "end-datetime": datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            },
+            "date-range": {"start-datetime": f"{day}T00:00:00Z",
+                           "end-datetime": f"{day}T23:59:59Z"},
             "contact-info": contact,
             "report-id": report_id,
             "policies": policies,
@@ -364,8 +362,6 @@ async def send_due(reporter: TLSReporter, *, resolver: Resolver, submitter: str,
                    organization: str, contact: str, queue_mail: QueueMail, post: Post,
                    sign: Sign) -> int:
     """Send every complete day's reports; returns how many reports went out."""
-    import gzip
-
     sent = 0
     now = reporter.now()
     for day, domain in reporter.due():
