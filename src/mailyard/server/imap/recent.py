@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
-from typing import Any
 
+from mailyard.storage.interface import Store
 from mailyard.storage.models import Mailbox
 
 __all__ = ["claim", "peek", "unclaimed"]
@@ -55,16 +55,14 @@ def peek(store: object, mailbox: Mailbox, uids: Iterable[int]) -> set[int]:
     return {u for u in uids if u > mark}
 
 
-def claim(store: Any, mailbox: Mailbox, uids: Iterable[int]) -> set[int]:
+def claim(store: Store, mailbox: Mailbox, uids: Iterable[int]) -> set[int]:
     """Claim the unclaimed UIDs for the caller's session; returns them."""
     mark = _mark(store, mailbox)
     mine = {u for u in uids if u > mark}
     if mine:
         top = max(mine)
         _marks(store)[mailbox.id] = top
-        remember = getattr(store, "remember_recent", None)
-        if remember is not None:
-            remember(mailbox.id, top)
+        store.remember_recent(mailbox.id, top)
     return mine
 
 
