@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 import re
-import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mailyard.ids import token_hex
 from mailyard.message.parse import utc_date
 from mailyard.storage.interface import BlobStore
 from mailyard.storage.models import BlobRef, QueueEntry, QueueRecipient
@@ -52,7 +52,7 @@ def dsn_entry(dsn: bytes, blob: BlobRef, to: str, now: float) -> QueueEntry:
     """The queue entry that sends the report ``dsn``, stored as ``blob``, to ``to``: from
     the null sender (RFC 5321 §4.5.5, RFC 3461 §6.2), due at once, SMTPUTF8 when the
     address needs it, an 8-bit body when the report has one."""
-    return QueueEntry(id=secrets.token_hex(8), sender="", blob=blob,
+    return QueueEntry(id=token_hex(8), sender="", blob=blob,
                       recipients=(QueueRecipient(to),), created=now, next_attempt=now,
                       smtputf8=not to.isascii(), body_8bit=not dsn.isascii())
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import errno
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailyard.ids import token_hex
 from mailyard.message.parse import drop_fields, utc_date
 from mailyard.message.text import index_text
 from mailyard.policy.addresses import AddressError, canonical_domain, split_address
@@ -387,7 +387,7 @@ async def accept_message(ctx: ServerContext, sub: Submission, spool: Spool) -> R
     now = ctx.clock()
     # The message's own id: in its Received header, its queue entry (``mailyard queue
     # show ID``), the DEBUG log line and the 250 reply, so a "queued as" can be traced.
-    msg_id = secrets.token_hex(8)
+    msg_id = token_hex(8)
     sub.remote_rcpts = _unique(sub.remote_rcpts)
     try:
         received = _received(ctx, sub, now, msg_id)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import secrets
 import shutil
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mailyard.ids import token_hex
 from mailyard.policy.addresses import AddressError, base_address, canonical_address, split_address
 from mailyard.policy.recipients import Verdict
 from mailyard.protocol.smtp import server as core
@@ -105,7 +105,7 @@ class SMTPSession:
         self.helo = ""
         self.account: Account | None = None
         self.txn = Transaction()
-        self.session_id = secrets.token_hex(6)
+        self.session_id = token_hex(6)
         limits = ctx.config.limits
         allow_plain = ctx.allow_plaintext_auth(self.remote_ip)
         self.settings = core.ServerSettings(
