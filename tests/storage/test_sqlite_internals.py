@@ -402,6 +402,32 @@ def test_migration_5_keeps_existing_mail_from_being_recent_again(tmp_path: Path)
     assert asyncio.run(main()) == [10, 0]
 
 
+def test_migration_6_accounts_start_without_a_scram_secret(tmp_path: Path) -> None:
+    """Accounts from before SCRAM have no secret (NULL) until their password is next set
+    or used with PLAIN/LOGIN; their password hash is untouched."""
+    db = sqlite3.connect(tmp_path / "mailyard.sqlite3", isolation_level=None)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version (version) VALUES (5)")
+    for script in MIGRATIONS[:5]:
+        db.executescript(script)
+    db.execute("INSERT INTO accounts (id, address, domain, password_hash) "
+               "VALUES (7, 'old@example.com', 'example.com', '$argon2id$old')")
+    db.close()
+
+    async def main() -> tuple[object, ...]:
+        s = SQLiteStore(tmp_path, sweep_orphans=False)
+        await s.open()
+        before = await s.get_account("old@example.com")
+        stored = await s.set_scram_secret("old@example.com", "SCRAM", password_hash="$argon2id$old")
+        after = await s.get_account_by_id(7)
+        await s.close()
+        assert before is not None and after is not None
+        return before.password_hash, before.scram_sha256, stored, after.scram_sha256
+
+    assert asyncio.run(main()) == ("$argon2id$old", None, True, "SCRAM")
+    assert len(MIGRATIONS) == 6
+
+
 async def _store_with_messages(tmp_path: Path, n: int) -> tuple[SQLiteStore, list[BlobRef]]:
     """A new store with one account and ``n`` small messages in its INBOX."""
     s = SQLiteStore(tmp_path)

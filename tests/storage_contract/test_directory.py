@@ -80,6 +80,53 @@ def test_accounts(make_store):
     run(make_store, body)
 
 
+def test_scram_secrets_travel_with_the_password(make_store):
+    """The SCRAM secret is opaque text to the store; it is set and replaced together with
+    the password hash, and filled in later only while that hash is unchanged."""
+    async def body(s: Store) -> None:
+        a = await s.add_account("a@example.com", "h1", scram_sha256="S1")
+        assert a.scram_sha256 == "S1"
+        assert (await s.get_account("a@example.com")) == a
+        assert "S1" not in repr(a)
+        legacy = await s.add_account("old@example.com", "h")
+        assert legacy.scram_sha256 is None
+        assert (await s.get_account_by_id(legacy.id)).scram_sha256 is None  # type: ignore[union-attr]
+
+        await s.set_password("a@example.com", "h2", scram_sha256="S2")
+        a2 = await s.get_account("a@example.com")
+        assert a2 is not None and (a2.password_hash, a2.scram_sha256) == ("h2", "S2")
+        # A new password without a secret clears the old one: it must not keep working.
+        await s.set_password("a@example.com", "h3")
+        a3 = await s.get_account("a@example.com")
+        assert a3 is not None and (a3.password_hash, a3.scram_sha256) == ("h3", None)
+
+        # Compare-and-set: stored only while the hash it was derived beside is current.
+        assert not await s.set_scram_secret("a@example.com", "stale", password_hash="h2")
+        assert (await s.get_account("a@example.com")).scram_sha256 is None  # type: ignore[union-attr]
+        assert await s.set_scram_secret("A@Example.com", "S3", password_hash="h3")
+        assert (await s.get_account("a@example.com")).scram_sha256 == "S3"  # type: ignore[union-attr]
+        assert not await s.set_scram_secret("nobody@example.com", "S", password_hash="h3")
+        assert [x.scram_sha256 for x in await s.list_accounts("example.com")] == ["S3", None]
+
+    run(make_store, body)
+
+
+def test_server_secrets_are_made_once_and_kept(make_store):
+    async def first(s: Store) -> tuple[bytes, bytes]:
+        one = await s.server_secret("scram-salt")
+        assert len(one) == 32 and await s.server_secret("scram-salt") == one
+        other = await s.server_secret("something-else")
+        assert len(other) == 32 and other != one
+        return one, other
+
+    async def second(s: Store) -> None:
+        assert await s.server_secret("scram-salt") == kept[0]
+        assert await s.server_secret("something-else") == kept[1]
+
+    kept = run(make_store, first)
+    run(make_store, second)
+
+
 def test_account_usage_and_removal_releases_blobs(make_store):
     async def body(s: Store) -> None:
         a = await account(s)

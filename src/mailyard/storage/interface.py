@@ -180,13 +180,28 @@ class Store(Protocol):
     async def get_domain(self, name: str) -> Domain | None: ...
 
     async def add_account(self, address: str, password_hash: str, *,
-                          quota_bytes: int | None = None) -> Account:
-        """Create the account and its default mailboxes (models.DEFAULT_MAILBOXES)."""
+                          quota_bytes: int | None = None,
+                          scram_sha256: str | None = None) -> Account:
+        """Create the account and its default mailboxes (models.DEFAULT_MAILBOXES).
+
+        ``password_hash`` and ``scram_sha256`` are opaque text to the store (an argon2id
+        PHC string and an RFC 5803 SCRAM secret, both made by policy/auth.py)."""
         ...
 
     async def remove_account(self, address: str) -> None: ...
 
-    async def set_password(self, address: str, password_hash: str) -> None: ...
+    async def set_password(self, address: str, password_hash: str, *,
+                           scram_sha256: str | None = None) -> None:
+        """Replace the password: the hash and the SCRAM secret together. A secret left
+        out is cleared (one derived from the old password must not keep working)."""
+        ...
+
+    async def set_scram_secret(self, address: str, scram_sha256: str, *,
+                               password_hash: str) -> bool:
+        """Store the SCRAM secret of an account only while its password hash is still
+        ``password_hash`` (compare-and-set: a password changed meanwhile wins and the
+        secret, derived from the old one, is dropped). True when stored."""
+        ...
 
     async def set_quota(self, address: str, quota_bytes: int | None) -> None: ...
 
@@ -198,6 +213,12 @@ class Store(Protocol):
 
     async def account_usage(self, account_id: int) -> int:
         """Octets stored across all the account's mailboxes (QUOTA RES-STORAGE)."""
+        ...
+
+    async def server_secret(self, name: str) -> bytes:
+        """32 random octets kept under ``name``: made on first use, then the same for
+        every process that shares the store and across restarts (e.g. the key behind
+        the stable SCRAM salts of unknown users, which all front-end nodes must agree on)."""
         ...
 
     async def add_alias(self, source: str, targets: Sequence[str]) -> Alias: ...

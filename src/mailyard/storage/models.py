@@ -35,6 +35,10 @@ class Account:
     password_hash: str
     quota_bytes: int | None = None  # None: unlimited
     disabled: bool = False
+    # SCRAM-SHA-256 secret (salt, iterations, StoredKey, ServerKey) in the RFC 5803 text
+    # form ``SCRAM-SHA-256$i:salt$StoredKey:ServerKey`` (protocol.sasl.ScramSecrets);
+    # None for an account whose password was set before we kept one (see policy/auth.py).
+    scram_sha256: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0;
     UPDATE mailboxes SET recent_uid = uidnext - 1;
     """,
+    # 6: SASL SCRAM-SHA-256. Each account keeps its SCRAM secret beside the argon2id hash
+    # (NULL until the password is next set or used with PLAIN/LOGIN: policy/auth.py);
+    # server_secrets holds random keys every process sharing the store must agree on.
+    """
+    ALTER TABLE accounts ADD COLUMN scram_sha256 TEXT;
+    CREATE TABLE server_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 

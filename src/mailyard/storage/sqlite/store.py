@@ -51,6 +51,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -178,10 +179,10 @@ def _message(row: tuple) -> MessageRef:
 
 def _account(row: tuple) -> Account:
     return Account(id=row[0], address=row[1], password_hash=row[2], quota_bytes=row[3],
-                   disabled=bool(row[4]))
+                   disabled=bool(row[4]), scram_sha256=row[5])
 
 
-_ACCOUNT_COLS = "id, address, password_hash, quota_bytes, disabled"
+_ACCOUNT_COLS = "id, address, password_hash, quota_bytes, disabled, scram_sha256"
 
 
 def _uid_col(cols: str) -> int:
@@ -669,7 +670,8 @@ class SQLiteStore:
 
     # -- accounts ----------------------------------------------------------------------
     async def add_account(self, address: str, password_hash: str, *,
-                          quota_bytes: int | None = None) -> Account:
+                          quota_bytes: int | None = None,
+                          scram_sha256: str | None = None) -> Account:
         address = names.address(address)
         dom = names.domain_of(address)
         now = self._clock()
@@ -679,13 +681,14 @@ class SQLiteStore:
             if c.execute("SELECT 1 FROM accounts WHERE address = ?", (address,)).fetchone():
                 raise AlreadyExists(f"account {address}")
             c.execute("INSERT OR IGNORE INTO domains (name, created) VALUES (?, ?)", (dom, now))
-            cur = c.execute("INSERT INTO accounts (address, domain, password_hash, quota_bytes) "
-                            "VALUES (?, ?, ?, ?)", (address, dom, password_hash, quota_bytes))
+            cur = c.execute("INSERT INTO accounts (address, domain, password_hash, quota_bytes, "
+                            "scram_sha256) VALUES (?, ?, ?, ?, ?)",
+                            (address, dom, password_hash, quota_bytes, scram_sha256))
             account_id = int(cur.lastrowid or 0)
             for name, special in DEFAULT_MAILBOXES:
                 self._insert_mailbox(tx, account_id, name, special)
             return Account(id=account_id, address=address, password_hash=password_hash,
-                           quota_bytes=quota_bytes)
+                           quota_bytes=quota_bytes, scram_sha256=scram_sha256)
 
         return await self._write(job)  # type: ignore[no-any-return]
 
@@ -716,9 +719,28 @@ class SQLiteStore:
 
         await self._write(job)
 
-    async def set_password(self, address: str, password_hash: str) -> None:
-        await self._update_account(
-            address, "UPDATE accounts SET password_hash = ? WHERE address = ?", password_hash)
+    async def set_password(self, address: str, password_hash: str, *,
+                           scram_sha256: str | None = None) -> None:
+        address = names.address(address)
+
+        def job(tx: Tx) -> None:
+            if tx.conn.execute(
+                    "UPDATE accounts SET password_hash = ?, scram_sha256 = ? WHERE address = ?",
+                    (password_hash, scram_sha256, address)).rowcount == 0:
+                raise NotFound(f"account {address}")
+
+        await self._write(job)
+
+    async def set_scram_secret(self, address: str, scram_sha256: str, *,
+                               password_hash: str) -> bool:
+        address = names.address(address)
+
+        def job(tx: Tx) -> bool:
+            return bool(tx.conn.execute(
+                "UPDATE accounts SET scram_sha256 = ? WHERE address = ? AND password_hash = ?",
+                (scram_sha256, address, password_hash)).rowcount)
+
+        return bool(await self._write(job))
 
     async def set_quota(self, address: str, quota_bytes: int | None) -> None:
         await self._update_account(
@@ -760,6 +782,22 @@ class SQLiteStore:
         if row is None:
             raise NotFound(f"account {account_id}")
         return int(row[0])
+
+    async def server_secret(self, name: str) -> bytes:
+        row = self._lookup(lambda c: c.execute(
+            "SELECT value FROM server_secrets WHERE name = ?", (name,)).fetchone())
+        if row is not None:
+            return bytes(row[0])
+        fresh = secrets.token_bytes(32)
+
+        def job(tx: Tx) -> bytes:
+            # Two processes may race to make it: the first insert wins, both read it back.
+            tx.conn.execute("INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?, ?)",
+                            (name, fresh))
+            return bytes(tx.conn.execute("SELECT value FROM server_secrets WHERE name = ?",
+                                         (name,)).fetchone()[0])
+
+        return bytes(await self._write(job))
 
     # -- aliases -----------------------------------------------------------------------
     async def add_alias(self, source: str, targets: Sequence[str]) -> Alias:
