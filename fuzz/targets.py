@@ -16,9 +16,22 @@ pieces whose sizes come from the input as well.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailyard.protocol.sasl import ScramSecrets
 
 MAX_STEPS = 20_000
+
+
+@functools.cache
+def _secrets() -> ScramSecrets:
+    """SCRAM secrets to answer NeedSecrets with (made once, at first use)."""
+    from mailyard.protocol.sasl import derive_scram_secrets
+
+    return derive_scram_secrets("pencil", salt=b"0123456789abcdef", iterations=4096)
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -44,6 +57,8 @@ SMTP_PREFIXES = [
     b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.test>\r\nBDAT 40\r\n",
     b"EHLO c.example\r\nAUTH LOGIN\r\n",
     b"EHLO c.example\r\nAUTH PLAIN\r\n",
+    b"EHLO c.example\r\nAUTH SCRAM-SHA-256\r\n",
+    b"EHLO c.example\r\nAUTH SCRAM-SHA-256 biwsbj11c2VyLHI9YWJj\r\n",  # n,,n=user,r=abc
     b"HELO c.example\r\nSTARTTLS\r\n",
     b"EHLO c.example\r\nMAIL FROM:<> SMTPUTF8\r\nRCPT TO:<b@example.test> NOTIFY=NEVER\r\n",
 ]
@@ -77,7 +92,9 @@ def smtp_core(data: bytes) -> None:
             assert isinstance(ev, core.Event), ev
             if isinstance(ev, core.ConnectionClosed | core.Quit):
                 break
-            if getattr(ev, "needs_decision", False):
+            if isinstance(ev, core.AuthNeedSecrets) and n % 2:
+                conn.provide_secrets(_secrets())  # else respond(): made-up secrets or deny
+            elif getattr(ev, "needs_decision", False):
                 # Alternate acceptance and refusal so both paths are explored.
                 conn.respond(None if (n + len(conn.data_to_send())) % 3 else deny)
         else:
@@ -96,6 +113,7 @@ POP3_PREFIXES = [
     b"USER alice\r\nPASS secret\r\n",
     b"AUTH PLAIN\r\n",
     b"AUTH LOGIN\r\n",
+    b"AUTH SCRAM-SHA-256 biwsbj11c2VyLHI9YWJj\r\n",  # n,,n=user,r=abc
     b"USER alice\r\nPASS secret\r\nDELE 1\r\n",
     b"UTF8\r\nCAPA\r\n",
     b"STLS\r\n",
@@ -123,7 +141,14 @@ def pop3_core(data: bytes) -> None:
                 raise AssertionError("POP3 core paused with nothing to answer")
             if isinstance(ev, pop3.ConnectionClosed):
                 return
-            if isinstance(ev, pop3.Pass | pop3.AuthCredentials):
+            if isinstance(ev, pop3.AuthNeedSecrets):
+                if sel & 2:
+                    conn.provide_secrets(_secrets())
+                else:
+                    conn.err("Temporary authentication failure", code="SYS/TEMP")
+            elif isinstance(ev, pop3.AuthProof) and not ev.proof.valid:
+                conn.err("Authentication failed", code="AUTH")
+            elif isinstance(ev, pop3.Pass | pop3.AuthCredentials | pop3.AuthProof):
                 if sel & 1:
                     conn.login_ok([(120, "1.1"), (3000, "1.2"), (5, "1.3")])
                 else:
@@ -183,19 +208,24 @@ def sasl_machines(data: bytes) -> None:
         sasl.b64decode_strict(data)
     except sasl.SaslError:
         pass
-    for name in ("PLAIN", "LOGIN"):
+    for name in ("PLAIN", "LOGIN", "SCRAM-SHA-256"):
         m = sasl.server_mechanism(name)
         assert m is not None
         try:
             step = m.start(chunks[0] if chunks and sel & 1 else None)
             for chunk in chunks[1:4]:
-                if isinstance(step, sasl.Credentials):
+                if isinstance(step, sasl.Credentials | sasl.ProofChecked):
                     break
+                if isinstance(step, sasl.NeedSecrets):
+                    assert step.authcid
+                    step = m.secrets(_secrets())
                 step = m.step(chunk)
         except sasl.SaslError:
             continue
         if isinstance(step, sasl.Credentials):
             assert step.authcid and step.password
+        if isinstance(step, sasl.ProofChecked):
+            assert not step.valid  # random input does not know the password
 
 
 # -- messages -----------------------------------------------------------------------------

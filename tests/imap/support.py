@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 
 from mailyard.config import AuthConfig, Config, LimitsConfig
 from mailyard.message.text import searchable_text
-from mailyard.policy.auth import Authenticator, hash_password
+from mailyard.policy.auth import Authenticator, hash_password, scram_secret
 from mailyard.policy.recipients import RecipientResolver
 from mailyard.server.context import ServerContext
 from mailyard.server.imap import handle_imap
@@ -104,8 +104,11 @@ class ImapTestServer:
         await store.open()
         self.store = store
         await store.add_domain("example.org")
-        acc = await store.add_account(USER, hash_password(PASSWORD), quota_bytes=self.quota)
-        other = await store.add_account(OTHER, hash_password(PASSWORD))
+        # As ``mailyard user add`` makes them: argon2id hash and SCRAM-SHA-256 secret.
+        acc = await store.add_account(USER, hash_password(PASSWORD), quota_bytes=self.quota,
+                                      scram_sha256=scram_secret(PASSWORD))
+        other = await store.add_account(OTHER, hash_password(PASSWORD),
+                                        scram_sha256=scram_secret(PASSWORD))
         self.account_id, self.other_id = acc.id, other.id
         if self.seed:
             for body in MESSAGES:

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from mailyard.testing.scram import ScramClient
 from tests.imap.support import PASSWORD, USER, ImapTestServer, RawClient, client_tls
 
 Check = Callable[[ImapTestServer], None]
@@ -83,6 +84,25 @@ def check_auth_login(srv: ImapTestServer) -> None:
         assert raw.line().startswith(b"+ ")
         raw.send(base64.b64encode(answer.encode()) + b"\r\n")
     assert raw.until(b"a")[1].startswith(b"a OK")
+
+
+def check_auth_scram_sha256(srv: ImapTestServer) -> None:
+    """RFC 7677 over RFC 9051 AUTHENTICATE: the server signature comes as a last
+    continuation, answered with an empty line, then the tagged OK."""
+    raw = _client(srv, login=False)
+    client = ScramClient(USER, PASSWORD)
+    raw.send("a AUTHENTICATE SCRAM-SHA-256\r\n")
+    assert raw.line() == b"+ "
+    raw.send(base64.b64encode(client.first()) + b"\r\n")
+    server_first = raw.line()
+    assert server_first.startswith(b"+ ")
+    raw.send(base64.b64encode(client.final(base64.b64decode(server_first[2:]))) + b"\r\n")
+    server_final = raw.line()
+    assert server_final.startswith(b"+ ")
+    client.check(base64.b64decode(server_final[2:]))
+    raw.send(b"\r\n")
+    assert raw.until(b"a")[1].startswith(b"a OK")
+    assert _ok(raw, "SELECT INBOX")
 
 
 def check_logindisabled(srv: ImapTestServer) -> None:
@@ -348,6 +368,7 @@ def check_within(srv: ImapTestServer) -> None:
 CHECKS: dict[str, Check] = {
     "IMAP4rev1": check_rev1, "IMAP4rev2": check_rev2, "STARTTLS": check_starttls,
     "AUTH=PLAIN": check_auth_plain, "AUTH=LOGIN": check_auth_login,
+    "AUTH=SCRAM-SHA-256": check_auth_scram_sha256,
     "LOGINDISABLED": check_logindisabled, "SASL-IR": check_sasl_ir,
     "LITERAL+": check_literal_plus, "ID": check_id, "ENABLE": check_enable,
     "IDLE": check_idle, "NAMESPACE": check_namespace, "UNSELECT": check_unselect,

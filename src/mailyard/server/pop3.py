@@ -52,6 +52,8 @@ from mailyard.protocol.pop3 import (
     NEED_DATA,
     PAUSED,
     AuthCredentials,
+    AuthNeedSecrets,
+    AuthProof,
     ConnectionClosed,
     Pass,
     POP3Connection,
@@ -67,7 +69,7 @@ from mailyard.server.streams import (
     below_high_water,
     upgrade_to_tls,
 )
-from mailyard.storage.interface import BlobSetReader
+from mailyard.storage.interface import BlobSetReader, StorageError
 from mailyard.storage.models import Account, Mailbox, MessageRef
 
 SEEN_BATCH = 256  # RETRs per batched \\Seen write
@@ -201,6 +203,13 @@ class _Session:
             elif isinstance(event, AuthCredentials):
                 c = event.credentials
                 await self.login(c.authcid, c.password, authzid=c.authzid)
+            elif isinstance(event, AuthNeedSecrets):
+                await self.need_secrets(event)
+            elif isinstance(event, AuthProof):
+                p = event.proof
+                account = await self.ctx.auth.authenticate_proof(
+                    p.authcid, valid=p.valid, remote_ip=self.remote_ip, authzid=p.authzid)
+                await self.open_maildrop(account)
             elif isinstance(event, Retr | Top):
                 await self.send_message(event)
             elif isinstance(event, Stls):
@@ -208,9 +217,25 @@ class _Session:
             elif isinstance(event, Quit):
                 await self.update(event.deleted)
 
+    async def need_secrets(self, event: AuthNeedSecrets) -> None:
+        """SCRAM-SHA-256: the user's stored secrets (made-up ones for an unknown user)."""
+        r = event.request
+        try:
+            stored = await self.ctx.auth.scram_secrets(r.authcid, remote_ip=self.remote_ip,
+                                                       authzid=r.authzid)
+        except StorageError as e:
+            self.ctx.log.warning("pop3: cannot read SCRAM secrets: %s", e)
+            self.conn.err("Temporary authentication failure", code="SYS/TEMP")
+            return
+        self.conn.provide_secrets(stored)
+
     async def login(self, user: str, password: str, *, authzid: str) -> None:
         account = await self.ctx.auth.authenticate(user, password, remote_ip=self.remote_ip,
                                                    authzid=authzid)
+        await self.open_maildrop(account)
+
+    async def open_maildrop(self, account: Account | None) -> None:
+        """Answer a login: lock and list the maildrop of ``account``, or -ERR."""
         if account is None:
             # RFC 3206 §4 / AUTH-RESP-CODE: a credentials problem.
             self.conn.err("Authentication failed", code="AUTH")

@@ -114,7 +114,7 @@ class SMTPSession:
             max_message_size=limits.max_message_size,
             max_recipients=limits.max_recipients,
             tls_available=ctx.tls is not None,
-            auth_mechanisms=("PLAIN", "LOGIN"),
+            auth_mechanisms=("PLAIN", "LOGIN", "SCRAM-SHA-256"),
             auth_requires_tls=not allow_plain,
             auth_required=(mode == "submission"),
             allow_auth=(mode == "submission"),
@@ -236,6 +236,9 @@ class SMTPSession:
                     return
                 continue
             self._arm_deadline()
+            if kind is core.AuthNeedSecrets:
+                await self.on_need_secrets(ev)  # type: ignore[arg-type]
+                continue
             reply = await self.dispatch(ev)
             if ev.needs_decision:  # type: ignore[union-attr]  # NEED_DATA, PAUSED handled above
                 conn.respond(reply)  # None: the core's default acceptance
@@ -276,6 +279,8 @@ class SMTPSession:
             return None
         if isinstance(ev, core.AuthCredentials):
             return await self.on_auth(ev)
+        if isinstance(ev, core.AuthProof):
+            return await self.on_auth_proof(ev)
         if isinstance(ev, core.MessageAborted):
             self.txn.discard()
             self.txn.local_rcpts.clear()
@@ -311,6 +316,27 @@ class SMTPSession:
             return R(535, "5.7.8", "Authentication credentials invalid")
         self.account = account
         self.ctx.log.info("smtp %s: authenticated %s", self.remote_ip, account.address)
+        return R(235, "2.7.0", "Authentication successful")
+
+    async def on_need_secrets(self, ev: core.AuthNeedSecrets) -> None:
+        """SCRAM-SHA-256: the user's stored secrets (made-up ones for an unknown user)."""
+        try:
+            stored = await self.ctx.auth.scram_secrets(ev.authcid, remote_ip=self.remote_ip,
+                                                       authzid=ev.authzid)
+        except StorageError as e:
+            self.ctx.log.warning("smtp %s: cannot read SCRAM secrets: %s", self.remote_ip, e)
+            self.conn.respond(R(454, "4.7.0", "Temporary authentication failure"))  # RFC 4954 §6
+            return
+        self.conn.provide_secrets(stored)
+
+    async def on_auth_proof(self, ev: core.AuthProof) -> Reply:
+        account = await self.ctx.auth.authenticate_proof(
+            ev.authcid, valid=ev.valid, remote_ip=self.remote_ip, authzid=ev.authzid)
+        if account is None:
+            return R(535, "5.7.8", "Authentication credentials invalid")
+        self.account = account
+        self.ctx.log.info("smtp %s: authenticated %s (%s)", self.remote_ip, account.address,
+                          ev.mechanism)
         return R(235, "2.7.0", "Authentication successful")
 
     # -- MAIL ------------------------------------------------------------------------------

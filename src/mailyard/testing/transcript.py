@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailyard.protocol.sasl import ScramSecrets
 from mailyard.protocol.smtp import events as ev
 from mailyard.protocol.smtp.replies import Reply
 from mailyard.protocol.smtp.server import (
@@ -290,10 +291,12 @@ def _diff(expected: list[str], actual: list[str]) -> str:
 
 # --- a scripted driver for tests of the core ----------------------------
 
-Decide = Callable[[ev.Event], Reply | None]
+#: Answers a decision: a Reply, None (the default), or for ``AuthNeedSecrets`` the
+#: user's SCRAM secrets.
+Decide = Callable[[ev.Event], Reply | ScramSecrets | None]
 
 
-def accept_all(event: ev.Event) -> Reply | None:
+def accept_all(event: ev.Event) -> Reply | ScramSecrets | None:
     return None
 
 
@@ -338,7 +341,11 @@ class CoreSession:
             assert isinstance(event, ev.Event)
             self.events.append(event)
             if event.needs_decision:
-                conn.respond(self.decide(event))
+                answer = self.decide(event)
+                if isinstance(answer, ScramSecrets):
+                    conn.provide_secrets(answer)
+                else:
+                    conn.respond(answer)
             if isinstance(event, (ev.Quit, ev.ConnectionClosed)):
                 break
         else:  # pragma: no cover

@@ -127,11 +127,11 @@ CASES = [
         ["TOP", "UIDL", "STLS", "UTF8", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
          "EXPIRE NEVER", "IMPLEMENTATION mailyard"])),
     Case("capa-under-tls", "tls", b"capa\r\n", b"+OK Capability list follows\r\n" + listing(
-        ["TOP", "UIDL", "USER", "SASL PLAIN LOGIN", "UTF8 USER", "RESP-CODES",
+        ["TOP", "UIDL", "USER", "SASL PLAIN LOGIN SCRAM-SHA-256", "UTF8 USER", "RESP-CODES",
          "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", "IMPLEMENTATION mailyard"])),
     Case("capa-loopback-plaintext-allowed-no-stls", "loopback", b"CAPA\r\n",
          b"+OK Capability list follows\r\n" + listing(
-             ["TOP", "UIDL", "USER", "SASL PLAIN LOGIN", "UTF8 USER", "RESP-CODES",
+             ["TOP", "UIDL", "USER", "SASL PLAIN LOGIN SCRAM-SHA-256", "UTF8 USER", "RESP-CODES",
               "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", "IMPLEMENTATION mailyard"])),
     Case("user-refused-before-tls", "plain", b"USER a@example.org\r\n",
          b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS\r\n"),
@@ -150,7 +150,7 @@ CASES = [
     Case("pass-without-user", "tls", b"PASS secret\r\n", b"-ERR USER first\r\n"),
     Case("pass-not-immediately-after-user", "tls", b"USER a\r\nCAPA\r\nPASS secret\r\n",
          b"+OK Send PASS\r\n+OK Capability list follows\r\n" + listing(
-             ["TOP", "UIDL", "USER", "SASL PLAIN LOGIN", "UTF8 USER", "RESP-CODES",
+             ["TOP", "UIDL", "USER", "SASL PLAIN LOGIN SCRAM-SHA-256", "UTF8 USER", "RESP-CODES",
               "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", "IMPLEMENTATION mailyard"])
          + b"-ERR USER first\r\n"),
     Case("user-without-name", "tls", b"USER\r\n", b"-ERR Syntax: USER name\r\n"),
@@ -169,7 +169,7 @@ CASES = [
     Case("stls-when-tls-active", "tls", b"STLS\r\n", b"-ERR Already using TLS\r\n"),
     Case("stls-not-available", "loopback", b"STLS\r\n", b"-ERR STLS not available\r\n"),
     Case("auth-list", "tls", b"AUTH\r\n", b"+OK Supported mechanisms follow\r\n"
-         + listing(["PLAIN", "LOGIN"])),
+         + listing(["PLAIN", "LOGIN", "SCRAM-SHA-256"])),
     Case("auth-plain-initial", "tls", b"AUTH PLAIN " + b64(b"\0a@example.org\0secret") + b"\r\n",
          b"+OK Maildrop has 3 messages (%d octets)\r\n" % TOTAL),
     Case("auth-plain-challenge", "tls",

@@ -13,6 +13,8 @@ from mailyard.protocol.pop3 import (
     NEED_DATA,
     SASL_LINE_MAX,
     AuthCredentials,
+    AuthNeedSecrets,
+    AuthProof,
     ConnectionClosed,
     Pass,
     POP3Connection,
@@ -21,12 +23,16 @@ from mailyard.protocol.pop3 import (
     Stls,
     Top,
 )
+from mailyard.protocol.sasl import derive_scram_secrets
 
 SEEDS = [b"USER a", b"PASS secret", b"PASS x", b"AUTH PLAIN", b"AUTH LOGIN", b"AUTH",
          b"AUTH PLAIN " + base64.b64encode(b"\0a\0secret"), b"*", b"=", b"STLS", b"UTF8",
          b"CAPA", b"STAT", b"LIST", b"LIST 1", b"RETR 1", b"RETR 0", b"TOP 1 0", b"TOP 2 -1",
          b"DELE 1", b"DELE 9", b"RSET", b"NOOP", b"UIDL", b"UIDL 2", b"QUIT", b"", b"\xff",
-         b"\0", b"A" * 300, base64.b64encode(b"secret")]
+         b"\0", b"A" * 300, base64.b64encode(b"secret"),
+         b"AUTH SCRAM-SHA-256", b"AUTH SCRAM-SHA-256 " + base64.b64encode(b"n,,n=a,r=abc"),
+         base64.b64encode(b"n,,n=a,r=abc"), base64.b64encode(b"c=biws,r=abc,p=AAAA")]
+SECRETS = derive_scram_secrets("secret", salt=b"0123456789abcdef", iterations=4096)
 
 line = st.one_of(st.sampled_from(SEEDS), st.binary(max_size=40))
 ending = st.sampled_from([b"\r\n", b"\n", b"\r", b""])
@@ -34,7 +40,14 @@ script = st.lists(st.tuples(line, ending), max_size=25)
 
 
 def answer(conn: POP3Connection, ev: object) -> None:
-    if isinstance(ev, Pass | AuthCredentials):
+    if isinstance(ev, AuthNeedSecrets):
+        conn.provide_secrets(SECRETS)
+    elif isinstance(ev, AuthProof):
+        if ev.proof.valid:
+            conn.login_ok([(10, "a.1")])
+        else:
+            conn.err("no", code="AUTH")
+    elif isinstance(ev, Pass | AuthCredentials):
         pw = ev.password if isinstance(ev, Pass) else ev.credentials.password
         if pw == "secret":
             conn.login_ok([(10, "a.1"), (20, "a.2")])

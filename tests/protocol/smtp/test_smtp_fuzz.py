@@ -33,6 +33,11 @@ SEED_LINES = [
     b"AUTH PLAIN AGEAYg==\r\n",
     b"AUTH LOGIN\r\n",
     b"YQ==\r\n",
+    b"AUTH SCRAM-SHA-256\r\n",
+    b"AUTH SCRAM-SHA-256 biwsbj11c2VyLHI9YWJj\r\n",  # n,,n=user,r=abc
+    b"biwsbj11c2VyLHI9YWJj\r\n",
+    b"Yz1iaXdzLHI9YWJjLHA9QUFBQQ==\r\n",  # c=biws,r=abc,p=AAAA
+    b"=\r\n",
     b"*\r\n",
     b".\r\n",
     b"\r\n.\r\n",

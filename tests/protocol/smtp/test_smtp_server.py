@@ -225,10 +225,11 @@ BASE_CAPS = [
         ({"mode": "mx", "tls_available": True}, False, ["STARTTLS"]),
         ({"mode": "mx", "tls_available": True}, True, []),
         ({"mode": "submission", "tls_available": True}, False, ["STARTTLS"]),
-        ({"mode": "submission", "tls_available": True}, True, ["AUTH PLAIN LOGIN"]),
-        ({"mode": "submission", "auth_requires_tls": False}, False, ["AUTH PLAIN LOGIN"]),
+        ({"mode": "submission", "tls_available": True}, True, ["AUTH PLAIN LOGIN SCRAM-SHA-256"]),
+        ({"mode": "submission", "auth_requires_tls": False}, False,
+         ["AUTH PLAIN LOGIN SCRAM-SHA-256"]),
         ({"mode": "submission", "auth_mechanisms": ("PLAIN",)}, True, ["AUTH PLAIN"]),
-        ({"mode": "mx", "allow_auth": True}, True, ["AUTH PLAIN LOGIN"]),
+        ({"mode": "mx", "allow_auth": True}, True, ["AUTH PLAIN LOGIN SCRAM-SHA-256"]),
     ],
 )
 def test_ehlo_capabilities(kwargs: dict[str, object], tls_active: bool, extra: list[str]) -> None:
@@ -323,7 +324,7 @@ def test_starttls_discards_pipelined_plaintext_and_resets() -> None:
     conn.next_event()
     conn.respond()
     out = conn.data_to_send()
-    assert b"STARTTLS" not in out and b"250 AUTH PLAIN LOGIN\r\n" in out
+    assert b"STARTTLS" not in out and b"250 AUTH PLAIN LOGIN SCRAM-SHA-256\r\n" in out
 
 
 def test_auth_then_mail_on_submission() -> None:

@@ -15,7 +15,8 @@ Usage (the asyncio adapter in ``server/pop3.py`` is the reference)::
 The core owns the maildrop *view* handed to :meth:`login_ok`: message sizes,
 unique ids and the deletion marks. So it validates message numbers and answers
 STAT, LIST, UIDL, DELE, RSET, NOOP and CAPA itself; only RETR, TOP, logins, STLS
-and QUIT-in-TRANSACTION reach the application.
+and QUIT-in-TRANSACTION reach the application (and, inside a SCRAM-SHA-256
+exchange, the request for the user's stored secrets: ``AuthNeedSecrets``).
 
 Bounded memory whatever the peer sends:
 
@@ -42,6 +43,8 @@ from mailyard.protocol.pop3.events import (
     NEED_DATA,
     PAUSED,
     AuthCredentials,
+    AuthNeedSecrets,
+    AuthProof,
     ConnectionClosed,
     Event,
     Pass,
@@ -407,7 +410,7 @@ class POP3Connection:
                 self._reply_err("Invalid base64 in initial response", code="AUTH")
                 return None
         self._mech = mech
-        return self._sasl_step(lambda: mech.start(initial), starting=True)
+        return self._sasl_step(lambda: mech.start(initial))
 
     def _sasl_line(self, raw: bytes) -> Event | None:
         # RFC 5034 §4: "*" cancels; the server MUST answer -ERR.
@@ -421,26 +424,44 @@ class POP3Connection:
             return None
         mech = self._mech
         assert mech is not None
-        return self._sasl_step(lambda: mech.step(response), starting=False)
+        return self._sasl_step(lambda: mech.step(response))
 
-    def _sasl_step(self, step: Callable[[], sasl.SaslStep], *, starting: bool) -> Event | None:
+    def _sasl_step(self, step: Callable[[], sasl.SaslStep]) -> Event | None:
         try:
             result = step()
         except sasl.SaslError as e:
-            if starting:
+            if self._state is State.SASL:
+                self._abort_sasl(f"Authentication failed: {e}")
+            else:  # the initial response of AUTH itself was malformed
                 self._mech = None
                 self._reply_err(f"Authentication failed: {e}", code="AUTH")
-            else:
-                self._abort_sasl(f"Authentication failed: {e}")
             return None
+        return self._sasl_result(result)
+
+    def _sasl_result(self, result: sasl.SaslStep) -> Event | None:
         if isinstance(result, sasl.Challenge):
-            if starting:
+            if self._state is not State.SASL:
                 self._state = next_state(self._state, Trigger.AUTH_START)
-            # RFC 5034 §4: "+" SP base64 challenge.
+            # RFC 5034 §4: "+" SP base64 challenge. SCRAM's server signature (additional
+            # data with success) comes this way too and the client answers with an empty
+            # line before the +OK.
             self._emit(b"+ " + base64.b64encode(result.data) + b"\r\n")
             return None
+        if isinstance(result, sasl.NeedSecrets):
+            return AuthNeedSecrets(result)  # the machine stays: provide_secrets() feeds it
         self._mech = None
+        if isinstance(result, sasl.ProofChecked):
+            return AuthProof(result)
         return AuthCredentials(result)
+
+    def provide_secrets(self, secrets: sasl.ScramSecrets) -> None:
+        """Answer :class:`AuthNeedSecrets`: the exchange goes on (server-first message)."""
+        self._take(AuthNeedSecrets)
+        self._pending = None
+        mech = self._mech
+        assert mech is not None
+        if self._sasl_result(mech.secrets(secrets)) is not None:  # pragma: no cover
+            raise LocalProtocolError("SCRAM did not answer its secrets with a challenge")
 
     def _abort_sasl(self, text: str) -> None:
         self._mech = None
@@ -546,7 +567,9 @@ class POP3Connection:
 
     def login_ok(self, maildrop: Sequence[tuple[int, str]], text: str | None = None) -> None:
         """Credentials accepted and maildrop locked; ``maildrop`` is (size, unique id) per message."""
-        self._take(Pass, AuthCredentials)
+        event = self._take(Pass, AuthCredentials, AuthProof)
+        if isinstance(event, AuthProof) and not event.proof.valid:
+            raise LocalProtocolError("login_ok() for an invalid SCRAM proof")
         for size, uid in maildrop:
             if size < 0 or not (1 <= len(uid) <= 70) or not all(0x21 <= ord(c) <= 0x7E for c in uid):
                 raise LocalProtocolError(f"invalid maildrop entry {(size, uid)!r}")
@@ -566,12 +589,14 @@ class POP3Connection:
         self._state = next_state(self._state, Trigger.UPDATE_DONE)
 
     def err(self, text: str, *, code: str | None = None) -> None:
-        """Refuse the pending event (login failure, unreadable message, failed UPDATE)."""
-        event = self._take(Pass, AuthCredentials, Retr, Top, Quit)
+        """Refuse the pending event (login failure, a SCRAM secrets lookup that failed,
+        unreadable message, failed UPDATE)."""
+        event = self._take(Pass, AuthCredentials, AuthNeedSecrets, AuthProof, Retr, Top, Quit)
         self._pending = None
         self._reply_err(text, code=code)
-        if isinstance(event, Pass | AuthCredentials):
+        if isinstance(event, Pass | AuthCredentials | AuthNeedSecrets | AuthProof):
             self._user = ""
+            self._mech = None
             self._state = next_state(self._state, Trigger.LOGIN_FAILED)
         elif isinstance(event, Quit):
             # RFC 1939 §6: "-ERR some deleted messages not removed", then close anyway.

@@ -8,7 +8,8 @@ place and is tested without a socket.
 
 After an event other than :class:`Stls` and :class:`ConnectionClosed` the core
 is *paused* until the application answers with one of the reply methods
-(``login_ok``, ``ok``, ``err``, ``ok_multiline`` ... ``end_body``).
+(``login_ok``, ``ok``, ``err``, ``ok_multiline`` ... ``end_body``, and
+``provide_secrets`` for :class:`AuthNeedSecrets`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from mailyard.protocol.sasl import Credentials
+from mailyard.protocol.sasl import Credentials, NeedSecrets, ProofChecked
 
 
 class Sentinel(enum.Enum):
@@ -43,6 +44,28 @@ class AuthCredentials:
     """A completed SASL exchange (RFC 5034). Answer like :class:`Pass`."""
 
     credentials: Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class AuthNeedSecrets:
+    """SCRAM-SHA-256 needs the stored secrets of ``request.authcid`` (RFC 5802).
+
+    Answer with ``provide_secrets(...)`` (made-up ones with a stable salt for an
+    unknown user), or ``err(...)`` to end the exchange (the store cannot be read).
+    """
+
+    request: NeedSecrets
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProof:
+    """A completed SCRAM exchange: the core checked the client's proof, ``proof.valid``.
+
+    Answer like :class:`Pass`; ``login_ok`` for an invalid proof is refused
+    (LocalProtocolError).
+    """
+
+    proof: ProofChecked
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,4 +111,5 @@ class ConnectionClosed:
     """The peer closed the connection, or the session ended (QUIT answered)."""
 
 
-Event = Pass | AuthCredentials | Retr | Top | Stls | Quit | ConnectionClosed
+Event = (Pass | AuthCredentials | AuthNeedSecrets | AuthProof | Retr | Top | Stls | Quit
+         | ConnectionClosed)

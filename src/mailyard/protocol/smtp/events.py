@@ -15,6 +15,8 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "AuthCredentials",
+    "AuthNeedSecrets",
+    "AuthProof",
     "ConnectionClosed",
     "Event",
     "Hello",
@@ -109,6 +111,37 @@ class AuthCredentials(Event):
     authzid: str
     authcid: str
     password: str = field(repr=False)
+    needs_decision = True
+
+
+@dataclass(frozen=True)
+class AuthNeedSecrets(Event):
+    """SCRAM-SHA-256 (RFC 5802): the client named ``authcid`` and the exchange needs that
+    user's stored secrets. Needs decision, answered with
+    ``SMTPServerConnection.provide_secrets(secrets)`` (for an unknown user, made-up
+    secrets with a stable salt: the exchange must look the same). ``respond(reply)``
+    with a 4xx/5xx instead ends the exchange with that reply (e.g. ``454 4.7.0`` when
+    the store cannot be read); ``respond(None)`` goes on with random secrets that no
+    proof matches."""
+
+    mechanism: str
+    authcid: str
+    authzid: str
+    needs_decision = True
+
+
+@dataclass(frozen=True)
+class AuthProof(Event):
+    """The end of a SCRAM exchange: the core checked the client's proof against the
+    secrets given; ``valid`` says whether it matched (for a valid one the server
+    signature has already gone out). Needs decision like :class:`AuthCredentials`;
+    ``respond(None)`` accepts a valid proof and refuses an invalid one with 535, and a
+    2xx answer to an invalid proof is a bug of the driver (RuntimeError)."""
+
+    mechanism: str
+    authzid: str
+    authcid: str
+    valid: bool
     needs_decision = True
 
 

@@ -23,6 +23,13 @@ who handles it), ``SEQUENCE_ERRORS`` (what we say when it is not), and
 ``DECISIONS`` (where a decision takes us). Handlers below return a
 :class:`Reply` or an event; they never write.
 
+AUTH needs the world once for PLAIN and LOGIN (``AuthCredentials``: is this
+password right?) and twice for SCRAM-SHA-256: ``AuthNeedSecrets`` asks for the
+user's stored secrets after the client-first message, answered with
+:meth:`~SMTPServerConnection.provide_secrets`; ``AuthProof`` carries the verdict
+on the client's proof, answered like ``AuthCredentials``. The SASL machines
+themselves live in ``protocol/sasl.py``; this core frames them (RFC 4954 §4).
+
 Message content is streamed: DATA through :class:`DotUnstuffer`, BDAT by
 octet count, in :class:`MessageData` pieces of at most
 ``ServerSettings.chunk_size`` octets. Nothing holds a whole message.
@@ -56,6 +63,8 @@ from mailyard.protocol.smtp.events import (
     NEED_DATA,
     PAUSED,
     AuthCredentials,
+    AuthNeedSecrets,
+    AuthProof,
     ConnectionClosed,
     Event,
     Hello,
@@ -74,6 +83,8 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "AuthCredentials",
+    "AuthNeedSecrets",
+    "AuthProof",
     "ConnectionClosed",
     "Event",
     "Hello",
@@ -124,7 +135,7 @@ class ServerSettings:
     max_message_size: int = 35 * 1024 * 1024
     max_recipients: int = 100
     tls_available: bool = False
-    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
     auth_requires_tls: bool = True
     auth_required: bool | None = None
     allow_auth: bool | None = None
@@ -220,6 +231,9 @@ DECISIONS: dict[type[Event], tuple[State | None, State | None]] = {
     MailFrom: (State.MAIL, None),
     RcptTo: (State.RCPT, None),
     AuthCredentials: (State.READY, State.READY),
+    AuthProof: (State.READY, State.READY),
+    # (AuthNeedSecrets is answered by provide_secrets(), which continues the exchange in
+    # State.AUTH; respond() with a 4xx/5xx ends it in State.READY.)
     MessageComplete: (State.READY, State.READY),
 }
 
@@ -229,6 +243,7 @@ DEFAULT_ACCEPT: dict[type[Event], Reply] = {
     MailFrom: R.SENDER_OK,
     RcptTo: R.RECIPIENT_OK,
     AuthCredentials: R.AUTH_OK,
+    AuthProof: R.AUTH_OK,  # R.AUTH_FAILED for an invalid proof
     MessageComplete: R.MESSAGE_ACCEPTED,
 }
 
@@ -346,10 +361,25 @@ class SMTPServerConnection:
             if self.state is State.CLOSED:
                 return
             raise RuntimeError("respond() without an event awaiting a decision")
-        self._pending = None
+        if isinstance(event, AuthNeedSecrets):
+            if reply is None:
+                self.provide_secrets(sasl.unmatchable_secrets())
+                return
+            if reply.is_success:
+                raise RuntimeError("answer AuthNeedSecrets with provide_secrets()")
+            self._pending = None
+            self._sasl = None
+            self.state = State.READY
+            self._send(reply)
+            return
         kind = type(event)
         if reply is None:
             reply = DEFAULT_ACCEPT[kind]
+            if isinstance(event, AuthProof) and not event.valid:
+                reply = R.AUTH_FAILED
+        elif isinstance(event, AuthProof) and not event.valid and reply.is_success:
+            raise RuntimeError("an invalid SCRAM proof cannot be accepted")
+        self._pending = None
         ok_state, fail_state = DECISIONS[kind]
         accepted = reply.is_success
         if isinstance(event, Hello):
@@ -364,7 +394,7 @@ class SMTPServerConnection:
             self._tx = _Transaction(smtputf8=event.smtputf8)
         elif isinstance(event, RcptTo) and accepted:
             self._tx.recipients += 1
-        elif isinstance(event, AuthCredentials):
+        elif isinstance(event, AuthCredentials | AuthProof):
             if accepted:
                 self.authenticated_as = event.authcid
                 self.authzid = event.authzid or None
@@ -382,6 +412,20 @@ class SMTPServerConnection:
         if new_state is not None:
             self.state = new_state
         self._send(reply)
+
+    def provide_secrets(self, secrets: sasl.ScramSecrets) -> None:
+        """Answer :class:`AuthNeedSecrets`: the exchange goes on (server-first message)."""
+        event = self._pending
+        if not isinstance(event, AuthNeedSecrets):
+            if self.state is State.CLOSED:
+                return
+            raise RuntimeError("provide_secrets() without an AuthNeedSecrets event")
+        self._pending = None
+        machine = self._sasl
+        assert machine is not None
+        outcome = self._auth_step(machine.secrets(secrets))
+        if outcome is not None:  # pragma: no cover - secrets() always returns a challenge
+            raise RuntimeError(f"unexpected SASL step after secrets: {outcome!r}")
 
     def tls_started(self) -> None:
         """The TLS handshake after STARTTLS succeeded: forget everything learnt
@@ -820,8 +864,14 @@ class SMTPServerConnection:
             text = base64.b64encode(step.data).decode("ascii")
             self._send(Reply(334, (text,), None, "RFC 4954 §4"))
             return None
+        if isinstance(step, sasl.NeedSecrets):
+            # The machine stays: provide_secrets() feeds it (see events.AuthNeedSecrets).
+            self.state = State.READY
+            return AuthNeedSecrets(step.mechanism, step.authcid, step.authzid)
         self._sasl = None
         self.state = State.READY
+        if isinstance(step, sasl.ProofChecked):
+            return AuthProof(step.mechanism, step.authzid, step.authcid, step.valid)
         return AuthCredentials(step.mechanism, step.authzid, step.authcid, step.password)
 
 

@@ -160,7 +160,7 @@ class Session:
             if not self.tls and self.ctx.tls is not None:
                 caps.append("STARTTLS")
             if self.plaintext_ok():
-                caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
+                caps += ["AUTH=" + m for m in AUTH_MECHANISMS]
             else:
                 caps.append("LOGINDISABLED")
         caps += ["SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -428,6 +428,10 @@ class Session:
             return no("Use STARTTLS first", "PRIVACYREQUIRED")
         account = await self.ctx.auth.authenticate(user, password, remote_ip=self.remote_ip,
                                                    authzid=authzid)
+        return self.logged_in(account)
+
+    def logged_in(self, account: Account | None) -> Reply:
+        """The tagged reply to LOGIN or AUTHENTICATE; the session is the account's now."""
         if account is None:
             return no("Authentication failed", "AUTHENTICATIONFAILED")
         self.account = account
@@ -659,7 +663,9 @@ async def cmd_login(s: Session, cmd: c.Login) -> Reply:
     return await s.login(cmd.username, cmd.password)
 
 
-AUTH_MECHANISMS = ("PLAIN", "LOGIN")  # both send the password: TLS or loopback only
+# PLAIN and LOGIN send the password; SCRAM-SHA-256 does not, but follows the same rule:
+# TLS or loopback only (the capability list shows all three, or LOGINDISABLED).
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 
 async def cmd_authenticate(s: Session, cmd: c.Authenticate) -> Reply:
@@ -672,7 +678,19 @@ async def cmd_authenticate(s: Session, cmd: c.Authenticate) -> Reply:
     assert mech is not None
     try:
         step = mech.start(cmd.initial_response)
-        while isinstance(step, sasl.Challenge):
+        while not isinstance(step, sasl.Credentials | sasl.ProofChecked):
+            if isinstance(step, sasl.NeedSecrets):
+                # SCRAM: the user's stored secrets, made-up ones for an unknown user.
+                try:
+                    stored = await s.ctx.auth.scram_secrets(step.authcid, authzid=step.authzid,
+                                                            remote_ip=s.remote_ip)
+                except StorageError as e:
+                    s.ctx.log.warning("imap: cannot read SCRAM secrets: %s", e)
+                    return no("Temporary authentication failure", "UNAVAILABLE")
+                step = mech.secrets(stored)
+                continue
+            # A challenge; for SCRAM the last one is the server signature (additional data
+            # with success), answered with an empty line before the tagged OK.
             s.send(r.continuation_b64(step.data) if step.data else b"+ \r\n")
             s.parser.expect_sasl_response(cmd.tag)
             ev = await s.next_event()
@@ -685,6 +703,10 @@ async def cmd_authenticate(s: Session, cmd: c.Authenticate) -> Reply:
             step = mech.step(ev.data)
     except sasl.SaslError as e:
         return bad(str(e))
+    if isinstance(step, sasl.ProofChecked):
+        account = await s.ctx.auth.authenticate_proof(step.authcid, valid=step.valid,
+                                                      remote_ip=s.remote_ip, authzid=step.authzid)
+        return s.logged_in(account)
     return await s.login(step.authcid, step.password, authzid=step.authzid)
 
 
