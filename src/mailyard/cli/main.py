@@ -234,16 +234,18 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         cmd_init(ns)
     cfg = load_config(data)
 
-    from mailyard.policy.auth import hash_password
+    from mailyard.policy.auth import hash_password, scram_secret
 
     async def ensure_user(store: Any) -> None:
         if await store.get_domain(domain) is None:
             await store.add_domain(domain)
         if await store.get_account(user) is None:
-            await store.add_account(user, hash_password(password))
+            await store.add_account(user, hash_password(password),
+                                    scram_sha256=scram_secret(password))
             await _ensure_postmaster(store, user)
         else:
-            await store.set_password(user, hash_password(password))
+            await store.set_password(user, hash_password(password),
+                                     scram_sha256=scram_secret(password))
 
     _run(_with_store(cfg, ensure_user))
     return _serve(cfg, banner=_connect_help(cfg, user, password))
@@ -355,7 +357,7 @@ def _signal_server(cfg: Config, sig: int) -> int | None:
 
 def cmd_user(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from mailyard.policy.auth import hash_password
+    from mailyard.policy.auth import hash_password, scram_secret
 
     async def go(store: Any) -> None:
         if args.action == "list":
@@ -378,7 +380,9 @@ def cmd_user(args: argparse.Namespace) -> int:
                                f"would receive nothing; 'mailyard alias remove {addr}' first")
             pw = _read_password(args)
             quota_bytes = _parse_size(args.quota) if args.quota else None
-            await store.add_account(addr, hash_password(pw), quota_bytes=quota_bytes)
+            # Both forms of the password: argon2id for PLAIN/LOGIN, SCRAM-SHA-256's secret.
+            await store.add_account(addr, hash_password(pw), quota_bytes=quota_bytes,
+                                    scram_sha256=scram_secret(pw))
             print(f"added {addr}")
             if "+" in addr.partition("@")[0]:
                 base = addr.partition("+")[0] + "@" + domain
@@ -390,7 +394,8 @@ def cmd_user(args: argparse.Namespace) -> int:
         if await store.get_account(addr) is None:
             raise CLIError(f"no user {addr}")
         if args.action == "passwd":
-            await store.set_password(addr, hash_password(_read_password(args)))
+            pw = _read_password(args)
+            await store.set_password(addr, hash_password(pw), scram_sha256=scram_secret(pw))
             print(f"password changed for {addr}")
         elif args.action == "quota":
             await store.set_quota(addr, _parse_size(args.size))
