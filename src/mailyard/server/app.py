@@ -32,6 +32,8 @@ from mailyard.storage.interface import Store
 log = logging.getLogger("mailyard")
 
 GRACE_SECONDS = 20.0
+MAINTAIN_FIRST = 600.0  # seconds after start of the first storage housekeeping pass ...
+MAINTAIN_EVERY = 3600.0  # ... and between passes (Store.maintain)
 
 
 def open_store(config: Config, *, serving: bool = False) -> Store:
@@ -118,6 +120,7 @@ class App:
             resolver=self.resolver,
         )
         await self._start_queue()
+        self.background.append(asyncio.create_task(run_maintenance(self.store)))
         limits = ConnectionLimits(max_connections=cfg.limits.max_connections,
                                   max_per_ip=cfg.limits.max_connections_per_ip,
                                   # a handshake is pre-authentication time too
@@ -302,6 +305,20 @@ class App:
         for name, (host, port) in self.http_ports.items():
             out.append(f"{name:<12} {f'[{host}]' if ':' in host else host}:{port}")
         return out
+
+
+async def run_maintenance(store: Store, *, first: float = MAINTAIN_FIRST,
+                          every: float = MAINTAIN_EVERY) -> None:
+    """Until cancelled: ``store.maintain()`` ``first`` seconds after start, then every
+    ``every`` seconds (the SQLite backend reclaims the space of deleted mail)."""
+    delay = first
+    while True:
+        await asyncio.sleep(delay)
+        delay = every
+        try:
+            await store.maintain()
+        except Exception:
+            log.exception("storage housekeeping failed")
 
 
 async def serve(config: Config, *, ready: Callable[[App], None] | None = None) -> int:

@@ -170,6 +170,12 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def maintain(self) -> None:
+        """Housekeeping a long-running server calls now and then, while serving (the
+        SQLite backend reclaims the space of deleted mail here). Every message stays
+        readable, and every write goes on, throughout."""
+        ...
+
     # -- domains, accounts, aliases ------------------------------------------------
     async def add_domain(self, name: str) -> Domain: ...
 

@@ -37,10 +37,13 @@ Deletion: when a blob's reference count reaches 0 its row is deleted in the
 same transaction, unless a commit in flight *pinned* it (identical content
 committed but not yet delivered: see ``SegmentBlobStore.pin``); the pin's
 release re-checks it. A segment (other than the one being written) whose last
-row is gone is unlinked after the commit. At open, a segment less than half
-live is compacted: its live blobs are copied to the current segment (fsynced,
-rows moved in one transaction) and the old file removed. TODO: compaction
-while running, with readers re-resolving a location that moved.
+row is gone is unlinked after the commit. A segment less than half live is
+compacted: its live blobs are copied to the current segment (fsynced, rows
+moved in the same transaction) and the old file removed; at open in one go,
+while serving a few MiB per write job (``SQLiteStore.maintain``). A reader that
+located a blob before it moved reads it where it was (an open handle keeps a
+dropped file readable); one that finds the file gone looks the blob up again
+(``SegmentBlobStore._open_blob``, ``SegmentSetReader.read``).
 
 Reads: a location is a primary-key lookup (~3 us on the loop's own read
 connection, against ~100 us for a hop to the reader pool; measured, see
@@ -59,9 +62,7 @@ read transaction were a third of the storage cost of a small RETR. A location
 stays right while its segment exists: segments are append-only, never rewritten,
 and a blob id names its content, so wherever it is stored the bytes are the
 same. When the segment has been dropped, the reader looks the blob up again
-(stored anew elsewhere, or NotFound). Compaction while running (the TODO above)
-must keep that true: leave a compacted segment's file until its readers are done,
-or the reader's re-lookup will find the moved blob.
+(stored anew elsewhere or moved by compaction, or NotFound).
 
 Measured on the 2 vCPU test VM (ext4, shared with other test runs, so noisy;
 each line compares within one run). bench/bench_storage.py, 2,000 x 5 KB, 20
@@ -102,6 +103,7 @@ log = logging.getLogger(__name__)
 SEGMENT_TARGET = 64 * 1024 * 1024  # rotate once the current segment reaches this size
 INLINE_READ_MAX = 256 * 1024  # reads up to this size are done on the event loop
 LOCATE_BATCH = 200  # blob locations a SegmentSetReader looks up in one query
+_RELOCATE_TRIES = 3  # lookups of a blob whose segment vanished under the reader
 _CHUNK = 1 << 16
 GATHER_MAX = 256 * 1024  # blobs up to this size are gathered into one vectored write ...
 GATHER_TOTAL = 4 * 1024 * 1024  # ... of at most about this many bytes
@@ -636,20 +638,53 @@ class SegmentBlobStore:
         finally:
             self.files.release(h)
 
+    def _open_blob(self, blob_id: str) -> tuple[_Handle, int, int]:
+        """(handle of its segment, start, length) of a stored blob; raises NotFound.
+
+        The handle keeps the segment readable even if it is dropped meanwhile; release
+        it with ``files.release``. A segment dropped between the lookup and the open had
+        its blobs moved by compaction (``SQLiteStore.maintain``) or deleted: the blob is
+        looked up again (its row moved before the segment was dropped).
+        """
+        for _ in range(_RELOCATE_TRIES):
+            seg, start, length = self.locate(blob_id)
+            try:
+                return self.files.acquire(seg), start, length
+            except NotFound:
+                continue
+        raise NotFound(f"blob {blob_id}")
+
+    def _read_handle(self, h: _Handle, pos: int, n: int) -> bytes:
+        try:
+            return self.files.pread(h, n, pos)
+        except OSError as exc:
+            raise _oserror(exc)
+        finally:
+            self.files.release(h)
+
+    def read_sync(self, blob_id: str, limit: int | None = None) -> bytes | None:
+        """A stored blob's bytes from any thread (the text indexer); None when it is
+        longer than ``limit``. Raises NotFound."""
+        h, start, n = self._open_blob(blob_id)
+        if limit is not None and n > limit:
+            self.files.release(h)
+            return None
+        return self._read_handle(h, start, n)
+
     async def read(self, blob_id: str, offset: int = 0, length: int | None = None) -> bytes:
-        seg, start, total = self.locate(blob_id)
+        h, start, total = self._open_blob(blob_id)
         skip, n = self._range(total, offset, length)
         if n == 0:
+            self.files.release(h)
             return b""
         if n <= INLINE_READ_MAX:
-            return self._read_range(seg, start + skip, n)
-        return await asyncio.to_thread(self._read_range, seg, start + skip, n)
+            return self._read_handle(h, start + skip, n)
+        return await asyncio.to_thread(self._read_handle, h, start + skip, n)
 
     async def stream(self, blob_id: str, *, offset: int = 0, length: int | None = None,
                      chunk: int = 65536) -> AsyncIterator[bytes]:
-        seg, start, total = self.locate(blob_id)
+        h, start, total = self._open_blob(blob_id)
         skip, n = self._range(total, offset, length)
-        h = self.files.acquire(seg)  # keeps the segment readable even if it is dropped meanwhile
         try:
             pos, end = start + skip, start + skip + n
             inline = n <= INLINE_READ_MAX

@@ -18,7 +18,7 @@ with the data run in the reader thread pool.
 Opening recovers from a crash: spill files in ``blobs/tmp`` are removed, blob
 locations no row references are dropped (committed but never delivered),
 segment bytes past the last indexed blob are truncated, and segments less
-than half live are compacted. Per-file blobs of the previous layout
+than half live are compacted (``maintain`` does the same while serving). Per-file blobs of the previous layout
 (``blobs/ab/cd/<id>``) are imported into a segment once.
 
 Decisions recorded here (see also ``names.py`` for normalisation):
@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -133,6 +134,9 @@ SMALL_READ = 2048
 AUTH_RESULTS_KEEP = 31 * 86400.0
 AUTH_RESULTS_PRUNE_EVERY = 3600.0
 AUTH_RESULTS_PRUNE_BATCH = 5000  # rows deleted by one write at most
+# Online compaction (maintain): live bytes, and rows, moved by one write job at most.
+COMPACT_STEP = 4 * 1024 * 1024
+COMPACT_ROWS = 2000
 _FLAGSETS: dict[str, frozenset[str]] = {}  # stored flags text -> set: a mailbox has a few
 
 
@@ -332,8 +336,7 @@ class SQLiteStore:
         """The text indexer's thread: a stored blob's bytes; None when it is gone or
         longer than ``limit``."""
         try:
-            seg, start, n = self._segs.locate(blob_id)
-            return self._segs._read_range(seg, start, n) if n <= limit else None
+            return self._segs.read_sync(blob_id, limit)
         except (NotFound, StorageError):
             return None
 
@@ -389,14 +392,21 @@ class SQLiteStore:
                     d.rmdir()
         log.info("imported %d per-file blobs into segment %d", len(rows), self._segs.files.current)
 
+    def _sparse_segments(self, live: dict[int, int], sizes: dict[int, int]) -> list[int]:
+        """Segments under half live (``live``: live bytes, ``sizes``: file sizes), oldest
+        first; never the one being appended to."""
+        current = self._segs.files.current
+        return [seg for seg, size in sorted(sizes.items())
+                if seg != current and size > 0 and live.get(seg, 0) * 2 < size]
+
     def _compact(self, conn: sqlite3.Connection) -> None:
         """Copy the live blobs of segments under half live to the current one (at open)."""
         files = self._segs.files
         live = dict(conn.execute(
             "SELECT segment, sum(length) FROM blob_locs GROUP BY segment").fetchall())
-        for seg, size in sorted(files.on_disk().items()):
-            if seg == files.current or size == 0 or live.get(seg, 0) * 2 >= size:
-                continue
+        sizes = files.on_disk()
+        for seg in self._sparse_segments(live, sizes):
+            size = sizes[seg]
             old = conn.execute("SELECT blob_id, start, length FROM blob_locs WHERE segment = ? "
                                "ORDER BY start", (seg,)).fetchall()
             rows = self._store_now(conn, [
@@ -407,6 +417,58 @@ class SQLiteStore:
                                  [(r[1], r[2], r[0]) for r in rows])
             files.drop(seg)
             log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0), size)
+
+    async def maintain(self) -> None:
+        """Reclaim the space of deleted mail while serving (the server calls this now
+        and then; the same happens at open).
+
+        A segment under half live has its live blobs copied to the current segment,
+        COMPACT_STEP bytes per write job, each job appending and fdatasyncing the copies
+        and moving their rows in the writer's transaction, so deliveries keep going in
+        between; the commit that moves its last row unlinks it (``_after_commit``). A
+        reader that found a blob at its old place keeps reading it there (its handle holds
+        the file); a reader that looks it up once the file is gone is sent to the new
+        place (``SegmentBlobStore._open_blob``). Only the owner of the data directory
+        drops segments, so a process beside a running server does nothing here.
+        """
+        files = self._segs.files
+        if not self.owner or not files.may_drop:
+            return
+        live = dict(await self._read(lambda c: c.execute(
+            "SELECT segment, sum(length) FROM blob_locs GROUP BY segment").fetchall()))
+        sizes = await asyncio.to_thread(files.on_disk)
+        for seg in self._sparse_segments(live, sizes):
+            moved = 0
+            while (step := await self._write(functools.partial(self._compact_step, seg))) is not None:
+                moved += step
+            log.info("compacted segment %d: %d live of %d bytes moved", seg, moved, sizes[seg])
+
+    def _compact_step(self, seg: int, tx: Tx) -> int | None:
+        """Writer: move up to COMPACT_STEP bytes of ``seg``'s blobs to the current
+        segment; the bytes moved, or None once ``seg`` holds none (it is dropped after
+        this commit)."""
+        files = self._segs.files
+        rows = tx.conn.execute("SELECT blob_id, start, length FROM blob_locs WHERE segment = ? "
+                               "ORDER BY start LIMIT ?", (seg, COMPACT_ROWS)).fetchall()
+        if not rows:
+            tx.freed_segments.add(seg)
+            return None
+        batch: list[StagedBlob] = []
+        total = 0
+        for blob_id, start, length in rows:
+            if batch and total + length > COMPACT_STEP:
+                break
+            batch.append(StagedBlob(blob_id=blob_id, size=length,
+                                    spool=SegmentSource(files, seg, start, length)))
+            total += length
+        with files.append_lock:  # the stager appends too
+            moved, failed = files.append(batch)
+        if failed:
+            raise next(iter(failed.values()))
+        tx.conn.executemany("UPDATE blob_locs SET segment = ?, start = ? "
+                            "WHERE blob_id = ? AND segment = ?",
+                            [(r[1], r[2], r[0], seg) for r in moved])
+        return total
 
     async def close(self) -> None:
         text, self._text = self._text, None  # commits from now on are indexed at next open
