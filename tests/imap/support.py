@@ -117,6 +117,7 @@ class ImapTestServer:
         ctx = ServerContext(config=self.config, store=s, tls=self.server_tls,
                             auth=Authenticator(s, base_delay=0.0),
                             recipients=RecipientResolver(s), resolver=FakeResolver())
+        await ctx.auth.refresh()  # as the server does at start: SCRAM-SHA-256 offered
         self.ctx = ctx
         self.server = await asyncio.start_server(
             lambda r, w: handle_imap(r, w, ctx, implicit_tls=False), "127.0.0.1", 0)

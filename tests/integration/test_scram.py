@@ -13,9 +13,11 @@ import base64
 import imaplib
 import re
 import shutil
+import signal
 import smtplib
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -306,18 +308,37 @@ def legacy_server(tmp_path: Path, dns_server: DNSServer) -> Iterator[Server]:
         srv.stop()
 
 
-def test_an_old_account_can_use_scram_after_one_plain_login(legacy_server: Server) -> None:
+def test_scram_is_offered_once_every_account_has_its_secret(legacy_server: Server) -> None:
+    """An account from before SCRAM cannot use it until it logged in once with its
+    password. Offered meanwhile, a client that takes the strongest mechanism on offer
+    (mbsync, mutt with a SASL library) would fail where PLAIN would have worked: so
+    SCRAM-SHA-256 is offered in no protocol until every account has its secret."""
     server = legacy_server
-    d = smtp(server)
-    # No secret yet: the exchange runs (made-up salt) and fails like a wrong password.
-    assert smtp_scram(d, ScramClient(ALICE, PASSWORD))[0] == 535
+    assert re.search(r"SCRAM-SHA-256 is not offered while 1 accounts have no SCRAM secret",
+                     server.log())
+    d = Dialog(*server.addr("submission"))
+    assert d.reply()[0] == 220
+    assert d.cmd("EHLO client.example")[0] == 250
+    assert d.cmd("STARTTLS")[0] == 220
+    d.sock = client_tls().wrap_socket(d.sock, server_hostname=HOST)
+    code, text = d.cmd("EHLO client.example")
+    assert code == 250 and text.splitlines()[-1] == "250 AUTH PLAIN LOGIN", text
+    assert d.cmd("AUTH SCRAM-SHA-256 " + b64(ScramClient(ALICE, PASSWORD).first()))[0] == 504
     d.close()
-    # One PLAIN login (here IMAP LOGIN) derives and stores the secret...
     c = imaplib.IMAP4(*server.addr("imap"), timeout=10)
     c.starttls(client_tls())
+    assert "AUTH=LOGIN" in c.capabilities and "AUTH=SCRAM-SHA-256" not in c.capabilities
+    with pytest.raises(imaplib.IMAP4.error, match="Unsupported authentication mechanism"):
+        c.authenticate("SCRAM-SHA-256", ScramClient("bob@example.test", PASSWORD).imaplib)
+    # One password login (here IMAP LOGIN) gives alice, the last account without one, her
+    # secret...
     c.login(ALICE, PASSWORD)
     c.logout()
-    # ...and SCRAM works from then on, in every protocol.
+    assert re.search(r"stored a SCRAM-SHA-256 secret for alice@example\.test", server.log())
+    assert re.search(r"every account has its SCRAM secret: SCRAM-SHA-256 is offered",
+                     server.log())
+    # ...and SCRAM is offered, and works, from then on in every protocol (the helpers
+    # check that each offers it).
     d = smtp(server)
     assert smtp_scram(d, ScramClient(ALICE, PASSWORD))[0] == 235
     d.close()
@@ -328,12 +349,30 @@ def test_an_old_account_can_use_scram_after_one_plain_login(legacy_server: Serve
     d = pop3(server)
     assert pop3_scram(d, ScramClient(ALICE, PASSWORD)).startswith("+OK Maildrop")
     d.close()
-    assert re.search(r"stored a SCRAM-SHA-256 secret for alice@example\.test", server.log())
     # The secret follows password changes (user passwd): the old password stops working.
     server.cli("user", "passwd", ALICE, "--password-stdin", stdin="a-new-password\n")
     d = smtp(server)
     assert smtp_scram(d, ScramClient(ALICE, PASSWORD))[0] == 535
     assert smtp_scram(d, ScramClient(ALICE, "a-new-password"))[0] == 235
+    d.close()
+
+
+def test_pop3_does_not_offer_scram_before_every_account_has_its_secret(
+        legacy_server: Server) -> None:
+    d = Dialog(*legacy_server.addr("pop3"))
+    assert d.line().startswith("+OK")
+    d.send("STLS\r\n")
+    assert d.line().startswith("+OK")
+    d.sock = client_tls().wrap_socket(d.sock, server_hostname=HOST)
+    d.send("CAPA\r\n")
+    caps = []
+    while (line := d.line()) != ".":
+        caps.append(line)
+    assert "SASL PLAIN LOGIN" in caps, caps
+    d.send("AUTH SCRAM-SHA-256 " + b64(ScramClient("bob@example.test", PASSWORD).first()) + "\r\n")
+    assert d.line().startswith("-ERR")
+    d.send("AUTH PLAIN " + b64(f"\0bob@example.test\0{PASSWORD}".encode()) + "\r\n")
+    assert d.line().startswith("+OK")
     d.close()
 
 
@@ -384,3 +423,29 @@ def test_scram_client_checks_the_server_signature() -> None:
         client.check(b"v=" + base64.b64encode(b"\0" * 32))
     with pytest.raises(ScramClientError):
         client.check(b"e=invalid-proof")
+
+
+def test_sighup_offers_scram_once_the_admin_gave_every_account_its_secret(
+        legacy_server: Server) -> None:
+    """'mailyard user passwd' (another process) gives alice her secret; SIGHUP, which
+    rereads users, makes the server look again."""
+    server = legacy_server
+
+    def offered() -> bool:
+        with smtplib.SMTP(*server.addr("submission"), timeout=10) as s:
+            s.starttls(context=client_tls())
+            s.ehlo()
+            return "SCRAM-SHA-256" in s.esmtp_features["auth"].split()
+
+    assert not offered()
+    server.cli("user", "passwd", ALICE, "--password-stdin", stdin="a-new-password\n")
+    assert not offered()  # the server has not looked yet
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not offered():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    d = smtp(server)
+    assert smtp_scram(d, ScramClient(ALICE, "a-new-password"))[0] == 235
+    d.close()

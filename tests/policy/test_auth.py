@@ -197,3 +197,31 @@ def test_a_password_changed_during_the_upgrade_wins(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(go())
+
+
+def test_scram_is_offered_once_every_account_has_its_secret(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = SQLiteStore(tmp_path)
+        await store.open()
+        try:
+            await store.add_account("new@x.test", hash_password("pw-new"),
+                                    scram_sha256=scram_secret("pw-new"))
+            await store.add_account("old@x.test", hash_password("pw-old"))  # before SCRAM
+            assert await store.count_accounts_without_scram() == 1
+            auth = Authenticator(store, base_delay=0, max_delay=0)
+            assert auth.mechanisms() == ("PLAIN", "LOGIN")  # until refresh() has looked
+            await auth.refresh()
+            assert auth.mechanisms() == ("PLAIN", "LOGIN")
+            assert await auth.authenticate("new@x.test", "pw-new", remote_ip="127.0.0.1")
+            assert auth.mechanisms() == ("PLAIN", "LOGIN")  # old@ still has none
+            assert await auth.authenticate("old@x.test", "pw-old", remote_ip="127.0.0.1")
+            assert await store.count_accounts_without_scram() == 0
+            assert auth.mechanisms() == ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+            # A password set without a secret (another tool, say) takes it back at refresh().
+            await store.set_password("new@x.test", hash_password("pw-2"))
+            await auth.refresh()
+            assert auth.mechanisms() == ("PLAIN", "LOGIN")
+        finally:
+            await store.close()
+
+    asyncio.run(go())

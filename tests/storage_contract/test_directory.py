@@ -211,3 +211,21 @@ def test_reopen_keeps_directory(make_store):
 
     account_id = run(make_store, first)
     run(make_store, second)
+
+
+def test_accounts_without_a_scram_secret_are_counted(make_store):
+    async def body(s: Store) -> None:
+        assert await s.count_accounts_without_scram() == 0
+        await s.add_account("a@example.com", "hash-a", scram_sha256="SCRAM-SHA-256$4096:c2FsdA==$x:y")
+        await s.add_account("b@example.com", "hash-b")
+        await s.add_account("c@example.com", "hash-c")
+        assert await s.count_accounts_without_scram() == 2
+        assert await s.set_scram_secret("b@example.com", "SCRAM-SHA-256$4096:c2FsdA==$x:y",
+                                        password_hash="hash-b")
+        assert await s.count_accounts_without_scram() == 1
+        await s.remove_account("c@example.com")
+        assert await s.count_accounts_without_scram() == 0
+        await s.set_password("a@example.com", "hash-a2")  # no secret given: cleared
+        assert await s.count_accounts_without_scram() == 1
+
+    run(make_store, body)

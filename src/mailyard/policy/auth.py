@@ -78,6 +78,7 @@ log = logging.getLogger("mailyard.auth")
 SCRAM_ITERATIONS = 10_000
 SCRAM_SALT_BYTES = 16  # RFC 5802 leaves the size open; Cyrus SASL and PostgreSQL use 16
 _FAKE_SALT_KEY = "scram-sha-256-fake-salt"  # Store.server_secret name
+PASSWORD_MECHANISMS = ("PLAIN", "LOGIN")  # always offered (where logins are allowed)
 
 
 def scram_secret(password: str, *, iterations: int = SCRAM_ITERATIONS) -> str:
@@ -177,6 +178,28 @@ class Authenticator:
         self.by_account = FailureTable()
         self.cache = CredentialCache()
         self._salt_key: bytes | None = None  # Store.server_secret(_FAKE_SALT_KEY), read once
+        # SCRAM-SHA-256 is offered once every account has its secret (refresh()): until
+        # then a client that picks the strongest mechanism offered (mbsync, mutt with a
+        # SASL library) would pick it for an account that cannot use it yet and fail,
+        # where PLAIN or LOGIN would have logged in and given the account its secret.
+        self.scram_offered = False
+
+    def mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms offered now (SMTP AUTH, IMAP AUTH=, POP3 SASL)."""
+        return PASSWORD_MECHANISMS + ((sasl.SCRAM_SHA_256,) if self.scram_offered else ())
+
+    async def refresh(self, *, announce: bool = True) -> None:
+        """Offer SCRAM-SHA-256 when no account lacks its secret (at start, at SIGHUP, and
+        after an account got its secret at a PLAIN or LOGIN login)."""
+        missing = await self.store.count_accounts_without_scram()
+        offered = missing == 0
+        if announce and not offered:
+            log.info("auth: SCRAM-SHA-256 is not offered while %d accounts have no SCRAM "
+                     "secret (each gets one at its next PLAIN or LOGIN login; 'mailyard "
+                     "user passwd' sets one)", missing)
+        elif offered and not self.scram_offered and not announce:
+            log.info("auth: every account has its SCRAM secret: SCRAM-SHA-256 is offered")
+        self.scram_offered = offered
 
     def delay_for(self, remote_ip: str) -> float:
         n = self.by_ip.failures(remote_ip)
@@ -223,6 +246,8 @@ class Authenticator:
             if await self.store.set_scram_secret(account.address, secret,
                                                  password_hash=account.password_hash):
                 log.info("auth: stored a SCRAM-SHA-256 secret for %s", account.address)
+                if not self.scram_offered:
+                    await self.refresh(announce=False)
         except Exception:
             log.exception("auth: cannot store a SCRAM-SHA-256 secret for %s", account.address)
 

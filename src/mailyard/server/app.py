@@ -96,6 +96,7 @@ class App:
     http_ports: dict[str, tuple[str, int]] = field(default_factory=dict)
     workers: Any = None  # the MX listener's receiver processes (server/workerpool.py)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _refresh: Any = None  # the auth refresh a SIGHUP started (a reference keeps it alive)
 
     async def start(self) -> None:
         import_package()
@@ -119,6 +120,7 @@ class App:
             recipients=RecipientResolver(self.store),
             resolver=self.resolver,
         )
+        await self.ctx.auth.refresh()  # SCRAM-SHA-256 offered or not
         await self._start_queue()
         self.background.append(asyncio.create_task(run_maintenance(self.store)))
         limits = ConnectionLimits(max_connections=cfg.limits.max_connections,
@@ -250,6 +252,9 @@ class App:
         self.ctx.config = new
         self.ctx.recipients.invalidate()
         self.ctx.auth.cache.clear()
+        # Passwords set by 'mailyard user' meanwhile may have given the last accounts
+        # their SCRAM secrets (or taken one away): offered or not, from now on.
+        self._refresh = asyncio.ensure_future(self.ctx.auth.refresh())
         if self.workers is not None:
             self.workers.reload()
         log.info("reloaded configuration, certificates and users")

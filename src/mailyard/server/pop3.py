@@ -135,6 +135,7 @@ class _Session:
             tls_available=ctx.tls is not None and not implicit_tls,
             allow_plaintext_auth=ctx.allow_plaintext_auth(self.remote_ip),
             max_errors=MAX_ERRORS,
+            mechanisms=ctx.auth.mechanisms(),
         )
         self.account: Account | None = None
         self.locked = False

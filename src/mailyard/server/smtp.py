@@ -114,7 +114,7 @@ class SMTPSession:
             max_message_size=limits.max_message_size,
             max_recipients=limits.max_recipients,
             tls_available=ctx.tls is not None,
-            auth_mechanisms=("PLAIN", "LOGIN", "SCRAM-SHA-256"),
+            auth_mechanisms=ctx.auth.mechanisms(),
             auth_requires_tls=not allow_plain,
             auth_required=(mode == "submission"),
             allow_auth=(mode == "submission"),

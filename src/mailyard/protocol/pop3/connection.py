@@ -100,10 +100,12 @@ def _clean(text: str) -> str:
 class POP3Connection:
     def __init__(self, *, tls_active: bool = False, tls_available: bool = False,
                  allow_plaintext_auth: bool = False, implementation: str = "mailyard",
-                 max_errors: int | None = None) -> None:
+                 max_errors: int | None = None,
+                 mechanisms: tuple[str, ...] = _MECHANISMS) -> None:
         """``max_errors``: after that many -ERR replies the core answers
         "-ERR Too many errors, closing" and closes (a peer that is not speaking POP3
-        gets a few error lines, not one per line it sends; None: no limit)."""
+        gets a few error lines, not one per line it sends; None: no limit).
+        ``mechanisms``: the SASL mechanisms offered (CAPA SASL) and accepted by AUTH."""
         self._state = State.AUTHORIZATION
         self._tls_active = tls_active
         self._tls_available = tls_available
@@ -112,6 +114,7 @@ class POP3Connection:
         self._utf8 = False
         self._max_errors = max_errors
         self._errors = 0  # -ERR replies sent
+        self._mechanisms = tuple(m.upper() for m in mechanisms if m.upper() in sasl.MECHANISMS)
 
         self._inbuf = bytearray()
         self._discarding = False  # dropping the rest of an over-long line
@@ -350,7 +353,7 @@ class POP3Connection:
         if self._state is not State.TRANSACTION:
             if self.auth_allowed:
                 caps.append("USER")
-                caps.append("SASL " + " ".join(_MECHANISMS))
+                caps.append("SASL " + " ".join(self._mechanisms))
             if self._tls_available and not self._tls_active:
                 caps.append("STLS")
             # RFC 6856 §2: the USER tag says UTF-8 is accepted in USER and PASS.
@@ -393,12 +396,12 @@ class POP3Connection:
             # RFC 1734 §2 legacy, still sent by some clients: list the mechanisms.
             if self._refuse_plaintext():
                 return None
-            self._multiline("Supported mechanisms follow", list(_MECHANISMS))
+            self._multiline("Supported mechanisms follow", list(self._mechanisms))
             return None
         if self._refuse_plaintext():
             return None
         name, _, initial_text = args[0].partition(" ")
-        mech = sasl.server_mechanism(name)
+        mech = sasl.server_mechanism(name) if name.upper() in self._mechanisms else None
         if mech is None:
             self._reply_err("Unsupported authentication mechanism")
             return None

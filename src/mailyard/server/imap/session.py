@@ -160,7 +160,7 @@ class Session:
             if not self.tls and self.ctx.tls is not None:
                 caps.append("STARTTLS")
             if self.plaintext_ok():
-                caps += ["AUTH=" + m for m in AUTH_MECHANISMS]
+                caps += ["AUTH=" + m for m in self.ctx.auth.mechanisms()]
             else:
                 caps.append("LOGINDISABLED")
         caps += ["SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -663,14 +663,13 @@ async def cmd_login(s: Session, cmd: c.Login) -> Reply:
     return await s.login(cmd.username, cmd.password)
 
 
-# PLAIN and LOGIN send the password; SCRAM-SHA-256 does not, but follows the same rule:
-# TLS or loopback only (the capability list shows all three, or LOGINDISABLED).
-AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 
 async def cmd_authenticate(s: Session, cmd: c.Authenticate) -> Reply:
+    # PLAIN and LOGIN send the password; SCRAM-SHA-256 does not, but follows the same rule:
+    # TLS or loopback only (the capability list shows them all, or LOGINDISABLED).
     name = cmd.mechanism.upper()
-    if name not in AUTH_MECHANISMS:
+    if name not in s.ctx.auth.mechanisms():
         return no("Unsupported authentication mechanism")
     if not s.plaintext_ok():
         return no("Use STARTTLS first", "PRIVACYREQUIRED")

@@ -804,6 +804,11 @@ class SQLiteStore:
 
         return bool(await self._write(job))
 
+    async def count_accounts_without_scram(self) -> int:
+        row = await self._read(lambda c: c.execute(
+            "SELECT count(*) FROM accounts WHERE scram_sha256 IS NULL").fetchone())
+        return int(row[0])
+
     async def set_quota(self, address: str, quota_bytes: int | None) -> None:
         await self._update_account(
             address, "UPDATE accounts SET quota_bytes = ? WHERE address = ?", quota_bytes)
