@@ -73,7 +73,8 @@ def imap(server: Server) -> Dialog:
     return d
 
 
-def pop3(server: Server) -> Dialog:
+def pop3_tls(server: Server) -> tuple[Dialog, list[str]]:
+    """A POP3 session after STLS, and its CAPA lines."""
     d = Dialog(*server.addr("pop3"))
     assert d.line().startswith("+OK")
     d.send("STLS\r\n")
@@ -83,6 +84,11 @@ def pop3(server: Server) -> Dialog:
     caps = []
     while (line := d.line()) != ".":
         caps.append(line)
+    return d, caps
+
+
+def pop3(server: Server) -> Dialog:
+    d, caps = pop3_tls(server)
     assert "SASL PLAIN LOGIN SCRAM-SHA-256" in caps, caps
     return d
 
@@ -359,15 +365,7 @@ def test_scram_is_offered_once_every_account_has_its_secret(legacy_server: Serve
 
 def test_pop3_does_not_offer_scram_before_every_account_has_its_secret(
         legacy_server: Server) -> None:
-    d = Dialog(*legacy_server.addr("pop3"))
-    assert d.line().startswith("+OK")
-    d.send("STLS\r\n")
-    assert d.line().startswith("+OK")
-    d.sock = client_tls().wrap_socket(d.sock, server_hostname=HOST)
-    d.send("CAPA\r\n")
-    caps = []
-    while (line := d.line()) != ".":
-        caps.append(line)
+    d, caps = pop3_tls(legacy_server)
     assert "SASL PLAIN LOGIN" in caps, caps
     d.send("AUTH SCRAM-SHA-256 " + b64(ScramClient("bob@example.test", PASSWORD).first()) + "\r\n")
     assert d.line().startswith("-ERR")

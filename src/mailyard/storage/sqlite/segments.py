@@ -630,13 +630,7 @@ class SegmentBlobStore:
         return start, n
 
     def _read_range(self, seg: int, pos: int, n: int) -> bytes:
-        h = self.files.acquire(seg)
-        try:
-            return self.files.pread(h, n, pos)
-        except OSError as exc:
-            raise _oserror(exc)
-        finally:
-            self.files.release(h)
+        return self._read_handle(self.files.acquire(seg), pos, n)
 
     def _open_blob(self, blob_id: str) -> tuple[_Handle, int, int]:
         """(handle of its segment, start, length) of a stored blob; raises NotFound.
@@ -655,6 +649,7 @@ class SegmentBlobStore:
         raise NotFound(f"blob {blob_id}")
 
     def _read_handle(self, h: _Handle, pos: int, n: int) -> bytes:
+        """``n`` bytes at ``pos`` of an acquired segment, which this releases."""
         try:
             return self.files.pread(h, n, pos)
         except OSError as exc:
