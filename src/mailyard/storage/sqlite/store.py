@@ -137,6 +137,7 @@ AUTH_RESULTS_PRUNE_BATCH = 5000  # rows deleted by one write at most
 # Online compaction (maintain): live bytes, and rows, moved by one write job at most.
 COMPACT_STEP = 4 * 1024 * 1024
 COMPACT_ROWS = 2000
+_LIVE_BY_SEGMENT = "SELECT segment, sum(length) FROM blob_locs GROUP BY segment"
 _FLAGSETS: dict[str, frozenset[str]] = {}  # stored flags text -> set: a mailbox has a few
 
 
@@ -400,23 +401,19 @@ class SQLiteStore:
                 if seg != current and size > 0 and live.get(seg, 0) * 2 < size]
 
     def _compact(self, conn: sqlite3.Connection) -> None:
-        """Copy the live blobs of segments under half live to the current one (at open)."""
+        """Copy the live blobs of segments under half live to the current one (at open,
+        before the writer starts: each segment in one transaction of ``_compact_step``s)."""
         files = self._segs.files
-        live = dict(conn.execute(
-            "SELECT segment, sum(length) FROM blob_locs GROUP BY segment").fetchall())
+        live = dict(conn.execute(_LIVE_BY_SEGMENT).fetchall())
         sizes = files.on_disk()
         for seg in self._sparse_segments(live, sizes):
-            size = sizes[seg]
-            old = conn.execute("SELECT blob_id, start, length FROM blob_locs WHERE segment = ? "
-                               "ORDER BY start", (seg,)).fetchall()
-            rows = self._store_now(conn, [
-                StagedBlob(blob_id=b, size=n, spool=SegmentSource(files, seg, start, n))
-                for b, start, n in old])
+            tx = Tx(conn)
             with _immediate(conn):
-                conn.executemany("UPDATE blob_locs SET segment = ?, start = ? WHERE blob_id = ?",
-                                 [(r[1], r[2], r[0]) for r in rows])
+                while self._compact_step(seg, tx) is not None:
+                    pass
             files.drop(seg)
-            log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0), size)
+            log.info("compacted segment %d: %d live of %d bytes moved", seg, live.get(seg, 0),
+                     sizes[seg])
 
     async def maintain(self) -> None:
         """Reclaim the space of deleted mail while serving (the server calls this now
@@ -434,8 +431,7 @@ class SQLiteStore:
         files = self._segs.files
         if not self.owner or not files.may_drop:
             return
-        live = dict(await self._read(lambda c: c.execute(
-            "SELECT segment, sum(length) FROM blob_locs GROUP BY segment").fetchall()))
+        live = dict(await self._read(lambda c: c.execute(_LIVE_BY_SEGMENT).fetchall()))
         sizes = await asyncio.to_thread(files.on_disk)
         for seg in self._sparse_segments(live, sizes):
             moved = 0
